@@ -1,0 +1,112 @@
+//! The folder format: either ours (`counts.mtx[.gz]` cells x genes + `genes.tsv` + `cells.tsv` with a
+//! header naming the obs columns) or 10x Genomics' (`matrix.mtx[.gz]` genes x cells + `features.tsv[.gz]`
+//! or `genes.tsv[.gz]` + `barcodes.tsv[.gz]`, optionally with a `cells.tsv` for annotations).
+
+use super::dataset::{Categorical, Column, Dataset};
+use super::mtx::read_mtx;
+use super::text::{self, first_existing};
+use crate::error::{Error, Result};
+use std::path::Path;
+
+pub fn read_folder(dir: &Path) -> Result<Dataset> {
+    if !dir.is_dir() {
+        return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder")));
+    }
+    if let Some(mtx) = first_existing(dir, &["counts.mtx", "counts.mtx.gz"]) {
+        let counts = read_mtx(&mtx)?;
+        let genes_path = first_existing(dir, &["genes.tsv", "genes.tsv.gz"])
+            .ok_or_else(|| Error::format(dir, "found counts.mtx but no genes.tsv"))?;
+        let cells_path = first_existing(dir, &["cells.tsv", "cells.tsv.gz"])
+            .ok_or_else(|| Error::format(dir, "found counts.mtx but no cells.tsv"))?;
+        let genes = read_gene_names(&genes_path, counts.n_cols)?;
+        let (cells, obs) = read_cells_table(&cells_path, counts.n_rows)?;
+        let ds = Dataset { source: dir.to_path_buf(), counts, cells, genes, obs };
+        ds.validate()?;
+        return Ok(ds);
+    }
+    if let Some(mtx) = first_existing(dir, &["matrix.mtx", "matrix.mtx.gz"]) {
+        // 10x orientation: genes x cells.
+        let counts = read_mtx(&mtx)?.transpose();
+        let feat = first_existing(dir, &["features.tsv", "features.tsv.gz", "genes.tsv", "genes.tsv.gz"])
+            .ok_or_else(|| Error::format(dir, "found matrix.mtx but no features.tsv or genes.tsv"))?;
+        let bc = first_existing(dir, &["barcodes.tsv", "barcodes.tsv.gz"])
+            .ok_or_else(|| Error::format(dir, "found matrix.mtx but no barcodes.tsv"))?;
+        let genes = read_gene_names(&feat, counts.n_cols)?;
+        let barcodes = read_single_column(&bc, counts.n_rows)?;
+        let obs = match first_existing(dir, &["cells.tsv", "cells.tsv.gz"]) {
+            Some(cp) => {
+                let (cells, obs) = read_cells_table(&cp, counts.n_rows)?;
+                if let Some(k) = (0..cells.len()).find(|&k| cells[k] != barcodes[k]) {
+                    return Err(Error::format(
+                        &cp,
+                        format!("cell {} is '{}' but barcodes.tsv has '{}' there: the two files must list cells in the same order", k + 1, cells[k], barcodes[k]),
+                    ));
+                }
+                obs
+            }
+            None => Vec::new(),
+        };
+        let ds = Dataset { source: dir.to_path_buf(), counts, cells: barcodes, genes, obs };
+        ds.validate()?;
+        return Ok(ds);
+    }
+    Err(Error::format(
+        dir,
+        "no count matrix found: expected counts.mtx[.gz] (cells x genes) with genes.tsv and cells.tsv, or 10x's matrix.mtx[.gz] with features.tsv and barcodes.tsv",
+    ))
+}
+
+/// Gene names, one per matrix column. A header line is recognised by the file having one line more
+/// than the matrix has genes. With several columns (10x features: id, symbol, type) the symbol is used,
+/// because homology is matched on symbols.
+fn read_gene_names(path: &Path, n_genes: usize) -> Result<Vec<String>> {
+    let t = text::read_tsv(path, false)?;
+    let mut rows = t.rows;
+    let header = if rows.len() == n_genes + 1 {
+        Some(rows.remove(0))
+    } else if rows.len() == n_genes {
+        None
+    } else {
+        return Err(Error::format(
+            path,
+            format!("{} lines for {} genes in the count matrix (one gene per line, optionally one header line)", rows.len(), n_genes),
+        ));
+    };
+    let width = rows.first().map(|r| r.len()).unwrap_or(1);
+    let col = match &header {
+        Some(h) => h
+            .iter()
+            .position(|c| matches!(c.to_ascii_lowercase().as_str(), "gene" | "genes" | "symbol" | "gene_symbol" | "gene_name" | "name"))
+            .unwrap_or(0),
+        None if width >= 2 => 1,
+        None => 0,
+    };
+    Ok(rows.into_iter().map(|mut r| std::mem::take(&mut r[col])).collect())
+}
+
+fn read_single_column(path: &Path, n: usize) -> Result<Vec<String>> {
+    let t = text::read_tsv(path, false)?;
+    if t.rows.len() != n {
+        return Err(Error::format(path, format!("{} lines for {} cells in the count matrix", t.rows.len(), n)));
+    }
+    Ok(t.rows.into_iter().map(|mut r| std::mem::take(&mut r[0])).collect())
+}
+
+/// `cells.tsv`: a header naming the columns; the first column is the cell barcode, the others are obs.
+fn read_cells_table(path: &Path, n_cells: usize) -> Result<(Vec<String>, Vec<(String, std::result::Result<Column, String>)>)> {
+    let t = text::read_tsv(path, true)?;
+    let header = t.header.ok_or_else(|| Error::format(path, "empty file: expected a header line naming the columns"))?;
+    if t.rows.len() != n_cells {
+        return Err(Error::format(
+            path,
+            format!("{} cells listed but the count matrix has {} rows (cells): they must match one to one", t.rows.len(), n_cells),
+        ));
+    }
+    let cells: Vec<String> = t.rows.iter().map(|r| r[0].clone()).collect();
+    let mut obs = Vec::new();
+    for (j, name) in header.iter().enumerate().skip(1) {
+        let vals: Vec<&str> = t.rows.iter().map(|r| r[j].as_str()).collect();
+        obs.push((name.clone(), Ok(Column::Categorical(Categorical::from_strings(&vals)))));
+    }
+    Ok((cells, obs))
+}
