@@ -3,10 +3,14 @@
 //! The pipeline, one module per stage: [`data`] in, [`preprocess`], [`homology`], then (later)
 //! model, training, alignment and analysis, and [`out`] for the files we write.
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod data;
 pub mod error;
 pub mod homology;
 pub mod out;
+pub mod pipeline;
 pub mod preprocess;
+pub mod summary;
 
 pub use error::{Error, Result};

@@ -1,0 +1,546 @@
+//! The `scspecies` command line. Every command returns a `Result`; `main` prints the error (which names
+//! the file, key or value) and exits non-zero.
+
+use crate::error::{Error, Result};
+use crate::out;
+use crate::pipeline::{Inputs, PreparedPair, prepare, read_checked};
+use crate::preprocess::PreprocessConfig;
+use crate::summary::{summarize, thousands};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "scspecies",
+    version,
+    about = "Cross-species alignment of single-cell RNA-seq data (scSpecies in Rust)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The whole pipeline: preprocess, data-level kNN, pre-train, align, transfer labels.
+    Run(PipelineArgs),
+    /// Pre-train the context model and save it.
+    Pretrain(PipelineArgs),
+    /// Align the target to a pre-trained context model.
+    Align(PipelineArgs),
+    /// Transfer cell-type labels from context to target with saved models.
+    Transfer(PipelineArgs),
+    /// Run the pipeline on the bundled Baron pancreas pair (mouse context, human target).
+    Demo(DemoArgs),
+    /// Time the pipeline's phases on the bundled data and write a JSON report.
+    Bench(BenchArgs),
+    /// Print cells, genes, batches, labels, sparsity and homology overlap of the inputs.
+    Inspect(InspectArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Cuda,
+    Auto,
+}
+
+/// Options shared by every command that trains or analyses.
+#[derive(Args, Debug, Clone)]
+pub struct RunOptions {
+    /// Compute device.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// Epochs of context pre-training (default: 60 below 10,000 cells, else 30).
+    #[arg(long)]
+    pub epochs_context: Option<usize>,
+    /// Epochs of target fine-tuning (default: 60 below 10,000 cells, else 30).
+    #[arg(long)]
+    pub epochs_target: Option<usize>,
+    /// Random seed (the reference's default).
+    #[arg(long, default_value_t = 369963)]
+    pub seed: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No progress output (errors still go to stderr).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Batches with fewer cells are an error (or dropped with --drop-small-batches).
+    #[arg(long, default_value_t = 20)]
+    pub min_batch_size: usize,
+    /// Drop the cells of batches below --min-batch-size instead of stopping.
+    #[arg(long)]
+    pub drop_small_batches: bool,
+    /// Cells must express at least this fraction of the genes.
+    #[arg(long, default_value_t = 0.025)]
+    pub min_genes_fraction: f64,
+    /// Cell types need more than this many cells to be kept.
+    #[arg(long, default_value_t = 20)]
+    pub min_cell_type_size: usize,
+    /// Keep only this many highly variable genes per species (Seurat v3 on counts, batch-aware).
+    #[arg(long)]
+    pub n_top_genes: Option<usize>,
+    /// Also write each preprocessed dataset as <out>/<name>_preprocessed.h5ad.
+    #[arg(long)]
+    pub write_h5ad: bool,
+}
+
+impl RunOptions {
+    pub fn preprocess_config(&self) -> PreprocessConfig {
+        PreprocessConfig {
+            min_batch_size: self.min_batch_size,
+            drop_small_batches: self.drop_small_batches,
+            min_non_zero_genes: self.min_genes_fraction,
+            min_cell_type_size: self.min_cell_type_size,
+            n_top_genes: self.n_top_genes,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// Context dataset (annotated species): .h5ad file or folder with counts.mtx[.gz], genes.tsv, cells.tsv.
+    #[arg(long)]
+    pub context: PathBuf,
+    /// Target dataset (species to annotate), same formats.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// obs column with the context's experimental batch.
+    #[arg(long)]
+    pub context_batch_key: String,
+    /// obs column with the context's cell-type labels.
+    #[arg(long)]
+    pub context_label_key: String,
+    /// obs column with the target's experimental batch.
+    #[arg(long)]
+    pub target_batch_key: String,
+    /// obs column with the target's labels, if known (used only for evaluation).
+    #[arg(long)]
+    pub target_label_key: Option<String>,
+    /// Ortholog table: TSV with two columns, context gene and target gene (default: match symbols case-insensitively).
+    #[arg(long)]
+    pub homology: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Name of the context species in outputs.
+    #[arg(long, default_value = "context")]
+    pub context_name: String,
+    /// Name of the target species in outputs.
+    #[arg(long, default_value = "target")]
+    pub target_name: String,
+    #[command(flatten)]
+    pub opts: RunOptions,
+}
+
+impl PipelineArgs {
+    pub fn inputs(&self) -> Inputs {
+        Inputs {
+            context: self.context.clone(),
+            target: self.target.clone(),
+            context_batch_key: self.context_batch_key.clone(),
+            context_label_key: self.context_label_key.clone(),
+            target_batch_key: self.target_batch_key.clone(),
+            target_label_key: self.target_label_key.clone(),
+            homology: self.homology.clone(),
+            context_name: self.context_name.clone(),
+            target_name: self.target_name.clone(),
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Folder of the bundled demo data (default: data/baron-pancreas of this source tree).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long, default_value = "results/demo")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub opts: RunOptions,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Folder of the bundled demo data (default: data/baron-pancreas of this source tree).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Where to write the JSON report (default: print it).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Repetitions of each phase.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    #[command(flatten)]
+    pub opts: RunOptions,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InspectArgs {
+    /// Context dataset (.h5ad or folder).
+    #[arg(long)]
+    pub context: Option<PathBuf>,
+    /// Target dataset (.h5ad or folder).
+    #[arg(long)]
+    pub target: Option<PathBuf>,
+    #[arg(long)]
+    pub context_batch_key: Option<String>,
+    #[arg(long)]
+    pub context_label_key: Option<String>,
+    #[arg(long)]
+    pub target_batch_key: Option<String>,
+    #[arg(long)]
+    pub target_label_key: Option<String>,
+    /// Ortholog table (context gene, target gene); default: case-insensitive symbol match.
+    #[arg(long)]
+    pub homology: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The bundled Baron pancreas pair, found next to the sources or given explicitly.
+pub fn demo_inputs(data: Option<&Path>) -> Result<Inputs> {
+    let dir = data
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data/baron-pancreas"));
+    if !dir.is_dir() {
+        return Err(Error::io(
+            &dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "demo data folder not found (pass --data)",
+            ),
+        ));
+    }
+    Ok(Inputs {
+        context: dir.join("mouse"),
+        target: dir.join("human"),
+        context_batch_key: "batch".into(),
+        context_label_key: "cell_type".into(),
+        target_batch_key: "batch".into(),
+        target_label_key: Some("cell_type".into()),
+        homology: Some(dir.join("homology.tsv")),
+        context_name: "mouse".into(),
+        target_name: "human".into(),
+    })
+}
+
+fn logger(quiet: bool) -> impl FnMut(&str) {
+    move |m: &str| {
+        if !quiet {
+            eprintln!("{m}");
+        }
+    }
+}
+
+/// Entry point used by `main`.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(a) => run_pipeline(&a.inputs(), &a.out, &a.opts),
+        Command::Demo(a) => run_pipeline(&demo_inputs(a.data.as_deref())?, &a.out, &a.opts),
+        Command::Pretrain(_) | Command::Align(_) | Command::Transfer(_) => Err(Error::Input(
+            "this build has no model stages yet: `pretrain`, `align` and `transfer` arrive with the CPU engine; `run` and `demo` do the data stages".into(),
+        )),
+        Command::Bench(a) => bench(&a),
+        Command::Inspect(a) => inspect(&a),
+    }
+}
+
+fn check_options(o: &RunOptions) -> Result<()> {
+    if o.device == Device::Cuda {
+        return Err(Error::Config(
+            "--device cuda: this build has no CUDA backend yet; use --device cpu".into(),
+        ));
+    }
+    if o.threads == Some(0) {
+        return Err(Error::Config("--threads must be at least 1".into()));
+    }
+    Ok(())
+}
+
+/// The stages that exist today, with their outputs. Nothing is written unless preprocessing succeeded.
+fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions) -> Result<()> {
+    check_options(o)?;
+    let cfg = o.preprocess_config();
+    let mut log = logger(o.quiet);
+    let t0 = std::time::Instant::now();
+    let pair = prepare(inputs, &cfg, &mut log)?;
+    let t_write = std::time::Instant::now();
+    out::create_out_dir(out_dir)?;
+    write_pair_outputs(&pair, out_dir, o.write_h5ad)?;
+    let mut timings = pair.timings.clone();
+    timings.push(("write".into(), t_write.elapsed().as_secs_f64()));
+    let metrics = json!({
+        "scspecies_version": env!("CARGO_PKG_VERSION"),
+        "inputs": inputs,
+        "preprocess_config": cfg,
+        "seed": o.seed,
+        "device": o.device,
+        "stages_done": ["read", "preprocess", "homology"],
+        "stages_pending": ["data_knn", "pretrain", "align", "transfer"],
+        "timings_s": timings.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "total_s": t0.elapsed().as_secs_f64(),
+        "preprocessing": { &pair.context.name: pair.context.report, &pair.target.name: pair.target.report },
+        "library_prior": {
+            &pair.context.name: prior_json(&pair.context),
+            &pair.target.name: prior_json(&pair.target),
+        },
+        "homology": pair.homology.report,
+    });
+    out::write_json(&out_dir.join("metrics.json"), &metrics)?;
+    log(&format!("wrote {}", out_dir.display()));
+    log(
+        "note: this build stops after the data stages; pre-training, alignment and label transfer are not built yet",
+    );
+    Ok(())
+}
+
+fn prior_json(p: &crate::preprocess::Prepared) -> serde_json::Value {
+    json!({
+        "lib_mu_add": p.lib_mu_add,
+        "batches": p.batch_names.iter().zip(&p.batch_prior).map(|(b, (m, s))| json!({"batch": b, "log_mean": m, "log_std": s})).collect::<Vec<_>>(),
+    })
+}
+
+fn write_pair_outputs(pair: &PreparedPair, dir: &Path, h5ad: bool) -> Result<()> {
+    let h = &pair.homology;
+    out::write_tsv(
+        &dir.join("homologous_genes.tsv"),
+        &[
+            "name",
+            "context_gene",
+            "target_gene",
+            "context_index",
+            "target_index",
+        ],
+        (0..h.len()).map(|k| {
+            vec![
+                h.names[k].clone(),
+                pair.context.data.genes[h.context[k]].clone(),
+                pair.target.data.genes[h.target[k]].clone(),
+                h.context[k].to_string(),
+                h.target[k].to_string(),
+            ]
+        }),
+    )?;
+    let mut rows = Vec::new();
+    for p in [&pair.context, &pair.target] {
+        for i in 0..p.n_cells() {
+            rows.push(vec![
+                p.data.cells[i].clone(),
+                p.name.clone(),
+                p.batch_names[p.batch[i] as usize].clone(),
+                p.labels
+                    .as_ref()
+                    .and_then(|l| l.value(i))
+                    .unwrap_or("unknown")
+                    .to_string(),
+                format!("{}", p.library_log_mean[i]),
+                format!("{}", p.library_log_std[i]),
+                p.n_genes[i].to_string(),
+            ]);
+        }
+    }
+    out::write_tsv(
+        &dir.join("cells_preprocessed.tsv"),
+        &[
+            "cell",
+            "dataset",
+            "batch",
+            "label",
+            "library_log_mean",
+            "library_log_std",
+            "n_genes",
+        ],
+        rows,
+    )?;
+    if h5ad {
+        for (p, hom) in [(&pair.context, &h.context), (&pair.target, &h.target)] {
+            preprocessed_anndata(p, hom)
+                .write(&dir.join(format!("{}_preprocessed.h5ad", p.name)))?;
+        }
+    }
+    Ok(())
+}
+
+/// A preprocessed dataset as AnnData, with the keys the reference's `create_mdata` produces.
+pub fn preprocessed_anndata(
+    p: &crate::preprocess::Prepared,
+    homologous: &[usize],
+) -> crate::out::h5ad::AnnData {
+    use crate::data::Categorical;
+    use crate::out::h5ad::{AnnData, Uns, Values};
+    let batch = Categorical {
+        codes: p.batch.iter().map(|&b| Some(b)).collect(),
+        categories: p.batch_names.clone(),
+    };
+    let mut obs = vec![
+        (
+            "dataset".to_string(),
+            Values::Strings(vec![p.name.clone(); p.n_cells()]),
+        ),
+        ("batch".to_string(), Values::Categorical(batch)),
+        (
+            "library_log_mean".to_string(),
+            Values::F32(p.library_log_mean.clone()),
+        ),
+        (
+            "library_log_std".to_string(),
+            Values::F32(p.library_log_std.clone()),
+        ),
+        (
+            "n_genes".to_string(),
+            Values::I64(p.n_genes.iter().map(|&x| x as i64).collect()),
+        ),
+    ];
+    if let Some(l) = &p.labels {
+        obs.push(("label".to_string(), Values::Categorical(l.clone())));
+    }
+    let mut hom = vec![0i64; p.data.n_genes()];
+    for &g in homologous {
+        hom[g] = 1;
+    }
+    AnnData {
+        x: Some(p.data.counts.clone()),
+        obs_names: p
+            .data
+            .cells
+            .iter()
+            .map(|c| format!("{c}_{}", p.name))
+            .collect(),
+        obs,
+        var_names: p.data.genes.clone(),
+        var: vec![("homologous".to_string(), Values::I64(hom))],
+        obsm: vec![(
+            "batch_label_enc".to_string(),
+            p.n_batches(),
+            p.batch_one_hot(),
+        )],
+        uns: vec![(
+            "metadata".to_string(),
+            Uns::Dict(vec![
+                ("name".into(), Uns::Str(p.name.clone())),
+                (
+                    "source".into(),
+                    Uns::Str(p.data.source.display().to_string()),
+                ),
+                ("lib_mu_add".into(), Uns::F64(p.lib_mu_add)),
+                (
+                    "scspecies_version".into(),
+                    Uns::Str(env!("CARGO_PKG_VERSION").into()),
+                ),
+            ]),
+        )],
+    }
+}
+
+fn inspect(a: &InspectArgs) -> Result<()> {
+    if a.context.is_none() && a.target.is_none() {
+        return Err(Error::Config(
+            "inspect needs --context and/or --target".into(),
+        ));
+    }
+    let mut report = serde_json::Map::new();
+    let mut text = String::new();
+    let mut genes: Vec<Option<Vec<String>>> = vec![None, None];
+    for (k, (role, path, bk, lk)) in [
+        (
+            "context",
+            &a.context,
+            &a.context_batch_key,
+            &a.context_label_key,
+        ),
+        (
+            "target",
+            &a.target,
+            &a.target_batch_key,
+            &a.target_label_key,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let Some(path) = path else { continue };
+        let ds = read_checked(path, &[bk.as_deref(), lk.as_deref()])?;
+        let s = summarize(&ds, bk.as_deref(), lk.as_deref())?;
+        text += &s.render(
+            &format!("{role}: {}", path.display()),
+            bk.as_deref(),
+            lk.as_deref(),
+            &ds.obs_keys(),
+        );
+        report.insert(
+            role.into(),
+            json!({"path": path, "summary": s, "obs_columns": ds.obs_keys()}),
+        );
+        genes[k] = Some(ds.genes);
+    }
+    if let (Some(c), Some(t)) = (&genes[0], &genes[1]) {
+        let table = a
+            .homology
+            .as_deref()
+            .map(crate::homology::OrthologTable::read)
+            .transpose()?;
+        let h = crate::homology::match_genes(c, t, table.as_ref())?;
+        text += &format!(
+            "homology ({})\n  homologous genes   {} ({:.1} % of context genes, {:.1} % of target genes)\n",
+            h.report.method,
+            thousands(h.len()),
+            100.0 * h.len() as f64 / c.len() as f64,
+            100.0 * h.len() as f64 / t.len() as f64
+        );
+        report.insert("homology".into(), json!(h.report));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    } else {
+        print!("{text}");
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process in bytes (Linux), for the bench report.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn bench(a: &BenchArgs) -> Result<()> {
+    check_options(&a.opts)?;
+    let inputs = demo_inputs(a.data.as_deref())?;
+    let cfg = a.opts.preprocess_config();
+    let mut runs = Vec::new();
+    for _ in 0..a.repeat.max(1) {
+        let t = std::time::Instant::now();
+        let pair = prepare(&inputs, &cfg, &mut |_| {})?;
+        let mut m: serde_json::Map<String, serde_json::Value> = pair
+            .timings
+            .iter()
+            .map(|(k, v)| (format!("{k}_s"), json!(v)))
+            .collect();
+        m.insert("total_s".into(), json!(t.elapsed().as_secs_f64()));
+        let nnz = pair.context.data.counts.nnz() + pair.target.data.counts.nnz();
+        m.insert("nonzeros".into(), json!(nnz));
+        runs.push(serde_json::Value::Object(m));
+    }
+    let report = json!({
+        "scspecies_version": env!("CARGO_PKG_VERSION"),
+        "data": inputs.context.parent(),
+        "phases": ["read", "preprocess", "homology"],
+        "runs": runs,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "threads": a.opts.threads,
+    });
+    match &a.out {
+        Some(p) => out::write_json(p, &report)?,
+        None => println!("{}", serde_json::to_string_pretty(&report).unwrap()),
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The pipeline as a library call: read both species, preprocess each, match homologous genes.
+//! Model stages (pre-training, alignment, label transfer) attach here as they are built.
+
+use crate::data::{Dataset, read_dataset};
+use crate::error::{Error, Result};
+use crate::homology::{Homology, OrthologTable, match_genes};
+use crate::preprocess::{Prepared, PreprocessConfig, preprocess};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where the inputs are and how to read them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inputs {
+    pub context: PathBuf,
+    pub target: PathBuf,
+    pub context_batch_key: String,
+    pub context_label_key: String,
+    pub target_batch_key: String,
+    pub target_label_key: Option<String>,
+    /// Ortholog table (context gene, target gene); None: case-insensitive symbol matching.
+    pub homology: Option<PathBuf>,
+    pub context_name: String,
+    pub target_name: String,
+}
+
+/// Both species, preprocessed, with their homologous genes.
+#[derive(Debug, Clone)]
+pub struct PreparedPair {
+    pub context: Prepared,
+    pub target: Prepared,
+    pub homology: Homology,
+    /// (phase, seconds)
+    pub timings: Vec<(String, f64)>,
+}
+
+/// Read, preprocess and match. `log` receives one line per notable event (filters, counts).
+pub fn prepare(
+    inputs: &Inputs,
+    cfg: &PreprocessConfig,
+    log: &mut dyn FnMut(&str),
+) -> Result<PreparedPair> {
+    let mut timings = Vec::new();
+    let t = Instant::now();
+    // Read the ortholog table first: it is small, and a wrong path should fail before the big reads.
+    let table = inputs
+        .homology
+        .as_deref()
+        .map(OrthologTable::read)
+        .transpose()?;
+    let ctx = read_dataset(&inputs.context)?;
+    log(&format!(
+        "{}: {} cells x {} genes from {}",
+        inputs.context_name,
+        ctx.n_cells(),
+        ctx.n_genes(),
+        inputs.context.display()
+    ));
+    let tgt = read_dataset(&inputs.target)?;
+    log(&format!(
+        "{}: {} cells x {} genes from {}",
+        inputs.target_name,
+        tgt.n_cells(),
+        tgt.n_genes(),
+        inputs.target.display()
+    ));
+    timings.push(("read".to_string(), t.elapsed().as_secs_f64()));
+
+    let t = Instant::now();
+    let context = preprocess(
+        &ctx,
+        &inputs.context_name,
+        &inputs.context_batch_key,
+        Some(&inputs.context_label_key),
+        cfg,
+    )?;
+    let target = preprocess(
+        &tgt,
+        &inputs.target_name,
+        &inputs.target_batch_key,
+        inputs.target_label_key.as_deref(),
+        cfg,
+    )?;
+    for p in [&context, &target] {
+        for m in p.report.messages(&p.name) {
+            log(&m);
+        }
+        log(&format!(
+            "{}: {} cells x {} genes after preprocessing, {} batches",
+            p.name,
+            p.n_cells(),
+            p.data.n_genes(),
+            p.n_batches()
+        ));
+    }
+    timings.push(("preprocess".to_string(), t.elapsed().as_secs_f64()));
+
+    let t = Instant::now();
+    let homology = match_genes(&context.data.genes, &target.data.genes, table.as_ref())?;
+    log(&format!(
+        "homology ({}): {} homologous genes ({:.1} % of {} context genes, {:.1} % of {} target genes)",
+        homology.report.method,
+        homology.len(),
+        100.0 * homology.len() as f64 / context.data.n_genes() as f64,
+        context.data.n_genes(),
+        100.0 * homology.len() as f64 / target.data.n_genes() as f64,
+        target.data.n_genes()
+    ));
+    timings.push(("homology".to_string(), t.elapsed().as_secs_f64()));
+    Ok(PreparedPair {
+        context,
+        target,
+        homology,
+        timings,
+    })
+}
+
+/// Read a dataset and check that the keys exist, for `inspect`.
+pub fn read_checked(path: &Path, keys: &[Option<&str>]) -> Result<Dataset> {
+    let ds = read_dataset(path)?;
+    for k in keys.iter().flatten() {
+        ds.column(k)?;
+    }
+    if ds.n_cells() == 0 {
+        return Err(Error::format(path, "the dataset has no cells"));
+    }
+    Ok(ds)
+}
