@@ -8,6 +8,7 @@ pub mod cli;
 pub mod data;
 pub mod error;
 pub mod homology;
+pub mod kernels;
 pub mod out;
 pub mod pipeline;
 pub mod preprocess;
