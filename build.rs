@@ -18,7 +18,9 @@ fn main() {
         }
     }
     entries.sort();
-    let mut code = String::from("/// (module name, CUDA C source) of every file in `kernels/`, sorted by name.\npub const KERNEL_SOURCES: &[(&str, &str)] = &[\n");
+    let mut code = String::from(
+        "/// (module name, CUDA C source) of every file in `kernels/`, sorted by name.\npub const KERNEL_SOURCES: &[(&str, &str)] = &[\n",
+    );
     for (name, path) in &entries {
         code += &format!("    ({name:?}, include_str!({path:?})),\n");
     }
