@@ -352,7 +352,8 @@ pub fn preprocess(
     let labels = labels.map(|l| sorted_categorical(&compact(&l)));
     let mean_prior =
         library_log_mean.iter().map(|&x| x as f64).sum::<f64>() / library_log_mean.len() as f64;
-    let lib_mu_add = (mean_prior * 1e5).round() / 1e5;
+    // numpy rounds half to even.
+    let lib_mu_add = (mean_prior * 1e5).round_ties_even() / 1e5;
     report.cells_out = data.n_cells();
     report.genes_out = data.n_genes();
     Ok(Prepared {
