@@ -90,8 +90,19 @@ pub fn read_folder(dir: &Path) -> Result<Dataset> {
 fn read_gene_names(path: &Path, n_genes: usize) -> Result<Vec<String>> {
     let t = text::read_tsv(path, false)?;
     let mut rows = t.rows;
+    let looks_like_header = rows.first().is_some_and(|r| is_gene_header(&r[0]));
     let header = if rows.len() == n_genes + 1 {
         Some(rows.remove(0))
+    } else if rows.len() == n_genes && looks_like_header {
+        return Err(Error::format(
+            path,
+            format!(
+                "a header line ('{}') and {} genes, but the count matrix has {} genes",
+                rows[0][0],
+                n_genes - 1,
+                n_genes
+            ),
+        ));
     } else if rows.len() == n_genes {
         None
     } else {
@@ -122,6 +133,25 @@ fn read_gene_names(path: &Path, n_genes: usize) -> Result<Vec<String>> {
         .into_iter()
         .map(|mut r| std::mem::take(&mut r[col]))
         .collect())
+}
+
+fn is_gene_header(s: &str) -> bool {
+    matches!(
+        s.to_ascii_lowercase().as_str(),
+        "gene"
+            | "genes"
+            | "symbol"
+            | "gene_symbol"
+            | "gene_symbols"
+            | "gene_name"
+            | "gene_id"
+            | "gene_ids"
+            | "feature"
+            | "features"
+            | "name"
+            | "index"
+            | "var_names"
+    )
 }
 
 fn read_single_column(path: &Path, n: usize) -> Result<Vec<String>> {
