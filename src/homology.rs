@@ -121,10 +121,11 @@ pub fn match_genes(
             let tgt_set: std::collections::HashSet<&str> =
                 target_genes.iter().map(|s| s.as_str()).collect();
             let mut rows: &[(String, String)] = &tab.pairs;
-            if let Some((a, b)) = rows.first() {
-                if !ctx_set.contains(a.as_str()) && !tgt_set.contains(b.as_str()) {
-                    rows = &rows[1..]; // header line
-                }
+            if let Some((a, b)) = rows.first()
+                && !ctx_set.contains(a.as_str())
+                && !tgt_set.contains(b.as_str())
+            {
+                rows = &rows[1..]; // header line
             }
             let mut translate: HashMap<&str, &str> = HashMap::new();
             for (cg, tg) in rows {

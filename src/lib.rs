@@ -15,3 +15,8 @@ pub mod preprocess;
 pub mod summary;
 
 pub use error::{Error, Result};
+
+/// The README's Rust example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

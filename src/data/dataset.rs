@@ -118,6 +118,9 @@ impl Column {
     }
 }
 
+/// Obs columns in file order; a column that could not be decoded holds the reason.
+pub type ObsColumns = Vec<(String, std::result::Result<Column, String>)>;
+
 /// One dataset. Rows of `counts` are `cells`, columns are `genes`.
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -128,7 +131,7 @@ pub struct Dataset {
     pub genes: Vec<String>,
     /// Obs columns in file order. A column that exists but could not be decoded is kept as an error
     /// message and only reported if the user asks for it.
-    pub obs: Vec<(String, std::result::Result<Column, String>)>,
+    pub obs: ObsColumns,
 }
 
 impl Dataset {
@@ -219,17 +222,17 @@ impl Dataset {
             }
         }
         for (k, c) in &self.obs {
-            if let Ok(c) = c {
-                if c.len() != self.n_cells() {
-                    return Err(Error::format(
-                        p,
-                        format!(
-                            "obs column '{k}' has {} values for {} cells",
-                            c.len(),
-                            self.n_cells()
-                        ),
-                    ));
-                }
+            if let Ok(c) = c
+                && c.len() != self.n_cells()
+            {
+                return Err(Error::format(
+                    p,
+                    format!(
+                        "obs column '{k}' has {} values for {} cells",
+                        c.len(),
+                        self.n_cells()
+                    ),
+                ));
             }
         }
         Ok(())

@@ -3,7 +3,7 @@
 //! strings or numbers; var names from the `_index` attribute or the usual fallbacks.
 //! Pure-Rust HDF5 (`hdf5-pure`): nothing to install.
 
-use super::dataset::{Categorical, Column, Dataset};
+use super::dataset::{Categorical, Column, Dataset, ObsColumns};
 use super::sparse::{Csr, check_count};
 use crate::error::{Error, Result};
 use hdf5_pure::{AttrValue, DType, File, Group};
@@ -303,8 +303,6 @@ fn read_strings(d: &hdf5_pure::Dataset) -> std::result::Result<Vec<String>, Stri
         other => Err(format!("cannot read values of type {other} as names")),
     }
 }
-
-type ObsColumns = Vec<(String, std::result::Result<Column, String>)>;
 
 fn read_obs_columns(g: &Group, path: &Path) -> Result<ObsColumns> {
     let attrs = g.attrs().map_err(|e| h5err(path, "obs", e))?;

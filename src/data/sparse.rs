@@ -96,15 +96,15 @@ impl Csr {
                     w[0] as u64 + 1
                 ));
             }
-            if let Some(&c) = idx.last() {
-                if c as usize >= n_cols {
-                    return Err(format!(
-                        "row {} has column index {} but there are {} columns",
-                        r + 1,
-                        c as u64 + 1,
-                        n_cols
-                    ));
-                }
+            if let Some(&c) = idx.last()
+                && c as usize >= n_cols
+            {
+                return Err(format!(
+                    "row {} has column index {} but there are {} columns",
+                    r + 1,
+                    c as u64 + 1,
+                    n_cols
+                ));
             }
         }
         Ok(())

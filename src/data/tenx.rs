@@ -2,7 +2,7 @@
 //! header naming the obs columns) or 10x Genomics' (`matrix.mtx[.gz]` genes x cells + `features.tsv[.gz]`
 //! or `genes.tsv[.gz]` + `barcodes.tsv[.gz]`, optionally with a `cells.tsv` for annotations).
 
-use super::dataset::{Categorical, Column, Dataset};
+use super::dataset::{Categorical, Column, Dataset, ObsColumns};
 use super::mtx::read_mtx;
 use super::text::{self, first_existing};
 use crate::error::{Error, Result};
@@ -169,13 +169,7 @@ fn read_single_column(path: &Path, n: usize) -> Result<Vec<String>> {
 }
 
 /// `cells.tsv`: a header naming the columns; the first column is the cell barcode, the others are obs.
-fn read_cells_table(
-    path: &Path,
-    n_cells: usize,
-) -> Result<(
-    Vec<String>,
-    Vec<(String, std::result::Result<Column, String>)>,
-)> {
+fn read_cells_table(path: &Path, n_cells: usize) -> Result<(Vec<String>, ObsColumns)> {
     let t = text::read_tsv(path, true)?;
     let header = t.header.ok_or_else(|| {
         Error::format(

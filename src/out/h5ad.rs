@@ -157,13 +157,13 @@ impl AnnData {
     fn check(&self) -> std::result::Result<(), String> {
         let n = self.obs_names.len();
         let g = self.var_names.len();
-        if let Some(x) = &self.x {
-            if x.n_rows != n || x.n_cols != g {
-                return Err(format!(
-                    "X is {} x {} but there are {n} obs and {g} var names",
-                    x.n_rows, x.n_cols
-                ));
-            }
+        if let Some(x) = &self.x
+            && (x.n_rows != n || x.n_cols != g)
+        {
+            return Err(format!(
+                "X is {} x {} but there are {n} obs and {g} var names",
+                x.n_rows, x.n_cols
+            ));
         }
         for (k, v) in &self.obs {
             if values_len(v) != n {

@@ -100,19 +100,17 @@ pub fn gzip_file(src: &Path, dst: &Path) {
     e.finish().unwrap();
 }
 
-/// `n` cells in batches of `per_batch`, with labels cycling through `types`; counts from a simple formula.
-pub fn synthetic(
-    n: usize,
-    genes: usize,
-    per_batch: usize,
-    types: &[&str],
-) -> (
+/// Dense counts, gene names, cell names, batches and labels.
+pub type Synthetic = (
     Vec<Vec<f64>>,
     Vec<String>,
     Vec<String>,
     Vec<String>,
     Vec<String>,
-) {
+);
+
+/// `n` cells in batches of `per_batch`, with labels cycling through `types`; counts from a simple formula.
+pub fn synthetic(n: usize, genes: usize, per_batch: usize, types: &[&str]) -> Synthetic {
     let mut dense = Vec::new();
     for i in 0..n {
         dense.push(

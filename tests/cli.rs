@@ -1,0 +1,235 @@
+//! The command line: every documented argument parses, `inspect` reports the Baron data, `demo` runs
+//! on the bundled data and writes its outputs.
+
+mod common;
+use clap::Parser;
+use scspecies::cli::{Cli, Command, Device};
+use std::process::Command as Proc;
+
+#[test]
+fn pipeline_arguments_parse() {
+    for cmd in ["run", "pretrain", "align", "transfer"] {
+        let cli = Cli::try_parse_from([
+            "scspecies",
+            cmd,
+            "--context",
+            "mouse.h5ad",
+            "--target",
+            "human/",
+            "--context-batch-key",
+            "donor",
+            "--context-label-key",
+            "cell_type",
+            "--target-batch-key",
+            "donor",
+            "--target-label-key",
+            "cell_type",
+            "--homology",
+            "orth.tsv",
+            "--out",
+            "res",
+            "--device",
+            "cuda",
+            "--epochs-context",
+            "5",
+            "--epochs-target",
+            "7",
+            "--seed",
+            "42",
+            "--threads",
+            "2",
+            "--quiet",
+        ])
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+        let a = match cli.command {
+            Command::Run(a) | Command::Pretrain(a) | Command::Align(a) | Command::Transfer(a) => a,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(a.context.to_str(), Some("mouse.h5ad"));
+        assert_eq!(a.target_label_key.as_deref(), Some("cell_type"));
+        assert_eq!(
+            a.homology.as_ref().and_then(|p| p.to_str()),
+            Some("orth.tsv")
+        );
+        assert_eq!(a.opts.device, Device::Cuda);
+        assert_eq!(
+            (
+                a.opts.epochs_context,
+                a.opts.epochs_target,
+                a.opts.seed,
+                a.opts.threads
+            ),
+            (Some(5), Some(7), 42, Some(2))
+        );
+        assert!(a.opts.quiet);
+    }
+    // Optional ones really are optional, required ones required.
+    let min = [
+        "scspecies",
+        "run",
+        "--context",
+        "a",
+        "--target",
+        "b",
+        "--context-batch-key",
+        "k",
+        "--context-label-key",
+        "l",
+        "--target-batch-key",
+        "k",
+        "--out",
+        "o",
+    ];
+    let cli = Cli::try_parse_from(min).unwrap();
+    let Command::Run(a) = cli.command else {
+        panic!()
+    };
+    assert_eq!(
+        (a.opts.device, a.opts.seed, a.target_label_key),
+        (Device::Cpu, 369963, None)
+    );
+    let e = Cli::try_parse_from(&min[..min.len() - 2])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--out"), "{e}");
+}
+
+fn bin(args: &[&str]) -> (i32, String, String) {
+    let o = Proc::new(env!("CARGO_BIN_EXE_scspecies"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+#[test]
+fn inspect_reports_bundled_data_as_json_and_text() {
+    let d = common::bundled();
+    let (m, h, t) = (d.join("mouse"), d.join("human"), d.join("homology.tsv"));
+    let args = [
+        "inspect",
+        "--context",
+        m.to_str().unwrap(),
+        "--target",
+        h.to_str().unwrap(),
+        "--context-batch-key",
+        "batch",
+        "--context-label-key",
+        "cell_type",
+        "--target-batch-key",
+        "batch",
+        "--homology",
+        t.to_str().unwrap(),
+    ];
+    let (code, out, err) = bin(&[&args[..], &["--json"]].concat());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["context"]["summary"]["cells"], 1886);
+    assert_eq!(v["target"]["summary"]["genes"], 16413);
+    assert_eq!(
+        v["context"]["summary"]["batches"][1],
+        serde_json::json!(["mouse2", 1064])
+    );
+    assert_eq!(v["homology"]["homologous_genes"], 11312);
+    assert!(v["target"]["summary"]["labels"].is_null());
+    let (code, out, _) = bin(&args);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("1,886 x 14,860") && out.contains("homologous genes   11,312"),
+        "{out}"
+    );
+}
+
+#[test]
+fn inspect_identical_for_shared_folders_and_h5ad() {
+    let Some(s) = common::shared_data("inspect_identical_for_shared_folders_and_h5ad") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let hm = common::gunzip_to(&s.join("h5ad/raw-Baron_mouse.h5ad.gz"), tmp.path());
+    let hh = common::gunzip_to(&s.join("h5ad/raw-Baron_human.h5ad.gz"), tmp.path());
+    let tab = s.join("homology.tsv");
+    let run = |c: &std::path::Path, t: &std::path::Path, bk: &str, lk: &str| {
+        let (code, out, err) = bin(&[
+            "inspect",
+            "--json",
+            "--context",
+            c.to_str().unwrap(),
+            "--target",
+            t.to_str().unwrap(),
+            "--context-batch-key",
+            bk,
+            "--context-label-key",
+            lk,
+            "--target-batch-key",
+            bk,
+            "--target-label-key",
+            lk,
+            "--homology",
+            tab.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let a = run(&s.join("mouse"), &s.join("human"), "batch", "cell_type");
+    let b = run(&hm, &hh, "donor", "cell_ontology_class");
+    for role in ["context", "target"] {
+        assert_eq!(a[role]["summary"], b[role]["summary"], "{role}");
+    }
+    assert_eq!(a["homology"], b["homology"]);
+    assert_eq!(
+        (
+            a["context"]["summary"]["cells"].clone(),
+            a["context"]["summary"]["genes"].clone()
+        ),
+        (1886.into(), 14877.into())
+    );
+    assert_eq!(
+        (
+            a["target"]["summary"]["cells"].clone(),
+            a["target"]["summary"]["genes"].clone()
+        ),
+        (2142.into(), 20125.into())
+    );
+    assert_eq!(a["homology"]["homologous_genes"], 11674);
+}
+
+#[test]
+fn demo_runs_on_bundled_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let (code, _, err) = bin(&["demo", "--out", out.to_str().unwrap(), "--write-h5ad"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("mouse: 1855 cells"), "{err}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["homology"]["homologous_genes"], 11312);
+    assert_eq!(m["preprocessing"]["human"]["cells_out"], 2107);
+    let p = scspecies::data::read_dataset(&out.join("mouse_preprocessed.h5ad")).unwrap();
+    assert_eq!(p.n_cells(), 1855);
+    assert_eq!(p.labels("label").unwrap().categories.len(), 8);
+    let hom = std::fs::read_to_string(out.join("homologous_genes.tsv")).unwrap();
+    assert_eq!(hom.lines().count(), 11312 + 1);
+    // Model commands say plainly that they do not exist yet.
+    let (code, _, err) = bin(&[
+        "pretrain",
+        "--context",
+        "a",
+        "--target",
+        "b",
+        "--context-batch-key",
+        "k",
+        "--context-label-key",
+        "l",
+        "--target-batch-key",
+        "k",
+        "--out",
+        "o",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no model stages yet"), "{err}");
+}
