@@ -1,7 +1,7 @@
 //! The pipeline as a library call: read both species, preprocess each, match homologous genes.
 //! Model stages (pre-training, alignment, label transfer) attach here as they are built.
 
-use crate::data::{Dataset, read_dataset};
+use crate::data::{Dataset, read_dataset_layer};
 use crate::error::{Error, Result};
 use crate::homology::{Homology, OrthologTable, match_genes};
 use crate::preprocess::{Prepared, PreprocessConfig, preprocess};
@@ -22,6 +22,9 @@ pub struct Inputs {
     pub homology: Option<PathBuf>,
     pub context_name: String,
     pub target_name: String,
+    /// `.h5ad` only: take the counts from `raw` or `layers/<name>` instead of `X`.
+    pub context_layer: Option<String>,
+    pub target_layer: Option<String>,
 }
 
 /// Both species, preprocessed, with their homologous genes.
@@ -48,7 +51,7 @@ pub fn prepare(
         .as_deref()
         .map(OrthologTable::read)
         .transpose()?;
-    let ctx = read_dataset(&inputs.context)?;
+    let ctx = read_dataset_layer(&inputs.context, inputs.context_layer.as_deref())?;
     log(&format!(
         "{}: {} cells x {} genes from {}",
         inputs.context_name,
@@ -56,7 +59,7 @@ pub fn prepare(
         ctx.n_genes(),
         inputs.context.display()
     ));
-    let tgt = read_dataset(&inputs.target)?;
+    let tgt = read_dataset_layer(&inputs.target, inputs.target_layer.as_deref())?;
     log(&format!(
         "{}: {} cells x {} genes from {}",
         inputs.target_name,
@@ -116,8 +119,8 @@ pub fn prepare(
 }
 
 /// Read a dataset and check that the keys exist, for `inspect`.
-pub fn read_checked(path: &Path, keys: &[Option<&str>]) -> Result<Dataset> {
-    let ds = read_dataset(path)?;
+pub fn read_checked(path: &Path, layer: Option<&str>, keys: &[Option<&str>]) -> Result<Dataset> {
+    let ds = read_dataset_layer(path, layer)?;
     for k in keys.iter().flatten() {
         ds.column(k)?;
     }

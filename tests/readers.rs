@@ -344,3 +344,60 @@ print("anndata read ok")
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn counts_from_a_layer_or_raw_when_x_is_normalised() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("norm.h5ad");
+    let mut b = FileBuilder::new();
+    b.create_dataset("X")
+        .with_f32_data(&[0.69, 0.0, 1.1, 0.0])
+        .with_shape(&[2, 2]);
+    let mut layers = b.create_group("layers");
+    layers
+        .create_dataset("counts")
+        .with_i32_data(&[1, 0, 2, 0])
+        .with_shape(&[2, 2]);
+    b.add_group(layers.finish());
+    let mut raw = b.create_group("raw");
+    raw.create_dataset("X")
+        .with_i32_data(&[1, 0, 5, 2, 0, 0])
+        .with_shape(&[2, 3]);
+    let mut rv = raw.create_group("var");
+    rv.set_attr("_index", AttrValue::String("_index".into()));
+    rv.create_dataset("_index")
+        .with_vlen_strings(&["A", "B", "C"]);
+    raw.add_group(rv.finish());
+    b.add_group(raw.finish());
+    for g in ["obs", "var"] {
+        let mut grp = b.create_group(g);
+        grp.set_attr("_index", AttrValue::String("_index".into()));
+        grp.create_dataset("_index")
+            .with_vlen_strings(&if g == "obs" { ["c1", "c2"] } else { ["A", "B"] });
+        b.add_group(grp.finish());
+    }
+    b.write(&p).unwrap();
+    let e = read_dataset(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("not a whole number")
+            && e.contains("counts, raw")
+            && e.contains("--context-layer"),
+        "{e}"
+    );
+    let d = scspecies::data::read_dataset_layer(&p, Some("counts")).unwrap();
+    assert_eq!(d.counts.rows_dense(0..2), vec![1.0, 0.0, 2.0, 0.0]);
+    let d = scspecies::data::read_dataset_layer(&p, Some("raw")).unwrap();
+    assert_eq!(d.genes, vec!["A", "B", "C"]);
+    assert_eq!(
+        d.counts.rows_dense(0..2),
+        vec![1.0, 0.0, 5.0, 2.0, 0.0, 0.0]
+    );
+    let e = scspecies::data::read_dataset_layer(&p, Some("spliced"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layers/spliced"), "{e}");
+    let e = scspecies::data::read_dataset_layer(&bundled().join("mouse"), Some("counts"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("only be chosen for an .h5ad"), "{e}");
+}

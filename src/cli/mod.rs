@@ -126,6 +126,12 @@ pub struct PipelineArgs {
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
+    /// .h5ad context: read counts from `raw` (raw/X) or a layer (layers/NAME) instead of X.
+    #[arg(long)]
+    pub context_layer: Option<String>,
+    /// .h5ad target: read counts from `raw` or a layer instead of X.
+    #[arg(long)]
+    pub target_layer: Option<String>,
     /// Name of the context species in outputs.
     #[arg(long, default_value = "context")]
     pub context_name: String,
@@ -148,6 +154,8 @@ impl PipelineArgs {
             homology: self.homology.clone(),
             context_name: self.context_name.clone(),
             target_name: self.target_name.clone(),
+            context_layer: self.context_layer.clone(),
+            target_layer: self.target_layer.clone(),
         }
     }
 }
@@ -195,6 +203,12 @@ pub struct InspectArgs {
     pub target_batch_key: Option<String>,
     #[arg(long)]
     pub target_label_key: Option<String>,
+    /// .h5ad context: read counts from `raw` or a layer instead of X.
+    #[arg(long)]
+    pub context_layer: Option<String>,
+    /// .h5ad target: read counts from `raw` or a layer instead of X.
+    #[arg(long)]
+    pub target_layer: Option<String>,
     /// Ortholog table (context gene, target gene); default: case-insensitive symbol match.
     #[arg(long)]
     pub homology: Option<PathBuf>,
@@ -227,15 +241,32 @@ pub fn demo_inputs(data: Option<&Path>) -> Result<Inputs> {
         homology: Some(dir.join("homology.tsv")),
         context_name: "mouse".into(),
         target_name: "human".into(),
+        context_layer: None,
+        target_layer: None,
     })
 }
 
-fn logger(quiet: bool) -> impl FnMut(&str) {
-    move |m: &str| {
-        if !quiet {
+/// A spinner on stderr for long work (hidden when quiet or when stderr is not a terminal) and a log
+/// function whose lines print above it.
+fn progress(quiet: bool, what: &str) -> (indicatif::ProgressBar, impl FnMut(&str)) {
+    let pb = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    pb.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap());
+    pb.set_message(what.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    let bar = pb.clone();
+    let log = move |m: &str| {
+        if quiet {
+        } else if bar.is_hidden() {
             eprintln!("{m}");
+        } else {
+            bar.println(m);
         }
-    }
+    };
+    (pb, log)
 }
 
 /// Entry point used by `main`.
@@ -267,9 +298,11 @@ fn check_options(o: &RunOptions) -> Result<()> {
 fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions) -> Result<()> {
     check_options(o)?;
     let cfg = o.preprocess_config();
-    let mut log = logger(o.quiet);
+    let (bar, mut log) = progress(o.quiet, "reading and preprocessing");
     let t0 = std::time::Instant::now();
-    let pair = prepare(inputs, &cfg, &mut log)?;
+    let pair = prepare(inputs, &cfg, &mut log);
+    bar.finish_and_clear();
+    let pair = pair?;
     let t_write = std::time::Instant::now();
     out::create_out_dir(out_dir)?;
     write_pair_outputs(&pair, out_dir, o.write_h5ad)?;
@@ -448,16 +481,18 @@ fn inspect(a: &InspectArgs) -> Result<()> {
     let mut report = serde_json::Map::new();
     let mut text = String::new();
     let mut genes: Vec<Option<Vec<String>>> = vec![None, None];
-    for (k, (role, path, bk, lk)) in [
+    for (k, (role, path, layer, bk, lk)) in [
         (
             "context",
             &a.context,
+            &a.context_layer,
             &a.context_batch_key,
             &a.context_label_key,
         ),
         (
             "target",
             &a.target,
+            &a.target_layer,
             &a.target_batch_key,
             &a.target_label_key,
         ),
@@ -466,7 +501,7 @@ fn inspect(a: &InspectArgs) -> Result<()> {
     .enumerate()
     {
         let Some(path) = path else { continue };
-        let ds = read_checked(path, &[bk.as_deref(), lk.as_deref()])?;
+        let ds = read_checked(path, layer.as_deref(), &[bk.as_deref(), lk.as_deref()])?;
         let s = summarize(&ds, bk.as_deref(), lk.as_deref())?;
         text += &s.render(
             &format!("{role}: {}", path.display()),

@@ -51,7 +51,36 @@ fn read_inner(path: &Path, matrix: &str) -> Result<Dataset> {
             e,
         )
     })?;
-    let counts = read_matrix(&f, path, matrix)?;
+    let counts = read_matrix(&f, path, matrix).map_err(|e| match e {
+        // Log-normalised X with the counts kept elsewhere is common: say where to look.
+        Error::Format { path, msg } if msg.contains("not a whole number") => {
+            let mut others: Vec<String> = f
+                .group("layers")
+                .and_then(|g| g.groups())
+                .unwrap_or_default();
+            others.extend(
+                f.group("layers")
+                    .and_then(|g| g.datasets())
+                    .unwrap_or_default(),
+            );
+            if f.group("raw").is_ok() {
+                others.push("raw".into());
+            }
+            let hint = if others.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (this file also has: {}; choose one with --context-layer / --target-layer)",
+                    others.join(", ")
+                )
+            };
+            Error::Format {
+                path,
+                msg: format!("{msg}{hint}"),
+            }
+        }
+        other => other,
+    })?;
     let var = if matrix.starts_with("raw/") {
         "raw/var"
     } else {

@@ -16,7 +16,21 @@ use std::path::Path;
 
 /// Read a dataset from a folder (10x-style or ours) or an `.h5ad` file, chosen by what the path is.
 pub fn read_dataset(path: &Path) -> Result<Dataset> {
+    read_dataset_layer(path, None)
+}
+
+/// Like [`read_dataset`], taking the counts of an `.h5ad` from another matrix: `None` or `"X"` for `X`,
+/// `"raw"` for `raw/X` (with `raw/var` names), any other name for `layers/<name>`.
+pub fn read_dataset_layer(path: &Path, layer: Option<&str>) -> Result<Dataset> {
     if path.is_dir() {
+        if let Some(l) = layer.filter(|l| *l != "X") {
+            return Err(Error::format(
+                path,
+                format!(
+                    "a layer ('{l}') can only be chosen for an .h5ad input; a folder has one count matrix"
+                ),
+            ));
+        }
         return tenx::read_folder(path);
     }
     if !path.exists() {
@@ -37,7 +51,11 @@ pub fn read_dataset(path: &Path) -> Result<Dataset> {
     }
     if name.ends_with(".h5ad") || name.ends_with(".h5") {
         #[cfg(feature = "h5ad")]
-        return h5ad::read_h5ad(path);
+        return match layer {
+            None | Some("X") => h5ad::read_h5ad(path),
+            Some("raw") => h5ad::read_h5ad_matrix(path, "raw/X"),
+            Some(l) => h5ad::read_h5ad_matrix(path, &format!("layers/{l}")),
+        };
         #[cfg(not(feature = "h5ad"))]
         return Err(Error::format(
             path,
