@@ -6,6 +6,7 @@
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod homology;
 pub mod kernels;

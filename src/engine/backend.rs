@@ -1,0 +1,219 @@
+//! The backend interface: the ops the model needs, on device buffers. The model and training code call
+//! only this, so a CUDA backend plugs in beside the CPU one. Host data crosses as f64 (small) or f32
+//! (minibatches); shapes are passed explicitly, row-major.
+
+use super::likelihood::Distribution;
+use super::ops::AdamConfig;
+
+pub trait Backend: Send + Sync {
+    /// A device buffer of the backend's float type.
+    type Buf: Send + Sync;
+    /// A sparse minibatch (raw counts plus batch one-hot) ready for the input layers.
+    type Sparse: Send + Sync;
+
+    fn name(&self) -> String;
+
+    // memory
+    fn zeros(&self, n: usize) -> Self::Buf;
+    fn upload(&self, v: &[f64]) -> Self::Buf;
+    fn upload_f32(&self, v: &[f32]) -> Self::Buf;
+    fn download(&self, b: &Self::Buf) -> Vec<f64>;
+    fn len(&self, b: &Self::Buf) -> usize;
+    /// CSR rows (indptr, column indices, values) with `cols` columns.
+    fn upload_sparse(
+        &self,
+        rows: usize,
+        cols: usize,
+        indptr: Vec<usize>,
+        indices: Vec<u32>,
+        values: Vec<f32>,
+    ) -> Self::Sparse;
+
+    // linear layers (weights input-major: w[K×N])
+    #[allow(clippy::too_many_arguments)]
+    fn linear_fwd(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        y: &mut Self::Buf,
+        rows: usize,
+        k: usize,
+        n: usize,
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn linear_bwd(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        dy: &Self::Buf,
+        dx: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+        rows: usize,
+        k: usize,
+        n: usize,
+    );
+    fn sparse_linear_fwd(
+        &self,
+        x: &Self::Sparse,
+        w: &Self::Buf,
+        b: &Self::Buf,
+        y: &mut Self::Buf,
+        n: usize,
+    );
+    fn sparse_linear_bwd(
+        &self,
+        x: &Self::Sparse,
+        dy: &Self::Buf,
+        dw: &mut Self::Buf,
+        db: &mut Self::Buf,
+        n: usize,
+    );
+
+    // normalisation and activations
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_fwd(
+        &self,
+        x: &Self::Buf,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        y: &mut Self::Buf,
+        xhat: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        d: usize,
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_bwd(
+        &self,
+        dy: &Self::Buf,
+        xhat: &Self::Buf,
+        rstd: &Self::Buf,
+        gamma: &Self::Buf,
+        dx: &mut Self::Buf,
+        dgamma: &mut Self::Buf,
+        dbeta: &mut Self::Buf,
+        rows: usize,
+        d: usize,
+    );
+    fn relu_dropout_fwd(
+        &self,
+        x: &Self::Buf,
+        mask: Option<&Self::Buf>,
+        relu_out: &mut Self::Buf,
+        y: &mut Self::Buf,
+    );
+    fn relu_dropout_bwd(
+        &self,
+        dy: &Self::Buf,
+        relu_out: &Self::Buf,
+        mask: Option<&Self::Buf>,
+        dx: &mut Self::Buf,
+    );
+
+    // decoder output
+    fn split_softmax_fwd(
+        &self,
+        r: &Self::Buf,
+        group: &[u8],
+        weight: [f64; 2],
+        rho: &mut Self::Buf,
+        n: usize,
+    );
+    fn split_softmax_bwd(
+        &self,
+        rho: &Self::Buf,
+        group: &[u8],
+        weight: [f64; 2],
+        d: &mut Self::Buf,
+        n: usize,
+    );
+    /// θ[B×N] = exp(log_alpha[batch_i, :]).
+    fn gather_exp_rows(
+        &self,
+        log_alpha: &Self::Buf,
+        batch: &[u32],
+        theta: &mut Self::Buf,
+        n: usize,
+    );
+    /// dlog_alpha[b, :] = Σ_{i: batch_i = b} dθ_i ⊙ θ_i (overwrites all S rows).
+    fn scatter_theta_grad(
+        &self,
+        dtheta: &Self::Buf,
+        theta: &Self::Buf,
+        batch: &[u32],
+        dlog_alpha: &mut Self::Buf,
+        n: usize,
+    );
+    /// Per-cell NLL and, if asked, the gradients of scale·Σ nll (ρ, θ, logit [B×N]; library [B]).
+    #[allow(clippy::too_many_arguments)]
+    fn likelihood(
+        &self,
+        dist: Distribution,
+        x: &Self::Buf,
+        rho: &Self::Buf,
+        theta: &Self::Buf,
+        logit: Option<&Self::Buf>,
+        lib: &Self::Buf,
+        n: usize,
+        scale: f64,
+        nll: &mut Self::Buf,
+        grads: Option<(
+            &mut Self::Buf,
+            &mut Self::Buf,
+            Option<&mut Self::Buf>,
+            &mut Self::Buf,
+        )>,
+    );
+
+    // latent terms
+    fn reparam_fwd(&self, mu: &Self::Buf, ls: &Self::Buf, eps: &Self::Buf, z: &mut Self::Buf);
+    fn reparam_bwd(
+        &self,
+        dz: &Self::Buf,
+        ls: &Self::Buf,
+        eps: &Self::Buf,
+        dmu: &mut Self::Buf,
+        dls: &mut Self::Buf,
+    );
+    fn kl_normal(
+        &self,
+        mu: &Self::Buf,
+        ls: &Self::Buf,
+        l: usize,
+        kl: &mut Self::Buf,
+        grads: Option<(f64, &mut Self::Buf, &mut Self::Buf)>,
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn kl_library(
+        &self,
+        m: &Self::Buf,
+        ls: &Self::Buf,
+        pm: &Self::Buf,
+        ps: &Self::Buf,
+        kl: &mut Self::Buf,
+        grads: Option<(f64, &mut Self::Buf, &mut Self::Buf)>,
+    );
+
+    // element-wise helpers
+    /// y = exp(a + c) element-wise.
+    fn exp_add(&self, a: &Self::Buf, c: f64, y: &mut Self::Buf);
+    /// y += alpha·x.
+    fn axpy(&self, alpha: f64, x: &Self::Buf, y: &mut Self::Buf);
+    /// y = x ⊙ z.
+    fn mul(&self, x: &Self::Buf, z: &Self::Buf, y: &mut Self::Buf);
+    /// Copy columns [c0, c0+w) of a [rows×cols] matrix into a [rows×w] one.
+    fn copy_cols(&self, src: &Self::Buf, cols: usize, c0: usize, w: usize, dst: &mut Self::Buf);
+    /// Write a [rows×w] matrix into columns [c0, c0+w) of a [rows×cols] one.
+    fn set_cols(&self, src: &Self::Buf, cols: usize, c0: usize, w: usize, dst: &mut Self::Buf);
+
+    fn adam(
+        &self,
+        cfg: &AdamConfig,
+        t: u64,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+    );
+}

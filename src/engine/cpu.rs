@@ -1,0 +1,307 @@
+//! The CPU backend: rayon + matrixmultiply, generic over the float type (f32 for work, f64 for checks).
+
+use super::Real;
+use super::backend::Backend;
+use super::likelihood::Distribution;
+use super::ops::{self, AdamConfig, LikelihoodGrads, SparseBatch};
+use std::marker::PhantomData;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cpu<F = f32>(PhantomData<F>);
+
+impl<F: Real> Cpu<F> {
+    pub fn new() -> Self {
+        Cpu(PhantomData)
+    }
+}
+
+impl<F: Real> Backend for Cpu<F> {
+    type Buf = Vec<F>;
+    type Sparse = SparseBatch<F>;
+
+    fn name(&self) -> String {
+        format!(
+            "cpu-{}x{}",
+            std::any::type_name::<F>(),
+            rayon::current_num_threads()
+        )
+    }
+    fn zeros(&self, n: usize) -> Vec<F> {
+        vec![F::zero(); n]
+    }
+    fn upload(&self, v: &[f64]) -> Vec<F> {
+        v.iter().map(|&x| F::f(x)).collect()
+    }
+    fn upload_f32(&self, v: &[f32]) -> Vec<F> {
+        v.iter().map(|&x| F::f(x as f64)).collect()
+    }
+    fn download(&self, b: &Vec<F>) -> Vec<f64> {
+        b.iter().map(|x| x.d()).collect()
+    }
+    fn len(&self, b: &Vec<F>) -> usize {
+        b.len()
+    }
+    fn upload_sparse(
+        &self,
+        rows: usize,
+        cols: usize,
+        indptr: Vec<usize>,
+        indices: Vec<u32>,
+        values: Vec<f32>,
+    ) -> SparseBatch<F> {
+        SparseBatch::new(
+            rows,
+            cols,
+            indptr,
+            indices,
+            values.iter().map(|&v| F::f(v as f64)).collect(),
+        )
+    }
+    fn linear_fwd(
+        &self,
+        x: &Vec<F>,
+        w: &Vec<F>,
+        b: &Vec<F>,
+        y: &mut Vec<F>,
+        rows: usize,
+        k: usize,
+        n: usize,
+    ) {
+        ops::linear_fwd(x, w, b, y, rows, k, n)
+    }
+    fn linear_bwd(
+        &self,
+        x: &Vec<F>,
+        w: &Vec<F>,
+        dy: &Vec<F>,
+        dx: Option<&mut Vec<F>>,
+        dw: &mut Vec<F>,
+        db: &mut Vec<F>,
+        rows: usize,
+        k: usize,
+        n: usize,
+    ) {
+        ops::linear_bwd(x, w, dy, dx.map(|d| d.as_mut_slice()), dw, db, rows, k, n)
+    }
+    fn sparse_linear_fwd(
+        &self,
+        x: &SparseBatch<F>,
+        w: &Vec<F>,
+        b: &Vec<F>,
+        y: &mut Vec<F>,
+        n: usize,
+    ) {
+        ops::sparse_linear_fwd(x, w, b, y, n)
+    }
+    fn sparse_linear_bwd(
+        &self,
+        x: &SparseBatch<F>,
+        dy: &Vec<F>,
+        dw: &mut Vec<F>,
+        db: &mut Vec<F>,
+        n: usize,
+    ) {
+        ops::sparse_linear_bwd(x, dy, dw, db, n)
+    }
+    fn layernorm_fwd(
+        &self,
+        x: &Vec<F>,
+        gamma: &Vec<F>,
+        beta: &Vec<F>,
+        y: &mut Vec<F>,
+        xhat: &mut Vec<F>,
+        rstd: &mut Vec<F>,
+        d: usize,
+    ) {
+        ops::layernorm_fwd(x, gamma, beta, y, xhat, rstd, d)
+    }
+    fn layernorm_bwd(
+        &self,
+        dy: &Vec<F>,
+        xhat: &Vec<F>,
+        rstd: &Vec<F>,
+        gamma: &Vec<F>,
+        dx: &mut Vec<F>,
+        dgamma: &mut Vec<F>,
+        dbeta: &mut Vec<F>,
+        rows: usize,
+        d: usize,
+    ) {
+        ops::layernorm_bwd(dy, xhat, rstd, gamma, dx, dgamma, dbeta, rows, d)
+    }
+    fn relu_dropout_fwd(
+        &self,
+        x: &Vec<F>,
+        mask: Option<&Vec<F>>,
+        relu_out: &mut Vec<F>,
+        y: &mut Vec<F>,
+    ) {
+        ops::relu_dropout_fwd(x, mask.map(|m| m.as_slice()), relu_out, y)
+    }
+    fn relu_dropout_bwd(
+        &self,
+        dy: &Vec<F>,
+        relu_out: &Vec<F>,
+        mask: Option<&Vec<F>>,
+        dx: &mut Vec<F>,
+    ) {
+        ops::relu_dropout_bwd(dy, relu_out, mask.map(|m| m.as_slice()), dx)
+    }
+    fn split_softmax_fwd(
+        &self,
+        r: &Vec<F>,
+        group: &[u8],
+        weight: [f64; 2],
+        rho: &mut Vec<F>,
+        n: usize,
+    ) {
+        ops::split_softmax_fwd(r, group, weight, rho, n)
+    }
+    fn split_softmax_bwd(
+        &self,
+        rho: &Vec<F>,
+        group: &[u8],
+        weight: [f64; 2],
+        d: &mut Vec<F>,
+        n: usize,
+    ) {
+        ops::split_softmax_bwd(rho, group, weight, d, n)
+    }
+    fn gather_exp_rows(&self, log_alpha: &Vec<F>, batch: &[u32], theta: &mut Vec<F>, n: usize) {
+        for (i, &b) in batch.iter().enumerate() {
+            let src = &log_alpha[b as usize * n..][..n];
+            for (t, &a) in theta[i * n..][..n].iter_mut().zip(src) {
+                *t = a.exp();
+            }
+        }
+    }
+    fn scatter_theta_grad(
+        &self,
+        dtheta: &Vec<F>,
+        theta: &Vec<F>,
+        batch: &[u32],
+        dla: &mut Vec<F>,
+        n: usize,
+    ) {
+        dla.iter_mut().for_each(|v| *v = F::zero());
+        for (i, &b) in batch.iter().enumerate() {
+            let dst = &mut dla[b as usize * n..][..n];
+            for j in 0..n {
+                dst[j] = dst[j] + dtheta[i * n + j] * theta[i * n + j];
+            }
+        }
+    }
+    fn likelihood(
+        &self,
+        dist: Distribution,
+        x: &Vec<F>,
+        rho: &Vec<F>,
+        theta: &Vec<F>,
+        logit: Option<&Vec<F>>,
+        lib: &Vec<F>,
+        n: usize,
+        scale: f64,
+        nll: &mut Vec<F>,
+        grads: Option<(&mut Vec<F>, &mut Vec<F>, Option<&mut Vec<F>>, &mut Vec<F>)>,
+    ) {
+        let g = grads.map(|(d_rho, d_theta, d_logit, d_lib)| LikelihoodGrads {
+            d_rho: d_rho.as_mut_slice(),
+            d_theta: d_theta.as_mut_slice(),
+            d_logit: d_logit.map(|d| d.as_mut_slice()),
+            d_lib: d_lib.as_mut_slice(),
+        });
+        ops::likelihood(
+            dist,
+            x,
+            rho,
+            theta,
+            logit.map(|l| l.as_slice()),
+            lib,
+            n,
+            scale,
+            nll,
+            g,
+        )
+    }
+    fn reparam_fwd(&self, mu: &Vec<F>, ls: &Vec<F>, eps: &Vec<F>, z: &mut Vec<F>) {
+        ops::reparam_fwd(mu, ls, eps, z)
+    }
+    fn reparam_bwd(
+        &self,
+        dz: &Vec<F>,
+        ls: &Vec<F>,
+        eps: &Vec<F>,
+        dmu: &mut Vec<F>,
+        dls: &mut Vec<F>,
+    ) {
+        ops::reparam_bwd(dz, ls, eps, dmu, dls)
+    }
+    fn kl_normal(
+        &self,
+        mu: &Vec<F>,
+        ls: &Vec<F>,
+        l: usize,
+        kl: &mut Vec<F>,
+        grads: Option<(f64, &mut Vec<F>, &mut Vec<F>)>,
+    ) {
+        ops::kl_normal_fwd_bwd(
+            mu,
+            ls,
+            l,
+            kl,
+            grads.map(|(s, a, b)| (s, a.as_mut_slice(), b.as_mut_slice())),
+        )
+    }
+    fn kl_library(
+        &self,
+        m: &Vec<F>,
+        ls: &Vec<F>,
+        pm: &Vec<F>,
+        ps: &Vec<F>,
+        kl: &mut Vec<F>,
+        grads: Option<(f64, &mut Vec<F>, &mut Vec<F>)>,
+    ) {
+        ops::kl_library_fwd_bwd(
+            m,
+            ls,
+            pm,
+            ps,
+            kl,
+            grads.map(|(s, a, b)| (s, a.as_mut_slice(), b.as_mut_slice())),
+        )
+    }
+    fn exp_add(&self, a: &Vec<F>, c: f64, y: &mut Vec<F>) {
+        let c = F::f(c);
+        y.iter_mut().zip(a).for_each(|(o, &v)| *o = (v + c).exp());
+    }
+    fn axpy(&self, alpha: f64, x: &Vec<F>, y: &mut Vec<F>) {
+        let a = F::f(alpha);
+        y.iter_mut().zip(x).for_each(|(o, &v)| *o = *o + a * v);
+    }
+    fn mul(&self, x: &Vec<F>, z: &Vec<F>, y: &mut Vec<F>) {
+        y.iter_mut()
+            .zip(x.iter().zip(z))
+            .for_each(|(o, (&a, &b))| *o = a * b);
+    }
+    fn copy_cols(&self, src: &Vec<F>, cols: usize, c0: usize, w: usize, dst: &mut Vec<F>) {
+        for (r, out) in dst.chunks_mut(w).enumerate() {
+            out.copy_from_slice(&src[r * cols + c0..][..w]);
+        }
+    }
+    fn set_cols(&self, src: &Vec<F>, cols: usize, c0: usize, w: usize, dst: &mut Vec<F>) {
+        for (r, inp) in src.chunks(w).enumerate() {
+            dst[r * cols + c0..][..w].copy_from_slice(inp);
+        }
+    }
+    fn adam(
+        &self,
+        cfg: &AdamConfig,
+        t: u64,
+        p: &mut Vec<F>,
+        g: &Vec<F>,
+        m: &mut Vec<F>,
+        v: &mut Vec<F>,
+    ) {
+        ops::adam_step(cfg, t, p, g, m, v)
+    }
+}

@@ -1,0 +1,106 @@
+//! ZINB and NB log-likelihoods of one count with their gradients (spec §3, §3.1), in f64.
+//!
+//! Notation: x count, θ dispersion, ρ normalised expression, l library size, μ = ρ·l, s the logit of the
+//! **non**-dropout probability. Clamps as the reference applies them, in order: θ ≥ 1e-7,
+//! ρ ∈ [1e-8, 1 − 1e-7]; where a clamp is active its gradient is 0.
+
+use super::special::{digamma, lgamma, sigmoid, softplus};
+
+pub const THETA_MIN: f64 = 1e-7;
+pub const RHO_MIN: f64 = 1e-8;
+pub const RHO_MAX: f64 = 1.0 - 1e-7;
+pub const P_MIN: f64 = 1e-7;
+pub const P_MAX: f64 = 1.0 - 1e-7;
+
+/// Which count distribution the decoder models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    Zinb,
+    Nb,
+}
+
+/// The log-likelihood and its partial derivatives w.r.t. θ, ρ, l and s.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LogLik {
+    pub ll: f64,
+    pub d_theta: f64,
+    pub d_rho: f64,
+    pub d_lib: f64,
+    pub d_logit: f64,
+}
+
+/// ZINB: log[(1−π)·NB(x; μ, θ) + π·1{x=0}] with π = σ(−s).
+#[inline]
+pub fn zinb(x: f64, theta: f64, rho: f64, lib: f64, s: f64) -> LogLik {
+    let theta_free = theta >= THETA_MIN;
+    let th = theta.max(THETA_MIN);
+    let rho_free = (RHO_MIN..=RHO_MAX).contains(&rho);
+    let r = rho.clamp(RHO_MIN, RHO_MAX);
+    let mu = r * lib;
+    let tm = th + mu;
+    // θ(log θ − log(θ+μ)) = −θ·log1p(μ/θ), accurate for θ ≫ μ.
+    let th_log = -th * (mu / th).ln_1p();
+    let (ll, d_s, d_th, d_mu);
+    if x < 1e-7 {
+        let a = s + th_log;
+        ll = softplus(a) - softplus(s);
+        let sa = sigmoid(a);
+        d_s = sa - sigmoid(s);
+        d_th = sa * (mu / tm - (mu / th).ln_1p());
+        d_mu = -sa * th / tm;
+    } else {
+        // x(log μ − log(θ+μ)) = −x·log1p(θ/μ)
+        ll = -softplus(s) + s + th_log - x * (th / mu).ln_1p() + lgamma(x + th)
+            - lgamma(th)
+            - lgamma(x + 1.0);
+        d_s = sigmoid(-s);
+        d_th = -(mu / th).ln_1p() + (mu - x) / tm + digamma(x + th) - digamma(th);
+        d_mu = x / mu - (x + th) / tm;
+    }
+    LogLik {
+        ll,
+        d_theta: if theta_free { d_th } else { 0.0 },
+        d_rho: if rho_free { d_mu * lib } else { 0.0 },
+        d_lib: d_mu * r,
+        d_logit: d_s,
+    }
+}
+
+/// NB with success probability p = clamp(μ/(μ+θ)); `d_logit` is 0.
+#[inline]
+pub fn nb(x: f64, theta: f64, rho: f64, lib: f64) -> LogLik {
+    let theta_free = theta >= THETA_MIN;
+    let th = theta.max(THETA_MIN);
+    let rho_free = (RHO_MIN..=RHO_MAX).contains(&rho);
+    let r = rho.clamp(RHO_MIN, RHO_MAX);
+    let mu = r * lib;
+    let tm = th + mu;
+    let p = mu / tm;
+    let lg = lgamma(x + th) - lgamma(th) - lgamma(x + 1.0);
+    let dlg = digamma(x + th) - digamma(th);
+    if (P_MIN..=P_MAX).contains(&p) {
+        // x·log p + θ·log(1−p) with the logs written to keep precision at both ends.
+        let ll = -x * (th / mu).ln_1p() - th * (mu / th).ln_1p() + lg;
+        let d_th = -(mu / th).ln_1p() + (mu - x) / tm + dlg;
+        let d_mu = x / mu - (x + th) / tm;
+        LogLik {
+            ll,
+            d_theta: if theta_free { d_th } else { 0.0 },
+            d_rho: if rho_free { d_mu * lib } else { 0.0 },
+            d_lib: d_mu * r,
+            d_logit: 0.0,
+        }
+    } else {
+        // p is clamped: no gradient through p; θ still enters directly and through the lgamma terms.
+        let pc = p.clamp(P_MIN, P_MAX);
+        let ll = x * pc.ln() + th * (-pc).ln_1p() + lg;
+        LogLik {
+            ll,
+            d_theta: if theta_free { (-pc).ln_1p() + dlg } else { 0.0 },
+            d_rho: 0.0,
+            d_lib: 0.0,
+            d_logit: 0.0,
+        }
+    }
+}

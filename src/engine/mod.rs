@@ -1,0 +1,15 @@
+//! The numerical engine: hand-derived forward and backward passes, no autodiff.
+//!
+//! [`backend::Backend`] is the interface the model is written against; [`cpu::Cpu`] implements it with
+//! the kernels in [`ops`], generic over the float type ([`Real`]: f32 for work, f64 for
+//! finite-difference checks). `likelihood` holds the per-count ZINB/NB terms, `special` lgamma/digamma.
+pub mod backend;
+pub mod cpu;
+pub mod likelihood;
+pub mod ops;
+pub mod real;
+pub mod special;
+
+pub use backend::Backend;
+pub use cpu::Cpu;
+pub use real::Real;

@@ -1,0 +1,580 @@
+//! CPU kernels, generic over the float type. Row-major everywhere; shapes in the comments use
+//! B = rows (cells), K = input features, N = output features. Every forward sits beside its backward.
+//! Parallel loops split work so that each output element is written by one thread in a fixed order:
+//! results do not depend on the thread count's scheduling.
+
+use super::Real;
+use super::likelihood::{Distribution, nb, zinb};
+use rayon::prelude::*;
+
+/// Rows per parallel GEMM chunk: big enough to keep matrixmultiply's kernels busy.
+const ROW_CHUNK: usize = 32;
+
+/// C[m×n] = A[m×k]·B[k×n] (+ C if `acc`), A and B given with strides; parallel over row bands of C.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<F: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[F],
+    rsa: usize,
+    csa: usize,
+    b: &[F],
+    rsb: usize,
+    csb: usize,
+    c: &mut [F],
+    acc: bool,
+) {
+    assert!(c.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let beta = if acc { F::one() } else { F::zero() };
+    let chunk = if m >= 2 * ROW_CHUNK {
+        ROW_CHUNK.max(m.div_ceil(rayon::current_num_threads() * 2))
+    } else {
+        m
+    };
+    c[..m * n]
+        .par_chunks_mut(chunk * n)
+        .enumerate()
+        .for_each(|(ci, cc)| {
+            let r0 = ci * chunk;
+            let rows = cc.len() / n;
+            // SAFETY: every pointer stays inside its slice: rows r0..r0+rows of A, all of B, this band of C.
+            unsafe {
+                F::gemm(
+                    rows,
+                    k,
+                    n,
+                    F::one(),
+                    a.as_ptr().add(r0 * rsa),
+                    rsa as isize,
+                    csa as isize,
+                    b.as_ptr(),
+                    rsb as isize,
+                    csb as isize,
+                    beta,
+                    cc.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+        });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear: y[B×N] = x[B×K]·w[K×N] + b[N]. (Weights are stored input-major, i.e. PyTorch's weight transposed.)
+
+pub fn linear_fwd<F: Real>(x: &[F], w: &[F], b: &[F], y: &mut [F], bsz: usize, k: usize, n: usize) {
+    gemm(bsz, k, n, x, k, 1, w, n, 1, y, false);
+    y.par_chunks_mut(n)
+        .for_each(|row| row.iter_mut().zip(b).for_each(|(v, &bb)| *v = *v + bb));
+}
+
+/// dw[K×N] = xᵀ·dy, db[N] = Σ_rows dy, and (if wanted) dx[B×K] = dy·wᵀ.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_bwd<F: Real>(
+    x: &[F],
+    w: &[F],
+    dy: &[F],
+    dx: Option<&mut [F]>,
+    dw: &mut [F],
+    db: &mut [F],
+    bsz: usize,
+    k: usize,
+    n: usize,
+) {
+    gemm(k, bsz, n, x, 1, k, dy, n, 1, dw, false);
+    col_sums(dy, db, bsz, n);
+    if let Some(dx) = dx {
+        gemm(bsz, n, k, dy, n, 1, w, 1, n, dx, false);
+    }
+}
+
+/// out[N] = Σ over rows of a[B×N].
+pub fn col_sums<F: Real>(a: &[F], out: &mut [F], rows: usize, n: usize) {
+    out.par_iter_mut().enumerate().for_each(|(j, o)| {
+        let mut s = F::zero();
+        for r in 0..rows {
+            s = s + a[r * n + j];
+        }
+        *o = s;
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sparse input layer: y[B×N] = X[B×K]·w[K×N] + b with X sparse (raw counts + batch one-hot).
+
+/// A minibatch of sparse rows (CSR) and its transpose (CSC), the latter for the weight gradient.
+#[derive(Debug, Clone)]
+pub struct SparseBatch<F> {
+    pub rows: usize,
+    pub cols: usize,
+    pub indptr: Vec<usize>,
+    pub indices: Vec<u32>,
+    pub values: Vec<F>,
+    pub t_indptr: Vec<usize>,
+    pub t_rows: Vec<u32>,
+    pub t_values: Vec<F>,
+}
+
+impl<F: Real> SparseBatch<F> {
+    pub fn new(
+        rows: usize,
+        cols: usize,
+        indptr: Vec<usize>,
+        indices: Vec<u32>,
+        values: Vec<F>,
+    ) -> Self {
+        let mut t_indptr = vec![0usize; cols + 1];
+        for &c in &indices {
+            t_indptr[c as usize + 1] += 1;
+        }
+        for c in 0..cols {
+            t_indptr[c + 1] += t_indptr[c];
+        }
+        let mut next = t_indptr.clone();
+        let mut t_rows = vec![0u32; indices.len()];
+        let mut t_values = vec![F::zero(); indices.len()];
+        for r in 0..rows {
+            for p in indptr[r]..indptr[r + 1] {
+                let c = indices[p] as usize;
+                t_rows[next[c]] = r as u32;
+                t_values[next[c]] = values[p];
+                next[c] += 1;
+            }
+        }
+        SparseBatch {
+            rows,
+            cols,
+            indptr,
+            indices,
+            values,
+            t_indptr,
+            t_rows,
+            t_values,
+        }
+    }
+}
+
+pub fn sparse_linear_fwd<F: Real>(x: &SparseBatch<F>, w: &[F], b: &[F], y: &mut [F], n: usize) {
+    y[..x.rows * n]
+        .par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(r, row)| {
+            row.copy_from_slice(b);
+            for p in x.indptr[r]..x.indptr[r + 1] {
+                let v = x.values[p];
+                let wr = &w[x.indices[p] as usize * n..][..n];
+                for (o, &ww) in row.iter_mut().zip(wr) {
+                    *o = *o + v * ww;
+                }
+            }
+        });
+}
+
+/// dw[K×N] = Xᵀ·dy (only rows of features present in the batch are non-zero), db = Σ_rows dy.
+pub fn sparse_linear_bwd<F: Real>(
+    x: &SparseBatch<F>,
+    dy: &[F],
+    dw: &mut [F],
+    db: &mut [F],
+    n: usize,
+) {
+    dw.par_chunks_mut(n).enumerate().for_each(|(j, row)| {
+        row.iter_mut().for_each(|v| *v = F::zero());
+        for p in x.t_indptr[j]..x.t_indptr[j + 1] {
+            let v = x.t_values[p];
+            let d = &dy[x.t_rows[p] as usize * n..][..n];
+            for (o, &dd) in row.iter_mut().zip(d) {
+                *o = *o + v * dd;
+            }
+        }
+    });
+    col_sums(dy, db, x.rows, n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm over the D features of each row (PyTorch: biased variance, eps inside the sqrt).
+// y[B×D] = γ ⊙ x̂ + β, x̂ = (x − mean)·r, r = 1/√(var + eps). Saves x̂[B×D] and r[B].
+
+pub const LN_EPS: f64 = 1e-5;
+
+pub fn layernorm_fwd<F: Real>(
+    x: &[F],
+    gamma: &[F],
+    beta: &[F],
+    y: &mut [F],
+    xhat: &mut [F],
+    rstd: &mut [F],
+    d: usize,
+) {
+    let df = F::f(d as f64);
+    y.par_chunks_mut(d)
+        .zip(xhat.par_chunks_mut(d))
+        .zip(rstd.par_iter_mut())
+        .enumerate()
+        .for_each(|(r, ((yr, hr), rs))| {
+            let xr = &x[r * d..][..d];
+            let mean = xr.iter().copied().sum::<F>() / df;
+            let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<F>() / df;
+            let inv = F::one() / (var + F::f(LN_EPS)).sqrt();
+            *rs = inv;
+            for j in 0..d {
+                hr[j] = (xr[j] - mean) * inv;
+                yr[j] = gamma[j] * hr[j] + beta[j];
+            }
+        });
+}
+
+/// dγ = Σ dy⊙x̂, dβ = Σ dy, dx = r·(g − mean(g) − x̂·mean(g⊙x̂)) with g = dy⊙γ.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_bwd<F: Real>(
+    dy: &[F],
+    xhat: &[F],
+    rstd: &[F],
+    gamma: &[F],
+    dx: &mut [F],
+    dgamma: &mut [F],
+    dbeta: &mut [F],
+    rows: usize,
+    d: usize,
+) {
+    let df = F::f(d as f64);
+    dx.par_chunks_mut(d).enumerate().for_each(|(r, dxr)| {
+        let (dyr, hr) = (&dy[r * d..][..d], &xhat[r * d..][..d]);
+        let mut mg = F::zero();
+        let mut mgh = F::zero();
+        for j in 0..d {
+            let g = dyr[j] * gamma[j];
+            mg = mg + g;
+            mgh = mgh + g * hr[j];
+        }
+        mg = mg / df;
+        mgh = mgh / df;
+        for j in 0..d {
+            dxr[j] = rstd[r] * (dyr[j] * gamma[j] - mg - hr[j] * mgh);
+        }
+    });
+    dgamma
+        .par_iter_mut()
+        .zip(dbeta.par_iter_mut())
+        .enumerate()
+        .for_each(|(j, (dg, db))| {
+            let (mut a, mut b) = (F::zero(), F::zero());
+            for r in 0..rows {
+                a = a + dy[r * d + j] * xhat[r * d + j];
+                b = b + dy[r * d + j];
+            }
+            *dg = a;
+            *db = b;
+        });
+}
+
+// ---------------------------------------------------------------------------------------------
+// ReLU and dropout, fused: y = relu(x)·m/(1−p). The mask m[B×D] ∈ {0, 1/(1−p)} (all ones in eval mode)
+// already holds the scale. Backward: dx = dy·m·[y_relu > 0]; the relu output is kept for its sign.
+
+pub fn relu_dropout_fwd<F: Real>(x: &[F], mask: Option<&[F]>, relu_out: &mut [F], y: &mut [F]) {
+    relu_out
+        .par_iter_mut()
+        .zip(x.par_iter())
+        .for_each(|(r, &v)| *r = v.max(F::zero()));
+    match mask {
+        Some(m) => y
+            .par_iter_mut()
+            .zip(relu_out.par_iter())
+            .zip(m.par_iter())
+            .for_each(|((o, &r), &mm)| *o = r * mm),
+        None => y.copy_from_slice(relu_out),
+    }
+}
+
+pub fn relu_dropout_bwd<F: Real>(dy: &[F], relu_out: &[F], mask: Option<&[F]>, dx: &mut [F]) {
+    dx.par_iter_mut().enumerate().for_each(|(i, o)| {
+        let m = mask.map(|m| m[i]).unwrap_or(F::one());
+        *o = if relu_out[i] > F::zero() {
+            dy[i] * m
+        } else {
+            F::zero()
+        };
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Split softmax over the genes of each row: group G ∈ {homologous, non-homologous} gets
+// ρ_G = w_G·softmax(r_G) with w_G = |G|/N, so Σ_g ρ_g = 1. `group[g]` is 0 or 1.
+
+pub fn split_softmax_fwd<F: Real>(
+    r: &[F],
+    group: &[u8],
+    weight: [f64; 2],
+    rho: &mut [F],
+    n: usize,
+) {
+    rho.par_chunks_mut(n).enumerate().for_each(|(i, out)| {
+        let ri = &r[i * n..][..n];
+        let mut mx = [f64::NEG_INFINITY; 2];
+        for g in 0..n {
+            let k = group[g] as usize;
+            mx[k] = mx[k].max(ri[g].d());
+        }
+        let mut sum = [0f64; 2];
+        for g in 0..n {
+            let k = group[g] as usize;
+            let e = (ri[g].d() - mx[k]).exp();
+            out[g] = F::f(e);
+            sum[k] += e;
+        }
+        let scale = [weight[0] / sum[0], weight[1] / sum[1]];
+        for g in 0..n {
+            out[g] = F::f(out[g].d() * scale[group[g] as usize]);
+        }
+    });
+}
+
+/// dr_g = ρ_g·(dρ_g − Σ_{h∈G} ρ_h dρ_h / w_G). Overwrites `d` (dρ in, dr out).
+pub fn split_softmax_bwd<F: Real>(
+    rho: &[F],
+    group: &[u8],
+    weight: [f64; 2],
+    d: &mut [F],
+    n: usize,
+) {
+    d.par_chunks_mut(n).enumerate().for_each(|(i, dr)| {
+        let ro = &rho[i * n..][..n];
+        let mut dot = [0f64; 2];
+        for g in 0..n {
+            dot[group[g] as usize] += ro[g].d() * dr[g].d();
+        }
+        let c = [
+            if weight[0] > 0.0 {
+                dot[0] / weight[0]
+            } else {
+                0.0
+            },
+            if weight[1] > 0.0 {
+                dot[1] / weight[1]
+            } else {
+                0.0
+            },
+        ];
+        for g in 0..n {
+            dr[g] = F::f(ro[g].d() * (dr[g].d() - c[group[g] as usize]));
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Likelihood of a minibatch. Inputs [B×N]: dense counts x, ρ, θ (from the cell's batch row of
+// log_alpha), logits s (ZINB). Outputs: nll[B] = −Σ_g LL, and the gradients of L = scale·Σ_i nll_i
+// (scale = 1/B for the batch mean) w.r.t. ρ, θ, s [B×N] and the library l[B].
+
+pub struct LikelihoodGrads<'a, F> {
+    pub d_rho: &'a mut [F],
+    pub d_theta: &'a mut [F],
+    pub d_logit: Option<&'a mut [F]>,
+    pub d_lib: &'a mut [F],
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn likelihood<F: Real>(
+    dist: Distribution,
+    x: &[F],
+    rho: &[F],
+    theta: &[F],
+    logit: Option<&[F]>,
+    lib: &[F],
+    n: usize,
+    scale: f64,
+    nll: &mut [F],
+    grads: Option<LikelihoodGrads<'_, F>>,
+) {
+    let rows = nll.len();
+    match grads {
+        None => nll.par_iter_mut().enumerate().for_each(|(i, out)| {
+            let mut s = 0f64;
+            for g in i * n..(i + 1) * n {
+                let ll = match dist {
+                    Distribution::Zinb => {
+                        zinb(
+                            x[g].d(),
+                            theta[g].d(),
+                            rho[g].d(),
+                            lib[i].d(),
+                            logit.unwrap()[g].d(),
+                        )
+                        .ll
+                    }
+                    Distribution::Nb => nb(x[g].d(), theta[g].d(), rho[g].d(), lib[i].d()).ll,
+                };
+                s -= ll;
+            }
+            *out = F::f(s);
+        }),
+        Some(gr) => {
+            let LikelihoodGrads {
+                d_rho,
+                d_theta,
+                d_logit,
+                d_lib,
+            } = gr;
+            let mut dummy = Vec::new();
+            let d_logit: &mut [F] = match d_logit {
+                Some(d) => d,
+                None => {
+                    dummy.resize(rows * n, F::zero());
+                    &mut dummy
+                }
+            };
+            nll.par_iter_mut()
+                .zip(d_lib.par_iter_mut())
+                .zip(d_rho.par_chunks_mut(n))
+                .zip(d_theta.par_chunks_mut(n))
+                .zip(d_logit.par_chunks_mut(n))
+                .enumerate()
+                .for_each(|(i, ((((out, dl), dr), dt), ds))| {
+                    let (mut s, mut sl) = (0f64, 0f64);
+                    for j in 0..n {
+                        let g = i * n + j;
+                        let r = match dist {
+                            Distribution::Zinb => zinb(
+                                x[g].d(),
+                                theta[g].d(),
+                                rho[g].d(),
+                                lib[i].d(),
+                                logit.unwrap()[g].d(),
+                            ),
+                            Distribution::Nb => nb(x[g].d(), theta[g].d(), rho[g].d(), lib[i].d()),
+                        };
+                        s -= r.ll;
+                        dr[j] = F::f(-scale * r.d_rho);
+                        dt[j] = F::f(-scale * r.d_theta);
+                        ds[j] = F::f(-scale * r.d_logit);
+                        sl -= scale * r.d_lib;
+                    }
+                    *out = F::f(s);
+                    *dl = F::f(sl);
+                });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gaussian posterior terms.
+
+/// z = μ + e^{ls}·ε (element-wise).
+pub fn reparam_fwd<F: Real>(mu: &[F], ls: &[F], eps: &[F], z: &mut [F]) {
+    for i in 0..z.len() {
+        z[i] = mu[i] + ls[i].exp() * eps[i];
+    }
+}
+
+/// dμ += dz, dls += dz·e^{ls}·ε.
+pub fn reparam_bwd<F: Real>(dz: &[F], ls: &[F], eps: &[F], dmu: &mut [F], dls: &mut [F]) {
+    for i in 0..dz.len() {
+        dmu[i] = dmu[i] + dz[i];
+        dls[i] = dls[i] + dz[i] * ls[i].exp() * eps[i];
+    }
+}
+
+/// KL(N(μ, e^{2ls}) ‖ N(0, 1)) per row of [B×L]: 0.5·Σ(μ² + e^{2ls} − 1 − 2ls).
+/// With `scale`, writes dμ = scale·μ and dls = scale·(e^{2ls} − 1) (overwriting).
+pub fn kl_normal_fwd_bwd<F: Real>(
+    mu: &[F],
+    ls: &[F],
+    l: usize,
+    kl: &mut [F],
+    grads: Option<(f64, &mut [F], &mut [F])>,
+) {
+    for (i, k) in kl.iter_mut().enumerate() {
+        let mut s = 0f64;
+        for j in i * l..(i + 1) * l {
+            let (m, v) = (mu[j].d(), ls[j].d());
+            s += 0.5 * (m * m + (2.0 * v).exp() - 1.0 - 2.0 * v);
+        }
+        *k = F::f(s);
+    }
+    if let Some((scale, dmu, dls)) = grads {
+        for j in 0..mu.len() {
+            dmu[j] = F::f(scale * mu[j].d());
+            dls[j] = F::f(scale * ((2.0 * ls[j].d()).exp() - 1.0));
+        }
+    }
+}
+
+/// KL of the library posterior N(m, e^{2ls}) against the batch prior N(pm, ps²), per cell (spec §5):
+/// log ps − ls + ((m − pm)² + e^{2ls} − ps²)/max(2ps², 1e-7). Gradients scaled like `kl_normal_fwd_bwd`.
+#[allow(clippy::too_many_arguments)]
+pub fn kl_library_fwd_bwd<F: Real>(
+    m: &[F],
+    ls: &[F],
+    pm: &[F],
+    ps: &[F],
+    kl: &mut [F],
+    grads: Option<(f64, &mut [F], &mut [F])>,
+) {
+    let den = |p: f64| (2.0 * p * p).max(1e-7);
+    for i in 0..kl.len() {
+        let (mi, li, pmi, psi) = (m[i].d(), ls[i].d(), pm[i].d(), ps[i].d());
+        kl[i] =
+            F::f(psi.ln() - li + ((mi - pmi).powi(2) + (2.0 * li).exp() - psi * psi) / den(psi));
+    }
+    if let Some((scale, dm, dls)) = grads {
+        for i in 0..kl.len() {
+            let (mi, li, pmi, psi) = (m[i].d(), ls[i].d(), pm[i].d(), ps[i].d());
+            dm[i] = F::f(scale * 2.0 * (mi - pmi) / den(psi));
+            dls[i] = F::f(scale * (-1.0 + 2.0 * (2.0 * li).exp() / den(psi)));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adam exactly as PyTorch (defaults lr 1e-3, betas 0.9/0.999, eps 1e-8, no weight decay):
+// m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²; p ← p − lr·(m/(1−β1^t)) / (√v/√(1−β2^t) + eps).
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+pub fn adam_step<F: Real>(
+    cfg: &AdamConfig,
+    t: u64,
+    p: &mut [F],
+    g: &[F],
+    m: &mut [F],
+    v: &mut [F],
+) {
+    let bc1 = 1.0 - cfg.beta1.powi(t as i32);
+    let bc2 = 1.0 - cfg.beta2.powi(t as i32);
+    let (b1, b2) = (F::f(cfg.beta1), F::f(cfg.beta2));
+    let (one_b1, one_b2) = (F::f(1.0 - cfg.beta1), F::f(1.0 - cfg.beta2));
+    let step = F::f(cfg.lr / bc1);
+    let sq = F::f(bc2.sqrt());
+    let eps = F::f(cfg.eps);
+    p.par_iter_mut()
+        .zip(g.par_iter())
+        .zip(m.par_iter_mut())
+        .zip(v.par_iter_mut())
+        .for_each(|(((p, &g), m), v)| {
+            *m = b1 * *m + one_b1 * g;
+            *v = b2 * *v + one_b2 * g * g;
+            *p = *p - step * *m / (v.sqrt() / sq + eps);
+        });
+}
