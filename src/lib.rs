@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod homology;
 pub mod kernels;
+pub mod model;
 pub mod out;
 pub mod pipeline;
 pub mod preprocess;

@@ -1,0 +1,969 @@
+//! The scVI-style conditional VAE of scSpecies (spec §2), written once against the [`Backend`] interface.
+//!
+//! Block = Linear → LayerNorm → ReLU → Dropout. Modules, with N genes, S batches:
+//! - outer encoder: [N+S → 300] on raw counts + batch one-hot (sparse input); its output is `inter`;
+//! - inner encoder: [300 → 200] + heads μ_z, logσ_z (10-d), no batch input;
+//! - library encoder: [N+S → 200] + heads m (+ `lib_mu_add`), logσ_l;
+//! - decoder: [10+S → 200 → 300] + heads ρ-logits (split softmax over homologous / other genes) and
+//!   non-dropout logits (ZINB), dispersion θ = exp(log_alpha[batch]).
+//! Weights are stored input-major (PyTorch's `weight` transposed) so the sparse input layer reads and
+//! writes whole rows; files use PyTorch's layout and names.
+
+pub mod io;
+
+use crate::engine::likelihood::Distribution;
+use crate::engine::{Backend, ops::AdamConfig};
+use rand::{Rng, RngExt};
+use rand_distr::{Distribution as _, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+/// Architecture and constants of one species' model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelConfig {
+    pub n_genes: usize,
+    pub n_batches: usize,
+    pub outer_dims: Vec<usize>,
+    pub inner_dims: Vec<usize>,
+    pub latent: usize,
+    pub library_dims: Vec<usize>,
+    pub decoder_dims: Vec<usize>,
+    pub distribution: Distribution,
+    pub dropout: f64,
+    /// Constant added to the library mean head: round(mean log library prior, 5).
+    pub lib_mu_add: f64,
+    /// Gene indices of the homologous group of the split softmax.
+    pub homologous: Vec<usize>,
+}
+
+impl ModelConfig {
+    /// The reference's defaults (spec §2.2).
+    pub fn scspecies(
+        n_genes: usize,
+        n_batches: usize,
+        homologous: Vec<usize>,
+        lib_mu_add: f64,
+    ) -> Self {
+        ModelConfig {
+            n_genes,
+            n_batches,
+            outer_dims: vec![300],
+            inner_dims: vec![200],
+            latent: 10,
+            library_dims: vec![200],
+            decoder_dims: vec![200, 300],
+            distribution: Distribution::Zinb,
+            dropout: 0.1,
+            lib_mu_add,
+            homologous,
+        }
+    }
+    pub fn inter_dim(&self) -> usize {
+        *self.outer_dims.last().unwrap()
+    }
+}
+
+/// A linear layer: indices of its weight [K×N] and bias [N] in the parameter list.
+#[derive(Debug, Clone, Copy)]
+pub struct Linear {
+    pub w: usize,
+    pub b: usize,
+    pub k: usize,
+    pub n: usize,
+}
+
+/// Linear → LayerNorm → ReLU → Dropout.
+#[derive(Debug, Clone, Copy)]
+pub struct Block {
+    pub lin: Linear,
+    pub gamma: usize,
+    pub beta: usize,
+}
+
+/// One named parameter: value, gradient and Adam moments on the device.
+pub struct Param<B: Backend> {
+    /// PyTorch name, e.g. `decoder.model.4.weight`.
+    pub name: String,
+    /// Shape as PyTorch stores it.
+    pub torch_shape: Vec<usize>,
+    /// Stored transposed relative to PyTorch (Linear weights).
+    pub transposed: bool,
+    pub value: B::Buf,
+    pub m: B::Buf,
+    pub v: B::Buf,
+}
+
+pub struct Model<B: Backend> {
+    pub cfg: ModelConfig,
+    pub params: Vec<Param<B>>,
+    pub grads: Vec<B::Buf>,
+    pub outer: Vec<Block>,
+    pub inner: Vec<Block>,
+    pub z_mu: Linear,
+    pub z_ls: Linear,
+    pub library: Vec<Block>,
+    pub l_mu: Linear,
+    pub l_ls: Linear,
+    pub decoder: Vec<Block>,
+    pub rho: Linear,
+    pub pi: Option<Linear>,
+    pub log_alpha: usize,
+    pub group: Vec<u8>,
+    pub group_weight: [f64; 2],
+    /// Adam step counter.
+    pub step: u64,
+}
+
+/// A minibatch on the device.
+pub struct Batch<B: Backend> {
+    pub rows: usize,
+    /// Raw counts plus one-hot batch columns (N+S), for the input layers.
+    pub sparse: B::Sparse,
+    /// Dense counts [rows×N] for the likelihood.
+    pub x: B::Buf,
+    /// One-hot batch [rows×S].
+    pub onehot: B::Buf,
+    pub batch: Vec<u32>,
+    /// Library prior mean and std per cell.
+    pub prior_mu: B::Buf,
+    pub prior_sig: B::Buf,
+}
+
+impl<B: Backend> Batch<B> {
+    /// Build from host data: CSR rows of counts (indptr, genes, values), batch index per cell, priors.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        be: &B,
+        n_genes: usize,
+        n_batches: usize,
+        indptr: &[usize],
+        genes: &[u32],
+        values: &[f32],
+        batch: Vec<u32>,
+        prior_mu: &[f64],
+        prior_sig: &[f64],
+    ) -> Self {
+        let rows = batch.len();
+        let mut ip = Vec::with_capacity(rows + 1);
+        let mut idx = Vec::with_capacity(genes.len() + rows);
+        let mut val = Vec::with_capacity(genes.len() + rows);
+        let mut dense = vec![0f32; rows * n_genes];
+        let mut onehot = vec![0f32; rows * n_batches];
+        ip.push(0);
+        for r in 0..rows {
+            for p in indptr[r]..indptr[r + 1] {
+                idx.push(genes[p]);
+                val.push(values[p]);
+                dense[r * n_genes + genes[p] as usize] = values[p];
+            }
+            idx.push((n_genes + batch[r] as usize) as u32);
+            val.push(1.0);
+            onehot[r * n_batches + batch[r] as usize] = 1.0;
+            ip.push(idx.len());
+        }
+        Batch {
+            rows,
+            sparse: be.upload_sparse(rows, n_genes + n_batches, ip, idx, val),
+            x: be.upload_f32(&dense),
+            onehot: be.upload_f32(&onehot),
+            batch,
+            prior_mu: be.upload(prior_mu),
+            prior_sig: be.upload(prior_sig),
+        }
+    }
+}
+
+/// The randomness of one step: dropout masks (None in eval mode) and the reparameterisation noise.
+pub struct Noise<B: Backend> {
+    /// One mask per block in the order outer, inner, library, decoder; values 0 or 1/(1−p).
+    pub masks: Option<Vec<B::Buf>>,
+    pub eps_z: B::Buf,
+    pub eps_l: B::Buf,
+}
+
+impl<B: Backend> Noise<B> {
+    /// Draw masks (train mode) and noise from `rng` in a fixed order.
+    pub fn sample(be: &B, model: &Model<B>, rows: usize, train: bool, rng: &mut impl Rng) -> Self {
+        let masks = train.then(|| {
+            let keep = 1.0 - model.cfg.dropout;
+            let scale = 1.0 / keep;
+            model
+                .blocks_in_order()
+                .map(|b| {
+                    let m: Vec<f64> = (0..rows * b.lin.n)
+                        .map(|_| {
+                            if rng.random::<f64>() < keep {
+                                scale
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    be.upload(&m)
+                })
+                .collect()
+        });
+        let mut normal =
+            |n: usize| -> Vec<f64> { (0..n).map(|_| StandardNormal.sample(rng)).collect() };
+        let eps_z = be.upload(&normal(rows * model.cfg.latent));
+        let eps_l = be.upload(&normal(rows));
+        Noise {
+            masks,
+            eps_z,
+            eps_l,
+        }
+    }
+
+    /// Eval mode with zero noise: the posterior means (used for representations).
+    pub fn eval_means(be: &B, model: &Model<B>, rows: usize) -> Self {
+        Noise {
+            masks: None,
+            eps_z: be.zeros(rows * model.cfg.latent),
+            eps_l: be.zeros(rows),
+        }
+    }
+}
+
+/// What a block keeps from its forward pass for the backward pass.
+pub struct BlockCache<B: Backend> {
+    pub xhat: B::Buf,
+    pub rstd: B::Buf,
+    pub relu: B::Buf,
+    pub out: B::Buf,
+}
+
+/// The forward pass: every activation the backward pass needs, and the loss terms.
+pub struct Forward<B: Backend> {
+    pub outer: Vec<BlockCache<B>>,
+    pub inner: Vec<BlockCache<B>>,
+    pub library: Vec<BlockCache<B>>,
+    pub decoder: Vec<BlockCache<B>>,
+    pub z_mu: B::Buf,
+    pub z_ls: B::Buf,
+    pub z: B::Buf,
+    pub l_mu: B::Buf,
+    pub l_ls: B::Buf,
+    /// log of the sampled library, then the library itself.
+    pub log_lib: B::Buf,
+    pub lib: B::Buf,
+    pub dec_in: B::Buf,
+    pub rho: B::Buf,
+    pub theta: B::Buf,
+    pub logit: Option<B::Buf>,
+    pub nll: B::Buf,
+    pub kl_z: B::Buf,
+    pub kl_l: B::Buf,
+}
+
+/// Mean loss terms of a minibatch.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Losses {
+    pub nll: f64,
+    pub kl_z: f64,
+    pub kl_l: f64,
+    pub align: f64,
+}
+
+impl Losses {
+    /// nELBO = NLL + β(KL_z + KL_l) (+ η·Align in target training).
+    pub fn total(&self, beta: f64, eta: f64) -> f64 {
+        self.nll + beta * (self.kl_z + self.kl_l) + eta * self.align
+    }
+}
+
+/// Alignment of the intermediate representation: rows of the minibatch and their targets [|S|×300].
+pub struct InterTarget<'a, B: Backend> {
+    pub rows: &'a [usize],
+    pub targets: &'a [Vec<f64>],
+    pub eta: f64,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<'a, B: Backend> InterTarget<'a, B> {
+    pub fn new(rows: &'a [usize], targets: &'a [Vec<f64>], eta: f64) -> Self {
+        InterTarget {
+            rows,
+            targets,
+            eta,
+            _b: std::marker::PhantomData,
+        }
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// A freshly initialised model, like PyTorch's defaults: Linear W, b ~ U(±1/√fan_in), LayerNorm γ = 1,
+    /// β = 0, log_alpha ~ 0.1·N(0, 1).
+    pub fn new(be: &B, cfg: ModelConfig, rng: &mut impl Rng) -> Self {
+        let mut params: Vec<Param<B>> = Vec::new();
+        let mut push =
+            |name: String, shape: Vec<usize>, transposed: bool, values: Vec<f64>| -> usize {
+                let n = values.len();
+                params.push(Param {
+                    name,
+                    torch_shape: shape,
+                    transposed,
+                    value: be.upload(&values),
+                    m: be.zeros(n),
+                    v: be.zeros(n),
+                });
+                params.len() - 1
+            };
+        let linear = |push: &mut dyn FnMut(String, Vec<usize>, bool, Vec<f64>) -> usize,
+                      name: &str,
+                      k: usize,
+                      n: usize,
+                      rng: &mut dyn rand::Rng| {
+            let bound = 1.0 / (k as f64).sqrt();
+            let w: Vec<f64> = (0..k * n)
+                .map(|_| rng.random_range(-bound..bound))
+                .collect();
+            let b: Vec<f64> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+            let w = push(format!("{name}.weight"), vec![n, k], true, w);
+            let b = push(format!("{name}.bias"), vec![n], false, b);
+            Linear { w, b, k, n }
+        };
+        let blocks = |push: &mut dyn FnMut(String, Vec<usize>, bool, Vec<f64>) -> usize,
+                      module: &str,
+                      dims: &[usize],
+                      rng: &mut dyn rand::Rng|
+         -> Vec<Block> {
+            dims.windows(2)
+                .enumerate()
+                .map(|(i, w)| {
+                    let lin = linear(push, &format!("{module}.model.{}", 4 * i), w[0], w[1], rng);
+                    let gamma = push(
+                        format!("{module}.model.{}.weight", 4 * i + 1),
+                        vec![w[1]],
+                        false,
+                        vec![1.0; w[1]],
+                    );
+                    let beta = push(
+                        format!("{module}.model.{}.bias", 4 * i + 1),
+                        vec![w[1]],
+                        false,
+                        vec![0.0; w[1]],
+                    );
+                    Block { lin, gamma, beta }
+                })
+                .collect()
+        };
+        let (n, s, l) = (cfg.n_genes, cfg.n_batches, cfg.latent);
+        let dims = |first: usize, rest: &[usize]| -> Vec<usize> {
+            std::iter::once(first).chain(rest.iter().copied()).collect()
+        };
+        let outer = blocks(&mut push, "outer", &dims(n + s, &cfg.outer_dims), rng);
+        let inner = blocks(
+            &mut push,
+            "inner",
+            &dims(cfg.inter_dim(), &cfg.inner_dims),
+            rng,
+        );
+        let hi = *cfg.inner_dims.last().unwrap();
+        let z_mu = linear(&mut push, "inner.mu", hi, l, rng);
+        let z_ls = linear(&mut push, "inner.log_sig", hi, l, rng);
+        let library = blocks(&mut push, "library", &dims(n + s, &cfg.library_dims), rng);
+        let hl = *cfg.library_dims.last().unwrap();
+        let l_mu = linear(&mut push, "library.mu", hl, 1, rng);
+        let l_ls = linear(&mut push, "library.log_sig", hl, 1, rng);
+        let la: Vec<f64> = (0..s * n)
+            .map(|_| {
+                let e: f64 = StandardNormal.sample(rng);
+                0.1 * e
+            })
+            .collect();
+        let log_alpha = push("decoder.log_alpha".into(), vec![s, n], false, la);
+        let decoder = blocks(&mut push, "decoder", &dims(l + s, &cfg.decoder_dims), rng);
+        let hd = *cfg.decoder_dims.last().unwrap();
+        let rho = linear(&mut push, "decoder.rho_pre", hd, n, rng);
+        let pi = (cfg.distribution == Distribution::Zinb)
+            .then(|| linear(&mut push, "decoder.pi_nlogit", hd, n, rng));
+        let mut group = vec![1u8; n];
+        for &g in &cfg.homologous {
+            group[g] = 0;
+        }
+        let nh = cfg.homologous.len() as f64;
+        let group_weight = [nh / n as f64, (n as f64 - nh) / n as f64];
+        let grads = params.iter().map(|p| be.zeros(be.len(&p.value))).collect();
+        Model {
+            cfg,
+            params,
+            grads,
+            outer,
+            inner,
+            z_mu,
+            z_ls,
+            library,
+            l_mu,
+            l_ls,
+            decoder,
+            rho,
+            pi,
+            log_alpha,
+            group,
+            group_weight,
+            step: 0,
+        }
+    }
+
+    /// Blocks in the order their dropout masks are drawn.
+    pub fn blocks_in_order(&self) -> impl Iterator<Item = &Block> {
+        self.outer
+            .iter()
+            .chain(&self.inner)
+            .chain(&self.library)
+            .chain(&self.decoder)
+    }
+
+    pub fn n_params(&self, be: &B) -> usize {
+        self.params.iter().map(|p| be.len(&p.value)).sum()
+    }
+
+    fn val(&self, i: usize) -> &B::Buf {
+        &self.params[i].value
+    }
+
+    /// One block forward on a dense input [rows×K] (or the sparse minibatch when `sparse` is given).
+    fn block_fwd(
+        &self,
+        be: &B,
+        blk: &Block,
+        x: Option<&B::Buf>,
+        sparse: Option<&B::Sparse>,
+        rows: usize,
+        mask: Option<&B::Buf>,
+    ) -> BlockCache<B> {
+        let n = blk.lin.n;
+        let mut pre = be.zeros(rows * n);
+        match sparse {
+            Some(sp) => {
+                be.sparse_linear_fwd(sp, self.val(blk.lin.w), self.val(blk.lin.b), &mut pre, n)
+            }
+            None => be.linear_fwd(
+                x.unwrap(),
+                self.val(blk.lin.w),
+                self.val(blk.lin.b),
+                &mut pre,
+                rows,
+                blk.lin.k,
+                n,
+            ),
+        }
+        let mut ln = be.zeros(rows * n);
+        let mut xhat = be.zeros(rows * n);
+        let mut rstd = be.zeros(rows);
+        be.layernorm_fwd(
+            &pre,
+            self.val(blk.gamma),
+            self.val(blk.beta),
+            &mut ln,
+            &mut xhat,
+            &mut rstd,
+            n,
+        );
+        let mut relu = be.zeros(rows * n);
+        let mut out = pre; // reuse the allocation
+        be.relu_dropout_fwd(&ln, mask, &mut relu, &mut out);
+        BlockCache {
+            xhat,
+            rstd,
+            relu,
+            out,
+        }
+    }
+
+    /// One block backward: from d(out) to the parameter gradients and, for dense inputs, d(input).
+    #[allow(clippy::too_many_arguments)]
+    fn block_bwd(
+        &mut self,
+        be: &B,
+        blk: &Block,
+        cache: &BlockCache<B>,
+        d_out: &B::Buf,
+        x: Option<&B::Buf>,
+        sparse: Option<&B::Sparse>,
+        rows: usize,
+        mask: Option<&B::Buf>,
+        want_dx: bool,
+    ) -> Option<B::Buf> {
+        let n = blk.lin.n;
+        let mut d_ln = be.zeros(rows * n);
+        be.relu_dropout_bwd(d_out, &cache.relu, mask, &mut d_ln);
+        let mut d_pre = be.zeros(rows * n);
+        let (mut dg, mut db) = (be.zeros(n), be.zeros(n));
+        be.layernorm_bwd(
+            &d_ln,
+            &cache.xhat,
+            &cache.rstd,
+            &self.params[blk.gamma].value,
+            &mut d_pre,
+            &mut dg,
+            &mut db,
+            rows,
+            n,
+        );
+        self.grads[blk.gamma] = dg;
+        self.grads[blk.beta] = db;
+        let (mut dw, mut dbias) = (be.zeros(blk.lin.k * n), be.zeros(n));
+        let mut dx = None;
+        match sparse {
+            Some(sp) => be.sparse_linear_bwd(sp, &d_pre, &mut dw, &mut dbias, n),
+            None => {
+                let mut d = want_dx.then(|| be.zeros(rows * blk.lin.k));
+                be.linear_bwd(
+                    x.unwrap(),
+                    &self.params[blk.lin.w].value,
+                    &d_pre,
+                    d.as_mut(),
+                    &mut dw,
+                    &mut dbias,
+                    rows,
+                    blk.lin.k,
+                    n,
+                );
+                dx = d;
+            }
+        }
+        self.grads[blk.lin.w] = dw;
+        self.grads[blk.lin.b] = dbias;
+        dx
+    }
+
+    /// Run a stack of blocks; the first one reads the sparse minibatch if `sparse` is given.
+    fn stack_fwd(
+        &self,
+        be: &B,
+        blocks: &[Block],
+        input: Option<&B::Buf>,
+        sparse: Option<&B::Sparse>,
+        rows: usize,
+        masks: Option<&[B::Buf]>,
+    ) -> Vec<BlockCache<B>> {
+        let mut caches: Vec<BlockCache<B>> = Vec::with_capacity(blocks.len());
+        for (i, blk) in blocks.iter().enumerate() {
+            let mask = masks.map(|m| &m[i]);
+            let c = if i == 0 {
+                self.block_fwd(be, blk, input, sparse, rows, mask)
+            } else {
+                self.block_fwd(be, blk, Some(&caches[i - 1].out), None, rows, mask)
+            };
+            caches.push(c);
+        }
+        caches
+    }
+
+    /// Backward through a stack; returns d(input) for a dense first input when `want_dx`.
+    #[allow(clippy::too_many_arguments)]
+    fn stack_bwd(
+        &mut self,
+        be: &B,
+        blocks: &[Block],
+        caches: &[BlockCache<B>],
+        mut d: B::Buf,
+        input: Option<&B::Buf>,
+        sparse: Option<&B::Sparse>,
+        rows: usize,
+        masks: Option<&[B::Buf]>,
+        want_dx: bool,
+    ) -> Option<B::Buf> {
+        for i in (0..blocks.len()).rev() {
+            let mask = masks.map(|m| &m[i]);
+            let (x, sp) = if i == 0 {
+                (input, sparse)
+            } else {
+                (Some(&caches[i - 1].out), None)
+            };
+            let need = i > 0 || want_dx;
+            match self.block_bwd(
+                be,
+                &blocks[i],
+                &caches[i],
+                &d,
+                x,
+                sp,
+                rows,
+                mask,
+                need && sp.is_none(),
+            ) {
+                Some(dx) => d = dx,
+                None => return None,
+            }
+        }
+        Some(d)
+    }
+
+    /// Mask slices of each module, in `blocks_in_order` order.
+    fn module_masks<'a>(&self, masks: Option<&'a [B::Buf]>) -> [Option<&'a [B::Buf]>; 4] {
+        let (a, b, c) = (self.outer.len(), self.inner.len(), self.library.len());
+        match masks {
+            None => [None, None, None, None],
+            Some(m) => [
+                Some(&m[..a]),
+                Some(&m[a..a + b]),
+                Some(&m[a + b..a + b + c]),
+                Some(&m[a + b + c..]),
+            ],
+        }
+    }
+
+    /// The full forward pass (encoders, sampling, decoder, likelihood, KL terms).
+    pub fn forward(&self, be: &B, batch: &Batch<B>, noise: &Noise<B>) -> Forward<B> {
+        let rows = batch.rows;
+        let (n, s, l) = (self.cfg.n_genes, self.cfg.n_batches, self.cfg.latent);
+        let [mo, mi, ml, md] = self.module_masks(noise.masks.as_deref());
+        let outer = self.stack_fwd(be, &self.outer, None, Some(&batch.sparse), rows, mo);
+        let inner = self.stack_fwd(
+            be,
+            &self.inner,
+            Some(&outer.last().unwrap().out),
+            None,
+            rows,
+            mi,
+        );
+        let hi = &inner.last().unwrap().out;
+        let lin = |lin: &Linear, x: &B::Buf| {
+            let mut y = be.zeros(rows * lin.n);
+            be.linear_fwd(
+                x,
+                self.val(lin.w),
+                self.val(lin.b),
+                &mut y,
+                rows,
+                lin.k,
+                lin.n,
+            );
+            y
+        };
+        let z_mu = lin(&self.z_mu, hi);
+        let z_ls = lin(&self.z_ls, hi);
+        let mut z = be.zeros(rows * l);
+        be.reparam_fwd(&z_mu, &z_ls, &noise.eps_z, &mut z);
+        let library = self.stack_fwd(be, &self.library, None, Some(&batch.sparse), rows, ml);
+        let hl = &library.last().unwrap().out;
+        let mut l_mu = lin(&self.l_mu, hl);
+        be.axpy(self.cfg.lib_mu_add, &be.upload(&vec![1.0; rows]), &mut l_mu);
+        let l_ls = lin(&self.l_ls, hl);
+        let mut log_lib = be.zeros(rows);
+        be.reparam_fwd(&l_mu, &l_ls, &noise.eps_l, &mut log_lib);
+        let mut lib = be.zeros(rows);
+        be.exp_add(&log_lib, 0.0, &mut lib);
+        let mut dec_in = be.zeros(rows * (l + s));
+        be.set_cols(&z, l + s, 0, l, &mut dec_in);
+        be.set_cols(&batch.onehot, l + s, l, s, &mut dec_in);
+        let decoder = self.stack_fwd(be, &self.decoder, Some(&dec_in), None, rows, md);
+        let hd = &decoder.last().unwrap().out;
+        let r = lin(&self.rho, hd);
+        let mut rho = be.zeros(rows * n);
+        be.split_softmax_fwd(&r, &self.group, self.group_weight, &mut rho, n);
+        let logit = self.pi.as_ref().map(|p| lin(p, hd));
+        let mut theta = be.zeros(rows * n);
+        be.gather_exp_rows(self.val(self.log_alpha), &batch.batch, &mut theta, n);
+        let mut nll = be.zeros(rows);
+        be.likelihood(
+            self.cfg.distribution,
+            &batch.x,
+            &rho,
+            &theta,
+            logit.as_ref(),
+            &lib,
+            n,
+            1.0 / rows as f64,
+            &mut nll,
+            None,
+        );
+        let mut kl_z = be.zeros(rows);
+        be.kl_normal(&z_mu, &z_ls, l, &mut kl_z, None);
+        let mut kl_l = be.zeros(rows);
+        be.kl_library(
+            &l_mu,
+            &l_ls,
+            &batch.prior_mu,
+            &batch.prior_sig,
+            &mut kl_l,
+            None,
+        );
+        Forward {
+            outer,
+            inner,
+            library,
+            decoder,
+            z_mu,
+            z_ls,
+            z,
+            l_mu,
+            l_ls,
+            log_lib,
+            lib,
+            dec_in,
+            rho,
+            theta,
+            logit,
+            nll,
+            kl_z,
+            kl_l,
+        }
+    }
+
+    /// Mean loss terms of a forward pass (and the alignment term if targets are given).
+    pub fn losses(&self, be: &B, f: &Forward<B>, align: Option<&InterTarget<B>>) -> Losses {
+        let a = align.map(|t| self.align_value(be, f, t)).unwrap_or(0.0);
+        Losses {
+            nll: mean(&be.download(&f.nll)),
+            kl_z: mean(&be.download(&f.kl_z)),
+            kl_l: mean(&be.download(&f.kl_l)),
+            align: a,
+        }
+    }
+
+    fn align_value(&self, be: &B, f: &Forward<B>, t: &InterTarget<B>) -> f64 {
+        if t.rows.is_empty() {
+            return 0.0;
+        }
+        let h = be.download(&f.outer.last().unwrap().out);
+        let d = self.cfg.inter_dim();
+        let mut s = 0.0;
+        for (k, &r) in t.rows.iter().enumerate() {
+            for j in 0..d {
+                s += (h[r * d + j] - t.targets[k][j]).powi(2);
+            }
+        }
+        s / t.rows.len() as f64
+    }
+
+    /// Gradients of L = mean nll + β(mean KL_z + mean KL_l) [+ η·Align] w.r.t. every parameter, into
+    /// `self.grads`. The likelihood is re-evaluated here with its gradients.
+    pub fn backward(
+        &mut self,
+        be: &B,
+        batch: &Batch<B>,
+        noise: &Noise<B>,
+        f: &Forward<B>,
+        beta: f64,
+        align: Option<&InterTarget<B>>,
+    ) {
+        let rows = batch.rows;
+        let (n, s, l) = (self.cfg.n_genes, self.cfg.n_batches, self.cfg.latent);
+        let scale = 1.0 / rows as f64;
+        let [mo, mi, ml, md] = self.module_masks(noise.masks.as_deref());
+
+        // likelihood → dρ, dθ, ds, dl
+        let mut nll = be.zeros(rows);
+        let (mut d_rho, mut d_theta, mut d_lib) =
+            (be.zeros(rows * n), be.zeros(rows * n), be.zeros(rows));
+        let mut d_logit = self.pi.map(|_| be.zeros(rows * n));
+        be.likelihood(
+            self.cfg.distribution,
+            &batch.x,
+            &f.rho,
+            &f.theta,
+            f.logit.as_ref(),
+            &f.lib,
+            n,
+            scale,
+            &mut nll,
+            Some((&mut d_rho, &mut d_theta, d_logit.as_mut(), &mut d_lib)),
+        );
+        let mut dla = be.zeros(s * n);
+        be.scatter_theta_grad(&d_theta, &f.theta, &batch.batch, &mut dla, n);
+        self.grads[self.log_alpha] = dla;
+        be.split_softmax_bwd(&f.rho, &self.group, self.group_weight, &mut d_rho, n);
+
+        // decoder heads → d hd
+        let hd = &f.decoder.last().unwrap().out;
+        let hdim = self.rho.k;
+        let mut d_hd = be.zeros(rows * hdim);
+        let (mut dw, mut db) = (be.zeros(hdim * n), be.zeros(n));
+        be.linear_bwd(
+            hd,
+            self.val(self.rho.w),
+            &d_rho,
+            Some(&mut d_hd),
+            &mut dw,
+            &mut db,
+            rows,
+            hdim,
+            n,
+        );
+        self.grads[self.rho.w] = dw;
+        self.grads[self.rho.b] = db;
+        if let (Some(pi), Some(dl)) = (self.pi, d_logit.as_ref()) {
+            let mut d2 = be.zeros(rows * hdim);
+            let (mut dw, mut db) = (be.zeros(hdim * n), be.zeros(n));
+            be.linear_bwd(
+                hd,
+                self.val(pi.w),
+                dl,
+                Some(&mut d2),
+                &mut dw,
+                &mut db,
+                rows,
+                hdim,
+                n,
+            );
+            self.grads[pi.w] = dw;
+            self.grads[pi.b] = db;
+            be.axpy(1.0, &d2, &mut d_hd);
+        }
+        let dec = self.decoder.clone();
+        let d_in = self
+            .stack_bwd(
+                be,
+                &dec,
+                &f.decoder,
+                d_hd,
+                Some(&f.dec_in),
+                None,
+                rows,
+                md,
+                true,
+            )
+            .unwrap();
+        let mut dz = be.zeros(rows * l);
+        be.copy_cols(&d_in, l + s, 0, l, &mut dz);
+
+        // z = μ + σε and KL_z → dμ, dls
+        let mut kl = be.zeros(rows);
+        let (mut d_mu, mut d_ls) = (be.zeros(rows * l), be.zeros(rows * l));
+        be.kl_normal(
+            &f.z_mu,
+            &f.z_ls,
+            l,
+            &mut kl,
+            Some((beta * scale, &mut d_mu, &mut d_ls)),
+        );
+        be.reparam_bwd(&dz, &f.z_ls, &noise.eps_z, &mut d_mu, &mut d_ls);
+        let hi = &f.inner.last().unwrap().out;
+        let hidim = self.z_mu.k;
+        let mut d_hi = be.zeros(rows * hidim);
+        let mut tmp = be.zeros(rows * hidim);
+        for (lin, d) in [(self.z_mu, &d_mu), (self.z_ls, &d_ls)] {
+            let (mut dw, mut db) = (be.zeros(hidim * l), be.zeros(l));
+            be.linear_bwd(
+                hi,
+                self.val(lin.w),
+                d,
+                Some(&mut tmp),
+                &mut dw,
+                &mut db,
+                rows,
+                hidim,
+                l,
+            );
+            self.grads[lin.w] = dw;
+            self.grads[lin.b] = db;
+            be.axpy(1.0, &tmp, &mut d_hi);
+        }
+        let inner = self.inner.clone();
+        let inter = &f.outer.last().unwrap().out;
+        let mut d_inter = self
+            .stack_bwd(
+                be,
+                &inner,
+                &f.inner,
+                d_hi,
+                Some(inter),
+                None,
+                rows,
+                mi,
+                true,
+            )
+            .unwrap();
+
+        // alignment of the intermediate space: η·2(h − c)/|S| on the aligned rows
+        if let Some(t) = align {
+            if !t.rows.is_empty() {
+                let d = self.cfg.inter_dim();
+                let h = be.download(inter);
+                let mut g = vec![0f64; rows * d];
+                let c = t.eta * 2.0 / t.rows.len() as f64;
+                for (k, &r) in t.rows.iter().enumerate() {
+                    for j in 0..d {
+                        g[r * d + j] = c * (h[r * d + j] - t.targets[k][j]);
+                    }
+                }
+                be.axpy(1.0, &be.upload(&g), &mut d_inter);
+            }
+        }
+        let outer = self.outer.clone();
+        self.stack_bwd(
+            be,
+            &outer,
+            &f.outer,
+            d_inter,
+            None,
+            Some(&batch.sparse),
+            rows,
+            mo,
+            false,
+        );
+
+        // library: l = exp(m + σ_l ε) → d log l = dl·l; KL_l
+        let mut d_log_lib = be.zeros(rows);
+        be.mul(&d_lib, &f.lib, &mut d_log_lib);
+        let (mut d_m, mut d_lls) = (be.zeros(rows), be.zeros(rows));
+        let mut kll = be.zeros(rows);
+        be.kl_library(
+            &f.l_mu,
+            &f.l_ls,
+            &batch.prior_mu,
+            &batch.prior_sig,
+            &mut kll,
+            Some((beta * scale, &mut d_m, &mut d_lls)),
+        );
+        be.reparam_bwd(&d_log_lib, &f.l_ls, &noise.eps_l, &mut d_m, &mut d_lls);
+        let hl = &f.library.last().unwrap().out;
+        let hldim = self.l_mu.k;
+        let mut d_hl = be.zeros(rows * hldim);
+        for (lin, d) in [(self.l_mu, &d_m), (self.l_ls, &d_lls)] {
+            let (mut dw, mut db) = (be.zeros(hldim), be.zeros(1));
+            let mut t = be.zeros(rows * hldim);
+            be.linear_bwd(
+                hl,
+                self.val(lin.w),
+                d,
+                Some(&mut t),
+                &mut dw,
+                &mut db,
+                rows,
+                hldim,
+                1,
+            );
+            self.grads[lin.w] = dw;
+            self.grads[lin.b] = db;
+            be.axpy(1.0, &t, &mut d_hl);
+        }
+        let lib_blocks = self.library.clone();
+        self.stack_bwd(
+            be,
+            &lib_blocks,
+            &f.library,
+            d_hl,
+            None,
+            Some(&batch.sparse),
+            rows,
+            ml,
+            false,
+        );
+    }
+
+    /// Adam on the parameters selected by `trainable` (all others keep their values and moments).
+    pub fn adam_step(&mut self, be: &B, cfg: &AdamConfig, trainable: impl Fn(&str) -> bool) {
+        self.step += 1;
+        for (p, g) in self.params.iter_mut().zip(&self.grads) {
+            if trainable(&p.name) {
+                be.adam(cfg, self.step, &mut p.value, g, &mut p.m, &mut p.v);
+            }
+        }
+    }
+
+    /// Index of a parameter by its PyTorch name.
+    pub fn param_index(&self, name: &str) -> Option<usize> {
+        self.params.iter().position(|p| p.name == name)
+    }
+}
