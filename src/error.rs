@@ -21,21 +21,13 @@ pub enum Error {
     },
     /// A text file has a bad line.
     #[error("{path}, line {line}: {msg}")]
-    Parse {
-        path: PathBuf,
-        line: u64,
-        msg: String,
-    },
+    Parse { path: PathBuf, line: u64, msg: String },
     /// A file is readable but its content is wrong (structure, shapes, values).
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
     /// An obs column the user asked for does not exist.
     #[error("{path}: obs has no column '{key}' (columns present: {available})")]
-    MissingKey {
-        path: PathBuf,
-        key: String,
-        available: String,
-    },
+    MissingKey { path: PathBuf, key: String, available: String },
     /// The data are readable but unusable for the analysis (too few cells, no homologous genes, ...).
     #[error("{0}")]
     Input(String),
@@ -48,28 +40,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.as_ref().to_path_buf(),
-            source,
-        }
+        Error::Io { path: path.as_ref().to_path_buf(), source }
     }
     pub fn write(path: impl AsRef<Path>, source: std::io::Error) -> Self {
-        Error::Write {
-            path: path.as_ref().to_path_buf(),
-            source,
-        }
+        Error::Write { path: path.as_ref().to_path_buf(), source }
     }
     pub fn parse(path: impl AsRef<Path>, line: u64, msg: impl Into<String>) -> Self {
-        Error::Parse {
-            path: path.as_ref().to_path_buf(),
-            line,
-            msg: msg.into(),
-        }
+        Error::Parse { path: path.as_ref().to_path_buf(), line, msg: msg.into() }
     }
     pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::Format {
-            path: path.as_ref().to_path_buf(),
-            msg: msg.into(),
-        }
+        Error::Format { path: path.as_ref().to_path_buf(), msg: msg.into() }
     }
 }

@@ -27,20 +27,10 @@ impl OrthologTable {
             return Err(Error::format(path, "the ortholog table is empty"));
         }
         if t.rows[0].len() < 2 {
-            return Err(Error::format(
-                path,
-                "the ortholog table needs two tab-separated columns: context gene, target gene",
-            ));
+            return Err(Error::format(path, "the ortholog table needs two tab-separated columns: context gene, target gene"));
         }
-        let pairs = t
-            .rows
-            .into_iter()
-            .map(|mut r| (std::mem::take(&mut r[0]), std::mem::take(&mut r[1])))
-            .collect();
-        Ok(OrthologTable {
-            path: path.to_path_buf(),
-            pairs,
-        })
+        let pairs = t.rows.into_iter().map(|mut r| (std::mem::take(&mut r[0]), std::mem::take(&mut r[1]))).collect();
+        Ok(OrthologTable { path: path.to_path_buf(), pairs })
     }
 }
 
@@ -87,14 +77,8 @@ fn first_index<'a>(keys: impl Iterator<Item = Option<&'a str>>) -> HashMap<&'a s
 }
 
 /// Sorted intersection of two first-occurrence maps.
-fn intersect(
-    ctx: &HashMap<&str, usize>,
-    tgt: &HashMap<&str, usize>,
-) -> (Vec<usize>, Vec<usize>, Vec<String>) {
-    let shared: BTreeMap<&str, (usize, usize)> = ctx
-        .iter()
-        .filter_map(|(k, &i)| tgt.get(k).map(|&j| (*k, (i, j))))
-        .collect();
+fn intersect(ctx: &HashMap<&str, usize>, tgt: &HashMap<&str, usize>) -> (Vec<usize>, Vec<usize>, Vec<String>) {
+    let shared: BTreeMap<&str, (usize, usize)> = ctx.iter().filter_map(|(k, &i)| tgt.get(k).map(|&j| (*k, (i, j)))).collect();
     let mut c = Vec::with_capacity(shared.len());
     let mut t = Vec::with_capacity(shared.len());
     let mut n = Vec::with_capacity(shared.len());
@@ -109,17 +93,11 @@ fn intersect(
 /// Match the genes of two species. With a table, each target gene is translated to the context gene of
 /// its first row in the table (genes absent from the table are non-homologous); without one, symbols are
 /// compared case-insensitively. Zero homologous genes is an error: nothing could be aligned.
-pub fn match_genes(
-    context_genes: &[String],
-    target_genes: &[String],
-    table: Option<&OrthologTable>,
-) -> Result<Homology> {
+pub fn match_genes(context_genes: &[String], target_genes: &[String], table: Option<&OrthologTable>) -> Result<Homology> {
     let (c, t, n, report) = match table {
         Some(tab) => {
-            let ctx_set: std::collections::HashSet<&str> =
-                context_genes.iter().map(|s| s.as_str()).collect();
-            let tgt_set: std::collections::HashSet<&str> =
-                target_genes.iter().map(|s| s.as_str()).collect();
+            let ctx_set: std::collections::HashSet<&str> = context_genes.iter().map(|s| s.as_str()).collect();
+            let tgt_set: std::collections::HashSet<&str> = target_genes.iter().map(|s| s.as_str()).collect();
             let mut rows: &[(String, String)] = &tab.pairs;
             if let Some((a, b)) = rows.first()
                 && !ctx_set.contains(a.as_str())
@@ -132,29 +110,18 @@ pub fn match_genes(
                 translate.entry(tg.as_str()).or_insert(cg.as_str());
             }
             let ctx = first_index(context_genes.iter().map(|g| Some(g.as_str())));
-            let tgt = first_index(
-                target_genes
-                    .iter()
-                    .map(|g| translate.get(g.as_str()).copied()),
-            );
+            let tgt = first_index(target_genes.iter().map(|g| translate.get(g.as_str()).copied()));
             let (c, t, n) = intersect(&ctx, &tgt);
             if c.is_empty() {
                 // Say which way round the table seems to be, if that is the problem.
-                let swapped = rows
-                    .iter()
-                    .filter(|(a, b)| tgt_set.contains(a.as_str()) && ctx_set.contains(b.as_str()))
-                    .count();
+                let swapped = rows.iter().filter(|(a, b)| tgt_set.contains(a.as_str()) && ctx_set.contains(b.as_str())).count();
                 let hint = if swapped > 0 {
-                    format!(
-                        " {swapped} rows match with the columns swapped: the first column must be the context species' gene"
-                    )
+                    format!(" {swapped} rows match with the columns swapped: the first column must be the context species' gene")
                 } else {
-                    " none of its rows names a context gene and a target gene of these datasets: is it the table for this species pair?".to_string()
+                    " none of its rows names a context gene and a target gene of these datasets: is it the table for this species pair?"
+                        .to_string()
                 };
-                return Err(Error::Input(format!(
-                    "{}: zero homologous genes between context and target.{hint}",
-                    tab.path.display()
-                )));
+                return Err(Error::Input(format!("{}: zero homologous genes between context and target.{hint}", tab.path.display())));
             }
             let report = HomologyReport {
                 method: format!("ortholog table {}", tab.path.display()),
@@ -186,10 +153,5 @@ pub fn match_genes(
             (c, t, n, report)
         }
     };
-    Ok(Homology {
-        context: c,
-        target: t,
-        names: n,
-        report,
-    })
+    Ok(Homology { context: c, target: t, names: n, report })
 }

@@ -15,6 +15,7 @@ pub mod out;
 pub mod pipeline;
 pub mod preprocess;
 pub mod summary;
+pub mod train;
 
 pub use error::{Error, Result};
 

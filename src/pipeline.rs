@@ -38,63 +38,25 @@ pub struct PreparedPair {
 }
 
 /// Read, preprocess and match. `log` receives one line per notable event (filters, counts).
-pub fn prepare(
-    inputs: &Inputs,
-    cfg: &PreprocessConfig,
-    log: &mut dyn FnMut(&str),
-) -> Result<PreparedPair> {
+pub fn prepare(inputs: &Inputs, cfg: &PreprocessConfig, log: &mut dyn FnMut(&str)) -> Result<PreparedPair> {
     let mut timings = Vec::new();
     let t = Instant::now();
     // Read the ortholog table first: it is small, and a wrong path should fail before the big reads.
-    let table = inputs
-        .homology
-        .as_deref()
-        .map(OrthologTable::read)
-        .transpose()?;
+    let table = inputs.homology.as_deref().map(OrthologTable::read).transpose()?;
     let ctx = read_dataset_layer(&inputs.context, inputs.context_layer.as_deref())?;
-    log(&format!(
-        "{}: {} cells x {} genes from {}",
-        inputs.context_name,
-        ctx.n_cells(),
-        ctx.n_genes(),
-        inputs.context.display()
-    ));
+    log(&format!("{}: {} cells x {} genes from {}", inputs.context_name, ctx.n_cells(), ctx.n_genes(), inputs.context.display()));
     let tgt = read_dataset_layer(&inputs.target, inputs.target_layer.as_deref())?;
-    log(&format!(
-        "{}: {} cells x {} genes from {}",
-        inputs.target_name,
-        tgt.n_cells(),
-        tgt.n_genes(),
-        inputs.target.display()
-    ));
+    log(&format!("{}: {} cells x {} genes from {}", inputs.target_name, tgt.n_cells(), tgt.n_genes(), inputs.target.display()));
     timings.push(("read".to_string(), t.elapsed().as_secs_f64()));
 
     let t = Instant::now();
-    let context = preprocess(
-        &ctx,
-        &inputs.context_name,
-        &inputs.context_batch_key,
-        Some(&inputs.context_label_key),
-        cfg,
-    )?;
-    let target = preprocess(
-        &tgt,
-        &inputs.target_name,
-        &inputs.target_batch_key,
-        inputs.target_label_key.as_deref(),
-        cfg,
-    )?;
+    let context = preprocess(&ctx, &inputs.context_name, &inputs.context_batch_key, Some(&inputs.context_label_key), cfg)?;
+    let target = preprocess(&tgt, &inputs.target_name, &inputs.target_batch_key, inputs.target_label_key.as_deref(), cfg)?;
     for p in [&context, &target] {
         for m in p.report.messages(&p.name) {
             log(&m);
         }
-        log(&format!(
-            "{}: {} cells x {} genes after preprocessing, {} batches",
-            p.name,
-            p.n_cells(),
-            p.data.n_genes(),
-            p.n_batches()
-        ));
+        log(&format!("{}: {} cells x {} genes after preprocessing, {} batches", p.name, p.n_cells(), p.data.n_genes(), p.n_batches()));
     }
     timings.push(("preprocess".to_string(), t.elapsed().as_secs_f64()));
 
@@ -110,12 +72,7 @@ pub fn prepare(
         target.data.n_genes()
     ));
     timings.push(("homology".to_string(), t.elapsed().as_secs_f64()));
-    Ok(PreparedPair {
-        context,
-        target,
-        homology,
-        timings,
-    })
+    Ok(PreparedPair { context, target, homology, timings })
 }
 
 /// Read a dataset and check that the keys exist, for `inspect`.
@@ -128,4 +85,53 @@ pub fn read_checked(path: &Path, layer: Option<&str>, keys: &[Option<&str>]) -> 
         return Err(Error::format(path, "the dataset has no cells"));
     }
     Ok(ds)
+}
+
+/// A pre-trained context model with its training history and eval-mode representations.
+pub struct ContextRun<B: crate::engine::Backend> {
+    pub model: crate::model::Model<B>,
+    pub history: Vec<crate::train::EpochStats>,
+    pub repr: crate::train::Representation,
+    pub meta: crate::model::io::ModelFile,
+    pub train_seconds: f64,
+}
+
+/// The context's training data view (counts, batches, library prior as the reference's f32 obs columns).
+pub fn context_data(p: &Prepared) -> (Vec<f64>, Vec<f64>) {
+    (p.library_log_mean.iter().map(|&x| x as f64).collect(), p.library_log_std.iter().map(|&x| x as f64).collect())
+}
+
+/// Pre-train the context model (spec §6.2) and extract its representations.
+pub fn pretrain<B: crate::engine::Backend>(
+    be: &B,
+    pair: &PreparedPair,
+    tcfg: &crate::train::TrainConfig,
+    progress: &mut dyn FnMut(&crate::train::Progress),
+) -> Result<ContextRun<B>> {
+    use crate::model::{Model, ModelConfig, io::ModelFile};
+    let ctx = &pair.context;
+    let mut hom = pair.homology.context.clone();
+    hom.sort_unstable();
+    let cfg = ModelConfig::scspecies(ctx.data.n_genes(), ctx.n_batches(), hom, ctx.lib_mu_add);
+    let mut rng = crate::train::stream(tcfg.seed, 0, 0, 0);
+    let mut model = Model::new(be, cfg.clone(), &mut rng);
+    let (pm, ps) = context_data(ctx);
+    let data =
+        crate::train::TrainData { counts: &ctx.data.counts, batch: &ctx.batch, prior_mu: &pm, prior_sig: &ps, n_batches: ctx.n_batches() };
+    let t = Instant::now();
+    let history = crate::train::train_context(be, &mut model, &data, tcfg, progress)?;
+    let train_seconds = t.elapsed().as_secs_f64();
+    let repr = crate::train::represent(be, &model, &data, 1024);
+    let meta = ModelFile {
+        format: "scspecies".into(),
+        format_version: crate::model::io::FORMAT_VERSION,
+        scspecies_version: env!("CARGO_PKG_VERSION").into(),
+        model: cfg,
+        genes: ctx.data.genes.clone(),
+        batches: ctx.batch_names.clone(),
+        homologous_names: pair.homology.names.clone(),
+        labels: ctx.labels.as_ref().map(|l| l.categories.clone()).unwrap_or_default(),
+        training: serde_json::json!({ "config": tcfg, "history": history, "backend": be.name(), "train_seconds": train_seconds }),
+    };
+    Ok(ContextRun { model, history, repr, meta, train_seconds })
 }

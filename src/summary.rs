@@ -31,39 +31,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
+    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
 }
 
 fn tally(ds: &Dataset, key: &str) -> Result<Vec<(String, usize)>> {
     let c = ds.labels(key)?;
     let n = c.counts();
-    let mut v: Vec<(String, usize)> = c
-        .categories
-        .iter()
-        .cloned()
-        .zip(n)
-        .filter(|x| x.1 > 0)
-        .collect();
+    let mut v: Vec<(String, usize)> = c.categories.iter().cloned().zip(n).filter(|x| x.1 > 0).collect();
     v.sort();
     Ok(v)
 }
 
-pub fn summarize(
-    ds: &Dataset,
-    batch_key: Option<&str>,
-    label_key: Option<&str>,
-) -> Result<DatasetSummary> {
+pub fn summarize(ds: &Dataset, batch_key: Option<&str>, label_key: Option<&str>) -> Result<DatasetSummary> {
     let lib = ds.counts.row_sums();
-    let genes_per_cell: Vec<f64> = ds
-        .counts
-        .row_nnz_positive()
-        .iter()
-        .map(|&x| x as f64)
-        .collect();
+    let genes_per_cell: Vec<f64> = ds.counts.row_nnz_positive().iter().map(|&x| x as f64).collect();
     let expressed = ds.counts.col_nnz_positive();
     Ok(DatasetSummary {
         cells: ds.n_cells(),
@@ -96,57 +77,22 @@ pub fn thousands(n: usize) -> String {
 }
 
 impl DatasetSummary {
-    pub fn render(
-        &self,
-        title: &str,
-        batch_key: Option<&str>,
-        label_key: Option<&str>,
-        obs_keys: &[&str],
-    ) -> String {
+    pub fn render(&self, title: &str, batch_key: Option<&str>, label_key: Option<&str>, obs_keys: &[&str]) -> String {
         let mut s = String::new();
         s += &format!("{title}\n");
-        s += &format!(
-            "  cells x genes      {} x {}\n",
-            thousands(self.cells),
-            thousands(self.genes)
-        );
-        s += &format!(
-            "  non-zeros          {} (sparsity {:.2} %)\n",
-            thousands(self.nonzeros),
-            100.0 * self.sparsity
-        );
+        s += &format!("  cells x genes      {} x {}\n", thousands(self.cells), thousands(self.genes));
+        s += &format!("  non-zeros          {} (sparsity {:.2} %)\n", thousands(self.nonzeros), 100.0 * self.sparsity);
         s += &format!(
             "  counts per cell    min {} / median {} / max {} (largest single count {})\n",
             self.total_counts_min, self.total_counts_median, self.total_counts_max, self.max_count
         );
-        s += &format!(
-            "  genes per cell     median {}\n",
-            self.genes_per_cell_median
-        );
+        s += &format!("  genes per cell     median {}\n", self.genes_per_cell_median);
         if self.zero_count_cells > 0 {
-            s += &format!(
-                "  zero-count cells   {} (removed by preprocessing)\n",
-                self.zero_count_cells
-            );
+            s += &format!("  zero-count cells   {} (removed by preprocessing)\n", self.zero_count_cells);
         }
-        s += &format!(
-            "  unexpressed genes  {}\n",
-            thousands(self.unexpressed_genes)
-        );
-        s += &format!(
-            "  obs columns        {}\n",
-            if obs_keys.is_empty() {
-                "none".into()
-            } else {
-                obs_keys.join(", ")
-            }
-        );
-        let list = |v: &Vec<(String, usize)>| {
-            v.iter()
-                .map(|(k, n)| format!("{k} ({n})"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        s += &format!("  unexpressed genes  {}\n", thousands(self.unexpressed_genes));
+        s += &format!("  obs columns        {}\n", if obs_keys.is_empty() { "none".into() } else { obs_keys.join(", ") });
+        let list = |v: &Vec<(String, usize)>| v.iter().map(|(k, n)| format!("{k} ({n})")).collect::<Vec<_>>().join(", ");
         if let (Some(b), Some(k)) = (&self.batches, batch_key) {
             s += &format!("  batches [{k}]  {}: {}\n", b.len(), list(b));
         }

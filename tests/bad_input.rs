@@ -12,14 +12,8 @@ struct Outcome {
 }
 
 fn scspecies(args: &[&str]) -> Outcome {
-    let o = Command::new(env!("CARGO_BIN_EXE_scspecies"))
-        .args(args)
-        .output()
-        .unwrap();
-    Outcome {
-        code: o.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&o.stderr).to_string(),
-    }
+    let o = Command::new(env!("CARGO_BIN_EXE_scspecies")).args(args).output().unwrap();
+    Outcome { code: o.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&o.stderr).to_string() }
 }
 
 /// A valid labelled dataset: 3 batches x 25 cells, 6 genes.
@@ -36,10 +30,7 @@ fn good(dir: &Path) {
         &dense,
         &gs,
         &cs,
-        &[
-            ("batch", b.iter().map(|s| s.as_str()).collect()),
-            ("type", t.iter().map(|s| s.as_str()).collect()),
-        ],
+        &[("batch", b.iter().map(|s| s.as_str()).collect()), ("type", t.iter().map(|s| s.as_str()).collect())],
     );
 }
 
@@ -59,6 +50,8 @@ fn run_args<'a>(ctx: &'a str, tgt: &'a str, out: &'a str) -> Vec<&'a str> {
         "--out",
         out,
         "--quiet",
+        "--epochs-context",
+        "1",
     ]
 }
 
@@ -68,11 +61,7 @@ fn expect_failure(ctx: &Path, needles: &[&str]) {
     let tgt = tmp.path().join("target");
     good(&tgt);
     let out = tmp.path().join("out");
-    let o = scspecies(&run_args(
-        ctx.to_str().unwrap(),
-        tgt.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ));
+    let o = scspecies(&run_args(ctx.to_str().unwrap(), tgt.to_str().unwrap(), out.to_str().unwrap()));
     assert_ne!(o.code, 0, "expected a failure, stderr: {}", o.stderr);
     assert!(!o.stderr.contains("panicked"), "panic: {}", o.stderr);
     assert!(o.stderr.starts_with("error: "), "{}", o.stderr);
@@ -103,17 +92,9 @@ fn the_good_input_works() {
     let tgt = tmp.path().join("t");
     good(&tgt);
     let out = tmp.path().join("out");
-    let o = scspecies(&run_args(
-        d.to_str().unwrap(),
-        tgt.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ));
+    let o = scspecies(&run_args(d.to_str().unwrap(), tgt.to_str().unwrap(), out.to_str().unwrap()));
     assert_eq!(o.code, 0, "{}", o.stderr);
-    for f in [
-        "metrics.json",
-        "homologous_genes.tsv",
-        "cells_preprocessed.tsv",
-    ] {
+    for f in ["metrics.json", "homologous_genes.tsv", "cells_preprocessed.tsv"] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
 }
@@ -140,14 +121,8 @@ fn truncated_or_corrupted_h5ad() {
         x: Some(ds.counts.clone()),
         obs_names: ds.cells.clone(),
         obs: vec![
-            (
-                "batch".into(),
-                Values::Categorical(ds.labels("batch").unwrap()),
-            ),
-            (
-                "type".into(),
-                Values::Categorical(ds.labels("type").unwrap()),
-            ),
+            ("batch".into(), Values::Categorical(ds.labels("batch").unwrap())),
+            ("type".into(), Values::Categorical(ds.labels("type").unwrap())),
         ],
         var_names: ds.genes.clone(),
         ..Default::default()
@@ -155,11 +130,7 @@ fn truncated_or_corrupted_h5ad() {
     let p = tmp.path().join("ok.h5ad");
     a.write(&p).unwrap();
     let bytes = std::fs::read(&p).unwrap();
-    for (name, cut) in [
-        ("half.h5ad", bytes.len() / 2),
-        ("head.h5ad", 100),
-        ("tiny.h5ad", 3),
-    ] {
+    for (name, cut) in [("half.h5ad", bytes.len() / 2), ("head.h5ad", 100), ("tiny.h5ad", 3)] {
         let q = tmp.path().join(name);
         std::fs::write(&q, &bytes[..cut]).unwrap();
         expect_failure(&q, &[name]);
@@ -198,13 +169,8 @@ fn truncated_or_corrupted_mtx() {
 
 #[test]
 fn bad_count_values() {
-    for (bad, needle) in [
-        ("2.5", "not a whole number"),
-        ("-3", "negative"),
-        ("nan", "finite"),
-        ("inf", "finite"),
-        ("abc", "not a number"),
-    ] {
+    for (bad, needle) in [("2.5", "not a whole number"), ("-3", "negative"), ("nan", "finite"), ("inf", "finite"), ("abc", "not a number")]
+    {
         let (_t, d) = ctx_dir();
         let m = std::fs::read_to_string(d.join("counts.mtx")).unwrap();
         // Replace the value of the third entry (line 5 of the file).
@@ -218,9 +184,7 @@ fn bad_count_values() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("lognorm.h5ad");
     let mut b = hdf5_pure::FileBuilder::new();
-    b.create_dataset("X")
-        .with_f32_data(&[0.69, 0.0, 1.1, 0.0])
-        .with_shape(&[2, 2]);
+    b.create_dataset("X").with_f32_data(&[0.69, 0.0, 1.1, 0.0]).with_shape(&[2, 2]);
     for g in ["obs", "var"] {
         let mut grp = b.create_group(g);
         grp.set_attr("_index", hdf5_pure::AttrValue::String("_index".into()));
@@ -228,10 +192,7 @@ fn bad_count_values() {
         b.add_group(grp.finish());
     }
     b.write(&p).unwrap();
-    expect_failure(
-        &p,
-        &["lognorm.h5ad", "not a whole number", "raw UMI counts"],
-    );
+    expect_failure(&p, &["lognorm.h5ad", "not a whole number", "raw UMI counts"]);
 }
 
 #[test]
@@ -241,19 +202,11 @@ fn missing_obs_key_lists_the_keys() {
     let tgt = tmp.path().join("t");
     good(&tgt);
     let out = tmp.path().join("out");
-    let mut args = run_args(
-        d.to_str().unwrap(),
-        tgt.to_str().unwrap(),
-        out.to_str().unwrap(),
-    );
+    let mut args = run_args(d.to_str().unwrap(), tgt.to_str().unwrap(), out.to_str().unwrap());
     args[8] = "cell_type"; // --context-label-key
     let o = scspecies(&args);
     assert_ne!(o.code, 0);
-    assert!(
-        o.stderr.contains("'cell_type'") && o.stderr.contains("columns present: batch, type"),
-        "{}",
-        o.stderr
-    );
+    assert!(o.stderr.contains("'cell_type'") && o.stderr.contains("columns present: batch, type"), "{}", o.stderr);
     assert!(!out.exists());
 }
 
@@ -275,14 +228,7 @@ fn batch_below_min_batch_size() {
         })
         .collect();
     std::fs::write(d.join("cells.tsv"), fixed.join("\n") + "\n").unwrap();
-    expect_failure(
-        &d,
-        &[
-            "'b2' (5 cells)",
-            "min_batch_size = 20",
-            "--drop-small-batches",
-        ],
-    );
+    expect_failure(&d, &["'b2' (5 cells)", "min_batch_size = 20", "--drop-small-batches"]);
 }
 
 #[test]
@@ -291,36 +237,20 @@ fn zero_homologous_genes() {
     let tmp = tempfile::tempdir().unwrap();
     let tgt = tmp.path().join("t");
     good(&tgt);
-    replace_in(
-        &tgt.join("genes.tsv"),
-        "gene\nG0\nG1\nG2\nG3\nG4\nG5",
-        "gene\nX0\nX1\nX2\nX3\nX4\nX5",
-    );
+    replace_in(&tgt.join("genes.tsv"), "gene\nG0\nG1\nG2\nG3\nG4\nG5", "gene\nX0\nX1\nX2\nX3\nX4\nX5");
     let out = tmp.path().join("out");
-    let o = scspecies(&run_args(
-        d.to_str().unwrap(),
-        tgt.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ));
+    let o = scspecies(&run_args(d.to_str().unwrap(), tgt.to_str().unwrap(), out.to_str().unwrap()));
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("zero homologous genes"), "{}", o.stderr);
     assert!(!out.exists());
     // With a table that matches nothing, the table is named.
     let tab = tmp.path().join("orth.tsv");
     std::fs::write(&tab, "context_gene\ttarget_gene\nQ1\tQ2\n").unwrap();
-    let mut args = run_args(
-        d.to_str().unwrap(),
-        tgt.to_str().unwrap(),
-        out.to_str().unwrap(),
-    );
+    let mut args = run_args(d.to_str().unwrap(), tgt.to_str().unwrap(), out.to_str().unwrap());
     args.extend(["--homology", tab.to_str().unwrap()]);
     let o = scspecies(&args);
     assert_ne!(o.code, 0);
-    assert!(
-        o.stderr.contains("orth.tsv") && o.stderr.contains("zero homologous genes"),
-        "{}",
-        o.stderr
-    );
+    assert!(o.stderr.contains("orth.tsv") && o.stderr.contains("zero homologous genes"), "{}", o.stderr);
 }
 
 #[test]
@@ -329,39 +259,19 @@ fn zero_count_cell_is_filtered_and_reported() {
     // Remove every entry of cell 3 from the matrix.
     let m = std::fs::read_to_string(d.join("counts.mtx")).unwrap();
     let lines: Vec<&str> = m.lines().collect();
-    let body: Vec<&str> = lines[2..]
-        .iter()
-        .copied()
-        .filter(|l| !l.starts_with("3 "))
-        .collect();
+    let body: Vec<&str> = lines[2..].iter().copied().filter(|l| !l.starts_with("3 ")).collect();
     let dims: Vec<&str> = lines[1].split(' ').collect();
-    let out = format!(
-        "{}\n{} {} {}\n{}\n",
-        lines[0],
-        dims[0],
-        dims[1],
-        body.len(),
-        body.join("\n")
-    );
+    let out = format!("{}\n{} {} {}\n{}\n", lines[0], dims[0], dims[1], body.len(), body.join("\n"));
     std::fs::write(d.join("counts.mtx"), out).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let tgt = tmp.path().join("t");
     good(&tgt);
     let outd = tmp.path().join("out");
-    let mut args = run_args(
-        d.to_str().unwrap(),
-        tgt.to_str().unwrap(),
-        outd.to_str().unwrap(),
-    );
-    args.pop(); // not quiet: the message must be shown
+    let mut args = run_args(d.to_str().unwrap(), tgt.to_str().unwrap(), outd.to_str().unwrap());
+    args.retain(|a| *a != "--quiet"); // the message must be shown
     let o = scspecies(&args);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    assert!(
-        o.stderr
-            .contains("removed 1 cells with zero total counts (e.g. cell2)"),
-        "{}",
-        o.stderr
-    );
+    assert!(o.stderr.contains("removed 1 cells with zero total counts (e.g. cell2)"), "{}", o.stderr);
     let cells = std::fs::read_to_string(outd.join("cells_preprocessed.tsv")).unwrap();
     assert!(!cells.contains("cell2\tcontext\t") && cells.contains("cell2\ttarget\t"));
 }
@@ -371,18 +281,11 @@ fn mismatched_row_counts() {
     let (_t, d) = ctx_dir();
     let c = std::fs::read_to_string(d.join("cells.tsv")).unwrap();
     let lines: Vec<&str> = c.lines().collect();
-    std::fs::write(
-        d.join("cells.tsv"),
-        lines[..lines.len() - 1].join("\n") + "\n",
-    )
-    .unwrap();
+    std::fs::write(d.join("cells.tsv"), lines[..lines.len() - 1].join("\n") + "\n").unwrap();
     expect_failure(&d, &["cells.tsv", "74 cells listed", "75 rows"]);
     let (_t, d) = ctx_dir();
     replace_in(&d.join("genes.tsv"), "G5\n", "");
-    expect_failure(
-        &d,
-        &["genes.tsv", "header line ('gene') and 5 genes", "6 genes"],
-    );
+    expect_failure(&d, &["genes.tsv", "header line ('gene') and 5 genes", "6 genes"]);
     let (_t, d) = ctx_dir();
     replace_in(&d.join("genes.tsv"), "G4\nG5\n", "");
     expect_failure(&d, &["genes.tsv", "5 lines for 6 genes"]);
@@ -398,11 +301,7 @@ fn duplicate_barcodes() {
 #[test]
 fn empty_dataset() {
     let (_t, d) = ctx_dir();
-    std::fs::write(
-        d.join("counts.mtx"),
-        "%%MatrixMarket matrix coordinate integer general\n0 6 0\n",
-    )
-    .unwrap();
+    std::fs::write(d.join("counts.mtx"), "%%MatrixMarket matrix coordinate integer general\n0 6 0\n").unwrap();
     std::fs::write(d.join("cells.tsv"), "barcode\tbatch\ttype\n").unwrap();
     expect_failure(&d, &["ctx", "no cells"]);
     let (_t, d) = ctx_dir();
@@ -415,26 +314,14 @@ fn bad_option_values() {
     let (_t, d) = ctx_dir();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let mut args = run_args(
-        d.to_str().unwrap(),
-        d.to_str().unwrap(),
-        out.to_str().unwrap(),
-    );
+    let mut args = run_args(d.to_str().unwrap(), d.to_str().unwrap(), out.to_str().unwrap());
     args.extend(["--device", "gpu"]);
     let o = scspecies(&args);
     assert_eq!(o.code, 2, "clap rejects unknown values with exit 2");
     assert!(o.stderr.contains("gpu"), "{}", o.stderr);
-    let mut args = run_args(
-        d.to_str().unwrap(),
-        d.to_str().unwrap(),
-        out.to_str().unwrap(),
-    );
+    let mut args = run_args(d.to_str().unwrap(), d.to_str().unwrap(), out.to_str().unwrap());
     args.extend(["--min-genes-fraction", "1.5"]);
     let o = scspecies(&args);
     assert_ne!(o.code, 0);
-    assert!(
-        o.stderr.contains("min_non_zero_genes") && o.stderr.contains("1.5"),
-        "{}",
-        o.stderr
-    );
+    assert!(o.stderr.contains("min_non_zero_genes") && o.stderr.contains("1.5"), "{}", o.stderr);
 }

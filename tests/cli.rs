@@ -47,20 +47,9 @@ fn pipeline_arguments_parse() {
         };
         assert_eq!(a.context.to_str(), Some("mouse.h5ad"));
         assert_eq!(a.target_label_key.as_deref(), Some("cell_type"));
-        assert_eq!(
-            a.homology.as_ref().and_then(|p| p.to_str()),
-            Some("orth.tsv")
-        );
+        assert_eq!(a.homology.as_ref().and_then(|p| p.to_str()), Some("orth.tsv"));
         assert_eq!(a.opts.device, Device::Cuda);
-        assert_eq!(
-            (
-                a.opts.epochs_context,
-                a.opts.epochs_target,
-                a.opts.seed,
-                a.opts.threads
-            ),
-            (Some(5), Some(7), 42, Some(2))
-        );
+        assert_eq!((a.opts.epochs_context, a.opts.epochs_target, a.opts.seed, a.opts.threads), (Some(5), Some(7), 42, Some(2)));
         assert!(a.opts.quiet);
     }
     // Optional ones really are optional, required ones required.
@@ -81,29 +70,15 @@ fn pipeline_arguments_parse() {
         "o",
     ];
     let cli = Cli::try_parse_from(min).unwrap();
-    let Command::Run(a) = cli.command else {
-        panic!()
-    };
-    assert_eq!(
-        (a.opts.device, a.opts.seed, a.target_label_key),
-        (Device::Cpu, 369963, None)
-    );
-    let e = Cli::try_parse_from(&min[..min.len() - 2])
-        .unwrap_err()
-        .to_string();
+    let Command::Run(a) = cli.command else { panic!() };
+    assert_eq!((a.opts.device, a.opts.seed, a.target_label_key), (Device::Cpu, 369963, None));
+    let e = Cli::try_parse_from(&min[..min.len() - 2]).unwrap_err().to_string();
     assert!(e.contains("--out"), "{e}");
 }
 
 fn bin(args: &[&str]) -> (i32, String, String) {
-    let o = Proc::new(env!("CARGO_BIN_EXE_scspecies"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into(),
-        String::from_utf8_lossy(&o.stderr).into(),
-    )
+    let o = Proc::new(env!("CARGO_BIN_EXE_scspecies")).args(args).output().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
 }
 
 #[test]
@@ -130,18 +105,12 @@ fn inspect_reports_bundled_data_as_json_and_text() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["context"]["summary"]["cells"], 1886);
     assert_eq!(v["target"]["summary"]["genes"], 16413);
-    assert_eq!(
-        v["context"]["summary"]["batches"][1],
-        serde_json::json!(["mouse2", 1064])
-    );
+    assert_eq!(v["context"]["summary"]["batches"][1], serde_json::json!(["mouse2", 1064]));
     assert_eq!(v["homology"]["homologous_genes"], 11312);
     assert!(v["target"]["summary"]["labels"].is_null());
     let (code, out, _) = bin(&args);
     assert_eq!(code, 0);
-    assert!(
-        out.contains("1,886 x 14,860") && out.contains("homologous genes   11,312"),
-        "{out}"
-    );
+    assert!(out.contains("1,886 x 14,860") && out.contains("homologous genes   11,312"), "{out}");
 }
 
 #[test]
@@ -181,20 +150,8 @@ fn inspect_identical_for_shared_folders_and_h5ad() {
         assert_eq!(a[role]["summary"], b[role]["summary"], "{role}");
     }
     assert_eq!(a["homology"], b["homology"]);
-    assert_eq!(
-        (
-            a["context"]["summary"]["cells"].clone(),
-            a["context"]["summary"]["genes"].clone()
-        ),
-        (1886.into(), 14877.into())
-    );
-    assert_eq!(
-        (
-            a["target"]["summary"]["cells"].clone(),
-            a["target"]["summary"]["genes"].clone()
-        ),
-        (2142.into(), 20125.into())
-    );
+    assert_eq!((a["context"]["summary"]["cells"].clone(), a["context"]["summary"]["genes"].clone()), (1886.into(), 14877.into()));
+    assert_eq!((a["target"]["summary"]["cells"].clone(), a["target"]["summary"]["genes"].clone()), (2142.into(), 20125.into()));
     assert_eq!(a["homology"]["homologous_genes"], 11674);
 }
 
@@ -202,21 +159,33 @@ fn inspect_identical_for_shared_folders_and_h5ad() {
 fn demo_runs_on_bundled_data() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("demo");
-    let (code, _, err) = bin(&["demo", "--out", out.to_str().unwrap(), "--write-h5ad"]);
+    let (code, _, err) = bin(&["demo", "--out", out.to_str().unwrap(), "--write-h5ad", "--epochs-context", "2", "--seed", "5"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("mouse: 1855 cells"), "{err}");
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(m["homology"]["homologous_genes"], 11312);
     assert_eq!(m["preprocessing"]["human"]["cells_out"], 2107);
+    assert_eq!(m["pretrain"]["epochs"], 2);
+    assert_eq!(m["pretrain"]["steps_per_epoch"], 14);
     let p = scspecies::data::read_dataset(&out.join("mouse_preprocessed.h5ad")).unwrap();
     assert_eq!(p.n_cells(), 1855);
     assert_eq!(p.labels("label").unwrap().categories.len(), 8);
     let hom = std::fs::read_to_string(out.join("homologous_genes.tsv")).unwrap();
     assert_eq!(hom.lines().count(), 11312 + 1);
-    // Model commands say plainly that they do not exist yet.
+    // The context model, its training log and the latent space.
+    let hist = std::fs::read_to_string(out.join("context_training.tsv")).unwrap();
+    assert_eq!(hist.lines().count(), 3);
+    let latent = std::fs::read_to_string(out.join("latent.tsv")).unwrap();
+    assert_eq!(latent.lines().count(), 1855 + 1);
+    assert!(latent.starts_with("cell\tdataset\tz_1\t"));
+    let be = scspecies::engine::Cpu::<f32>::new();
+    let (model, meta) = scspecies::model::io::load(&be, &out.join("context_model")).unwrap();
+    assert_eq!(meta.genes.len(), 14860);
+    assert_eq!(meta.batches, vec!["mouse1", "mouse2"]);
+    assert_eq!(model.cfg.homologous.len(), 11312);
+    // Commands not built yet say so plainly.
     let (code, _, err) = bin(&[
-        "pretrain",
+        "align",
         "--context",
         "a",
         "--target",
@@ -231,5 +200,5 @@ fn demo_runs_on_bundled_data() {
         "o",
     ]);
     assert_eq!(code, 1);
-    assert!(err.contains("no model stages yet"), "{err}");
+    assert!(err.contains("no alignment or label transfer yet"), "{err}");
 }

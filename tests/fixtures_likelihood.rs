@@ -6,22 +6,12 @@ use scspecies::engine::likelihood::{nb, zinb};
 
 fn load(name: &str) -> Option<serde_json::Value> {
     let root = common::shared_data(name)?;
-    let p = root
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("fixtures/likelihood.json");
+    let p = root.parent().unwrap().parent().unwrap().join("fixtures/likelihood.json");
     Some(serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
 }
 
 fn col(v: &serde_json::Value, k: &str) -> Vec<f64> {
-    v[k]["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    v[k]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 fn close(got: f64, want: f64, rel: f64, abs: f64) -> bool {
@@ -33,13 +23,7 @@ fn zinb_and_nb_match_the_reference() {
     let Some(f) = load("zinb_and_nb_match_the_reference") else {
         return;
     };
-    let (x, th, rho, lib, s) = (
-        col(&f, "x"),
-        col(&f, "theta"),
-        col(&f, "rho"),
-        col(&f, "library"),
-        col(&f, "pi_nlogit"),
-    );
+    let (x, th, rho, lib, s) = (col(&f, "x"), col(&f, "theta"), col(&f, "rho"), col(&f, "library"), col(&f, "pi_nlogit"));
     let mut bad = Vec::new();
     for i in 0..x.len() {
         let z = zinb(x[i], th[i], rho[i], lib[i], s[i]);
@@ -59,17 +43,9 @@ fn zinb_and_nb_match_the_reference() {
         for (k, got, rel, abs) in checks {
             let want = f[k]["data"][i].as_f64().unwrap();
             if !close(got, want, rel, abs) {
-                bad.push(format!(
-                    "{k}[{i}] x={} θ={} ρ={} l={} s={}: got {got:e}, want {want:e}",
-                    x[i], th[i], rho[i], lib[i], s[i]
-                ));
+                bad.push(format!("{k}[{i}] x={} θ={} ρ={} l={} s={}: got {got:e}, want {want:e}", x[i], th[i], rho[i], lib[i], s[i]));
             }
         }
     }
-    assert!(
-        bad.is_empty(),
-        "{} mismatches:\n{}",
-        bad.len(),
-        bad.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
-    );
+    assert!(bad.is_empty(), "{} mismatches:\n{}", bad.len(), bad.iter().take(30).cloned().collect::<Vec<_>>().join("\n"));
 }

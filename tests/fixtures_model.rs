@@ -11,13 +11,7 @@ use serde_json::Value;
 
 fn fixture(name: &str) -> Option<Value> {
     let d = common::shared_data(name)?;
-    let p = d
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("fixtures")
-        .join(name);
+    let p = d.parent().unwrap().parent().unwrap().join("fixtures").join(name);
     Some(serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
 }
 
@@ -36,8 +30,7 @@ impl Report {
         for i in 0..got.len() {
             let e = (got[i] - want[i]).abs();
             if e > rel * want[i].abs() && e > abs {
-                self.0
-                    .push(format!("{what}[{i}]: got {:e}, want {:e}", got[i], want[i]));
+                self.0.push(format!("{what}[{i}]: got {:e}, want {:e}", got[i], want[i]));
             }
         }
     }
@@ -47,13 +40,7 @@ fn run(file: &str, dist: Distribution) {
     let Some(f) = fixture(file) else { return };
     let c = &f["config"];
     let u = |k: &str| c[k].as_u64().unwrap() as usize;
-    let v = |k: &str| {
-        c[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as usize)
-            .collect::<Vec<_>>()
-    };
+    let v = |k: &str| c[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect::<Vec<_>>();
     let (rows, n, s) = (u("batch"), u("genes"), u("batches"));
     let cfg = ModelConfig {
         n_genes: n,
@@ -75,12 +62,7 @@ fn run(file: &str, dist: Distribution) {
     for i in 0..model.params.len() {
         let name = format!("param.{}", model.params[i].name);
         assert_eq!(
-            f[&name]["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as usize)
-                .collect::<Vec<_>>(),
+            f[&name]["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect::<Vec<_>>(),
             model.params[i].torch_shape,
             "{name}"
         );
@@ -99,128 +81,46 @@ fn run(file: &str, dist: Distribution) {
         }
         indptr.push(genes.len());
     }
-    let batch: Vec<u32> = (0..rows)
-        .map(|r| (0..s).find(|&b| oh[r * s + b] == 1.0).unwrap() as u32)
-        .collect();
-    let b = Batch::new(
-        &be,
-        n,
-        s,
-        &indptr,
-        &genes,
-        &vals,
-        batch,
-        &arr(&f, "prior_mu"),
-        &arr(&f, "prior_sig"),
-    );
-    let noise = Noise {
-        masks: None,
-        eps_z: be.upload(&arr(&f, "eps_z")),
-        eps_l: be.upload(&arr(&f, "eps_l")),
-    };
+    let batch: Vec<u32> = (0..rows).map(|r| (0..s).find(|&b| oh[r * s + b] == 1.0).unwrap() as u32).collect();
+    let b = Batch::new(&be, n, s, &indptr, &genes, &vals, batch, &arr(&f, "prior_mu"), &arr(&f, "prior_sig"));
+    let noise = Noise { masks: None, eps_z: be.upload(&arr(&f, "eps_z")), eps_l: be.upload(&arr(&f, "eps_l")) };
     let fw = model.forward(&be, &b, &noise);
 
     let mut rep = Report(Vec::new());
     let (rel, abs) = (1e-5, 1e-6);
-    rep.cmp(
-        "inter",
-        &be.download(&fw.outer.last().unwrap().out),
-        &arr(&f, "inter"),
-        rel,
-        abs,
-    );
+    rep.cmp("inter", &be.download(&fw.outer.last().unwrap().out), &arr(&f, "inter"), rel, abs);
     rep.cmp("z_mu", &be.download(&fw.z_mu), &arr(&f, "z_mu"), rel, abs);
-    rep.cmp(
-        "z_log_sig",
-        &be.download(&fw.z_ls),
-        &arr(&f, "z_log_sig"),
-        rel,
-        abs,
-    );
+    rep.cmp("z_log_sig", &be.download(&fw.z_ls), &arr(&f, "z_log_sig"), rel, abs);
     rep.cmp("z", &be.download(&fw.z), &arr(&f, "z"), rel, abs);
     rep.cmp("l_mu", &be.download(&fw.l_mu), &arr(&f, "l_mu"), rel, abs);
-    rep.cmp(
-        "l_log_sig",
-        &be.download(&fw.l_ls),
-        &arr(&f, "l_log_sig"),
-        rel,
-        abs,
-    );
-    rep.cmp(
-        "library",
-        &be.download(&fw.lib),
-        &arr(&f, "library"),
-        rel,
-        abs,
-    );
-    rep.cmp(
-        "theta",
-        &be.download(&fw.theta),
-        &arr(&f, "theta"),
-        rel,
-        abs,
-    );
+    rep.cmp("l_log_sig", &be.download(&fw.l_ls), &arr(&f, "l_log_sig"), rel, abs);
+    rep.cmp("library", &be.download(&fw.lib), &arr(&f, "library"), rel, abs);
+    rep.cmp("theta", &be.download(&fw.theta), &arr(&f, "theta"), rel, abs);
     rep.cmp("rho", &be.download(&fw.rho), &arr(&f, "rho"), rel, 1e-9);
     if let Some(l) = &fw.logit {
-        rep.cmp(
-            "pi_nlogit",
-            &be.download(l),
-            &arr(&f, "pi_nlogit"),
-            rel,
-            abs,
-        );
+        rep.cmp("pi_nlogit", &be.download(l), &arr(&f, "pi_nlogit"), rel, abs);
     }
-    rep.cmp(
-        "nll_cell",
-        &be.download(&fw.nll),
-        &arr(&f, "nll_cell"),
-        rel,
-        abs,
-    );
+    rep.cmp("nll_cell", &be.download(&fw.nll), &arr(&f, "nll_cell"), rel, abs);
     let aligned: Vec<usize> = v("aligned_rows");
     let ci = arr(&f, "context_inter");
     let d = model.cfg.inter_dim();
-    let targets: Vec<Vec<f64>> = (0..aligned.len())
-        .map(|k| ci[k * d..(k + 1) * d].to_vec())
-        .collect();
+    let targets: Vec<Vec<f64>> = (0..aligned.len()).map(|k| ci[k * d..(k + 1) * d].to_vec()).collect();
     let t = InterTarget::<Cpu<f32>>::new(&aligned, &targets, eta);
     let l = model.losses(&be, &fw, Some(&t));
     rep.cmp("kl_z", &[l.kl_z], &arr(&f, "kl_z"), rel, abs);
     rep.cmp("kl_l", &[l.kl_l], &arr(&f, "kl_l"), rel, abs);
     rep.cmp("loss", &[l.total(beta, 0.0)], &arr(&f, "loss"), rel, abs);
     rep.cmp("align", &[l.align], &arr(&f, "align"), rel, abs);
-    rep.cmp(
-        "loss_target",
-        &[l.total(beta, eta)],
-        &arr(&f, "loss_target"),
-        rel,
-        abs,
-    );
+    rep.cmp("loss_target", &[l.total(beta, eta)], &arr(&f, "loss_target"), rel, abs);
 
     for (key, target) in [("loss", None), ("loss_target", Some(&t))] {
         model.backward(&be, &b, &noise, &fw, beta, target);
         for i in 0..model.params.len() {
             let name = model.params[i].name.clone();
-            rep.cmp(
-                &format!("grad.{key}.{name}"),
-                &model.grad_torch(&be, i),
-                &arr(&f, &format!("grad.{key}.{name}")),
-                1e-3,
-                1e-5,
-            );
+            rep.cmp(&format!("grad.{key}.{name}"), &model.grad_torch(&be, i), &arr(&f, &format!("grad.{key}.{name}")), 1e-3, 1e-5);
         }
     }
-    assert!(
-        rep.0.is_empty(),
-        "{file}: {} mismatches:\n{}",
-        rep.0.len(),
-        rep.0
-            .iter()
-            .take(40)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert!(rep.0.is_empty(), "{file}: {} mismatches:\n{}", rep.0.len(), rep.0.iter().take(40).cloned().collect::<Vec<_>>().join("\n"));
 }
 
 #[test]

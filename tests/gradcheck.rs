@@ -69,11 +69,7 @@ fn linear_dense_and_sparse() {
     // Sparse: a matrix with zeros and counts up to 10,000.
     let mut dense = vals(m * k, 5);
     for (i, v) in dense.iter_mut().enumerate() {
-        *v = if i % 3 == 0 {
-            (v.abs() * 10_000.0).round()
-        } else {
-            0.0
-        };
+        *v = if i % 3 == 0 { (v.abs() * 10_000.0).round() } else { 0.0 };
     }
     let (mut ip, mut idx, mut val) = (vec![0], vec![], vec![]);
     for r in 0..m {
@@ -131,14 +127,8 @@ fn layernorm_including_raw_count_scale() {
 fn relu_dropout() {
     let n = 40;
     // Keep away from the kink at 0.
-    let x: Vec<f64> = vals(n, 20)
-        .iter()
-        .map(|v| if v.abs() < 0.05 { 0.3 } else { *v })
-        .collect();
-    let mask: Vec<f64> = vals(n, 21)
-        .iter()
-        .map(|v| if *v < 0.8 { 1.0 / 0.9 } else { 0.0 })
-        .collect();
+    let x: Vec<f64> = vals(n, 20).iter().map(|v| if v.abs() < 0.05 { 0.3 } else { *v }).collect();
+    let mask: Vec<f64> = vals(n, 21).iter().map(|v| if *v < 0.8 { 1.0 / 0.9 } else { 0.0 }).collect();
     let proj = vals(n, 22);
     let loss = |x: &[f64]| {
         let (mut r, mut y) = (vec![0.0; n], vec![0.0; n]);
@@ -153,9 +143,7 @@ fn relu_dropout() {
 
 fn split_softmax_case(rows: usize, n: usize, seed: u64) {
     let r: Vec<f64> = vals(rows * n, seed).iter().map(|v| v * 4.0).collect();
-    let group: Vec<u8> = (0..n)
-        .map(|g| ((g * 7 + seed as usize) % 3 == 0) as u8)
-        .collect();
+    let group: Vec<u8> = (0..n).map(|g| ((g * 7 + seed as usize) % 3 == 0) as u8).collect();
     let nh = group.iter().filter(|&&g| g == 0).count() as f64;
     let w = [nh / n as f64, 1.0 - nh / n as f64];
     let proj = vals(rows * n, seed + 1);
@@ -253,26 +241,13 @@ fn likelihood_edge_values() {
 #[test]
 fn batch_likelihood_kernel_matches_per_element_terms() {
     let (rows, n) = (3, 6);
-    let x: Vec<f64> = (0..rows * n)
-        .map(|i| [0.0, 2.0, 0.0, 15.0, 0.0, 1.0][i % 6])
-        .collect();
-    let rho: Vec<f64> = vals(rows * n, 40)
-        .iter()
-        .map(|v| (v.abs() + 0.05) / 6.0)
-        .collect();
-    let theta: Vec<f64> = vals(rows * n, 41)
-        .iter()
-        .map(|v| v.abs() * 3.0 + 0.1)
-        .collect();
+    let x: Vec<f64> = (0..rows * n).map(|i| [0.0, 2.0, 0.0, 15.0, 0.0, 1.0][i % 6]).collect();
+    let rho: Vec<f64> = vals(rows * n, 40).iter().map(|v| (v.abs() + 0.05) / 6.0).collect();
+    let theta: Vec<f64> = vals(rows * n, 41).iter().map(|v| v.abs() * 3.0 + 0.1).collect();
     let s = vals(rows * n, 42);
     let lib = vec![100.0, 2000.0, 50.0];
     let mut nll = vec![0.0; rows];
-    let (mut dr, mut dt, mut ds, mut dl) = (
-        vec![0.0; rows * n],
-        vec![0.0; rows * n],
-        vec![0.0; rows * n],
-        vec![0.0; rows],
-    );
+    let (mut dr, mut dt, mut ds, mut dl) = (vec![0.0; rows * n], vec![0.0; rows * n], vec![0.0; rows * n], vec![0.0; rows]);
     ops::likelihood(
         Distribution::Zinb,
         &x,
@@ -283,57 +258,17 @@ fn batch_likelihood_kernel_matches_per_element_terms() {
         n,
         1.0 / rows as f64,
         &mut nll,
-        Some(ops::LikelihoodGrads {
-            d_rho: &mut dr,
-            d_theta: &mut dt,
-            d_logit: Some(&mut ds),
-            d_lib: &mut dl,
-        }),
+        Some(ops::LikelihoodGrads { d_rho: &mut dr, d_theta: &mut dt, d_logit: Some(&mut ds), d_lib: &mut dl }),
     );
     let total = |rho: &[f64], theta: &[f64], s: &[f64], lib: &[f64]| {
         let mut out = vec![0.0; rows];
-        ops::likelihood(
-            Distribution::Zinb,
-            &x,
-            rho,
-            theta,
-            Some(s),
-            lib,
-            n,
-            1.0,
-            &mut out,
-            None,
-        );
+        ops::likelihood(Distribution::Zinb, &x, rho, theta, Some(s), lib, n, 1.0, &mut out, None);
         out.iter().sum::<f64>() / rows as f64
     };
-    check(
-        "batch drho",
-        &dr,
-        &|v| total(v, &theta, &s, &lib),
-        &rho,
-        1e-6,
-    );
-    check(
-        "batch dtheta",
-        &dt,
-        &|v| total(&rho, v, &s, &lib),
-        &theta,
-        1e-6,
-    );
-    check(
-        "batch dlogit",
-        &ds,
-        &|v| total(&rho, &theta, v, &lib),
-        &s,
-        1e-6,
-    );
-    check(
-        "batch dlib",
-        &dl,
-        &|v| total(&rho, &theta, &s, v),
-        &lib,
-        1e-6,
-    );
+    check("batch drho", &dr, &|v| total(v, &theta, &s, &lib), &rho, 1e-6);
+    check("batch dtheta", &dt, &|v| total(&rho, v, &s, &lib), &theta, 1e-6);
+    check("batch dlogit", &ds, &|v| total(&rho, &theta, v, &lib), &s, 1e-6);
+    check("batch dlib", &dl, &|v| total(&rho, &theta, &s, v), &lib, 1e-6);
 }
 
 #[test]
@@ -433,17 +368,7 @@ fn whole_model(dist: Distribution) {
         ip.push(genes.len());
     }
     let batch: Vec<u32> = (0..rows as u32).map(|r| r % 2).collect();
-    let b = Batch::new(
-        &be,
-        n,
-        s,
-        &ip,
-        &genes,
-        &vv,
-        batch,
-        &[3.0, 2.5, 3.0, 2.5, 3.0, 2.5],
-        &[0.5, 0.4, 0.5, 0.4, 0.5, 0.4],
-    );
+    let b = Batch::new(&be, n, s, &ip, &genes, &vv, batch, &[3.0, 2.5, 3.0, 2.5, 3.0, 2.5], &[0.5, 0.4, 0.5, 0.4, 0.5, 0.4]);
     let noise = Noise::sample(&be, &model, rows, true, &mut rng);
     let (beta, eta) = (0.6, 2.0);
     let aligned = vec![1usize, 4];

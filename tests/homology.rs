@@ -9,13 +9,7 @@ fn s(v: &[&str]) -> Vec<String> {
 }
 
 fn table(rows: &[(&str, &str)]) -> OrthologTable {
-    OrthologTable {
-        path: "orthologs.tsv".into(),
-        pairs: rows
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect(),
-    }
+    OrthologTable { path: "orthologs.tsv".into(), pairs: rows.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect() }
 }
 
 #[test]
@@ -54,20 +48,10 @@ fn zero_homologous_genes_is_an_error_with_a_hint() {
     let ctx = s(&["Actb", "Cd4"]);
     let tgt = s(&["ACTB", "CD4"]);
     let swapped = table(&[("ACTB", "Actb"), ("CD4", "Cd4")]);
-    let e = match_genes(&ctx, &tgt, Some(&swapped))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("orthologs.tsv") && e.contains("zero homologous genes") && e.contains("swapped"),
-        "{e}"
-    );
-    let e = match_genes(&ctx, &s(&["FOO"]), None)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("zero homologous genes") && e.contains("--homology"),
-        "{e}"
-    );
+    let e = match_genes(&ctx, &tgt, Some(&swapped)).unwrap_err().to_string();
+    assert!(e.contains("orthologs.tsv") && e.contains("zero homologous genes") && e.contains("swapped"), "{e}");
+    let e = match_genes(&ctx, &s(&["FOO"]), None).unwrap_err().to_string();
+    assert!(e.contains("zero homologous genes") && e.contains("--homology"), "{e}");
 }
 
 #[test]
@@ -79,10 +63,7 @@ fn baron_table_on_bundled_and_shared_genes() {
     let h = match_genes(&m.genes, &hu.genes, Some(&t)).unwrap();
     assert_eq!(h.report.table_rows, 16_597);
     assert_eq!(h.len(), 11_312);
-    assert!(
-        h.names.windows(2).all(|w| w[0] < w[1]),
-        "pairs must be in sorted name order"
-    );
+    assert!(h.names.windows(2).all(|w| w[0] < w[1]), "pairs must be in sorted name order");
     for k in 0..h.len() {
         assert_eq!(m.genes[h.context[k]], h.names[k]);
     }

@@ -24,10 +24,7 @@ fn toy(dir: &std::path::Path) -> scspecies::data::Dataset {
         &dense,
         &["G0", "G1", "G2", "G3"],
         &["c0", "c1", "c2", "c3", "c4", "c5", "z"],
-        &[
-            ("batch", vec!["b0", "b0", "b0", "b1", "b1", "b1", "b1"]),
-            ("type", vec!["A", "A", "B", "A", "B", "A", "A"]),
-        ],
+        &[("batch", vec!["b0", "b0", "b0", "b1", "b1", "b1", "b1"]), ("type", vec!["A", "A", "B", "A", "B", "A", "A"])],
     );
     read_dataset(dir).unwrap()
 }
@@ -90,9 +87,7 @@ fn rare_cell_types_need_strictly_more_than_the_minimum() {
     assert_eq!(p.report.rare_cell_types_removed, vec![("B".to_string(), 2)]);
     assert_eq!(p.labels.as_ref().unwrap().categories, vec!["A"]);
     let ln3 = 3f64.ln();
-    let want = ((LN2 as f32 as f64 * 2.0 + (4.0 / 3.0 * ln3) as f32 as f64 * 2.0) / 4.0 * 1e5)
-        .round_ties_even()
-        / 1e5;
+    let want = ((LN2 as f32 as f64 * 2.0 + (4.0 / 3.0 * ln3) as f32 as f64 * 2.0) / 4.0 * 1e5).round_ties_even() / 1e5;
     assert_eq!(p.lib_mu_add, want);
     // At min 1, B (2 cells) is kept.
     let p = preprocess(&ds, "toy", "batch", Some("type"), &cfg(3, 0.25, 1)).unwrap();
@@ -103,31 +98,16 @@ fn rare_cell_types_need_strictly_more_than_the_minimum() {
 fn small_batch_is_an_error_or_dropped_on_request() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = toy(tmp.path());
-    let e = preprocess(&ds, "toy", "batch", Some("type"), &cfg(4, 0.25, 0))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("'b0' (3 cells)")
-            && e.contains("'b1' (3 cells)")
-            && e.contains("min_batch_size = 4"),
-        "{e}"
-    );
+    let e = preprocess(&ds, "toy", "batch", Some("type"), &cfg(4, 0.25, 0)).unwrap_err().to_string();
+    assert!(e.contains("'b0' (3 cells)") && e.contains("'b1' (3 cells)") && e.contains("min_batch_size = 4"), "{e}");
     assert!(e.contains(&ds.source.display().to_string()), "{e}");
     let mut c = cfg(4, 0.25, 0);
     c.drop_small_batches = true;
-    let e = preprocess(&ds, "toy", "batch", Some("type"), &c)
-        .unwrap_err()
-        .to_string();
+    let e = preprocess(&ds, "toy", "batch", Some("type"), &c).unwrap_err().to_string();
     assert!(e.contains("no cells left"), "{e}");
     let mut c = cfg(3, 0.25, 0);
     c.drop_small_batches = true;
-    assert!(
-        preprocess(&ds, "toy", "batch", Some("type"), &c)
-            .unwrap()
-            .report
-            .small_batches_dropped
-            .is_empty()
-    );
+    assert!(preprocess(&ds, "toy", "batch", Some("type"), &c).unwrap().report.small_batches_dropped.is_empty());
 }
 
 #[test]
@@ -141,9 +121,7 @@ fn batch_with_constant_library_is_an_error() {
         &[("batch", vec!["x", "x", "y", "y"])],
     );
     let ds = read_dataset(tmp.path()).unwrap();
-    let e = preprocess(&ds, "t", "batch", None, &cfg(2, 0.0, 0))
-        .unwrap_err()
-        .to_string();
+    let e = preprocess(&ds, "t", "batch", None, &cfg(2, 0.0, 0)).unwrap_err().to_string();
     assert!(e.contains("batch 'x'") && e.contains("std 0"), "{e}");
 }
 
@@ -151,39 +129,19 @@ fn batch_with_constant_library_is_an_error() {
 fn missing_keys_and_missing_values_are_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = toy(tmp.path());
-    let e = preprocess(&ds, "toy", "donor", None, &cfg(3, 0.25, 0))
-        .unwrap_err()
-        .to_string();
+    let e = preprocess(&ds, "toy", "donor", None, &cfg(3, 0.25, 0)).unwrap_err().to_string();
     assert!(e.contains("'donor'") && e.contains("batch, type"), "{e}");
-    write_folder(
-        tmp.path(),
-        &[vec![1.0], vec![2.0]],
-        &["G"],
-        &["a", "b"],
-        &[("batch", vec!["x", "NA"])],
-    );
+    write_folder(tmp.path(), &[vec![1.0], vec![2.0]], &["G"], &["a", "b"], &[("batch", vec!["x", "NA"])]);
     let ds = read_dataset(tmp.path()).unwrap();
-    let e = preprocess(&ds, "t", "batch", None, &cfg(1, 0.0, 0))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("no value for 1 cells") && e.contains("'b'"),
-        "{e}"
-    );
+    let e = preprocess(&ds, "t", "batch", None, &cfg(1, 0.0, 0)).unwrap_err().to_string();
+    assert!(e.contains("no value for 1 cells") && e.contains("'b'"), "{e}");
 }
 
 #[test]
 fn real_baron_preprocessing_counts() {
     let d = bundled();
     let m = read_dataset(&d.join("mouse")).unwrap();
-    let p = preprocess(
-        &m,
-        "mouse",
-        "batch",
-        Some("cell_type"),
-        &PreprocessConfig::default(),
-    )
-    .unwrap();
+    let p = preprocess(&m, "mouse", "batch", Some("cell_type"), &PreprocessConfig::default()).unwrap();
     // Four mouse types have <= 20 cells: Schwann (6), T (7), leukocyte (8), B (10); no cell fails min_genes.
     assert_eq!(p.report.cells_in_rare_types, 31);
     assert_eq!(p.report.cells_below_min_genes, 0);
@@ -193,23 +151,16 @@ fn real_baron_preprocessing_counts() {
     let lib = m.counts.row_sums();
     let b = m.labels("batch").unwrap();
     for (k, name) in p.batch_names.iter().enumerate() {
-        let v: Vec<f64> = (0..m.n_cells())
-            .filter(|&i| b.value(i) == Some(name))
-            .map(|i| lib[i].ln())
-            .collect();
+        let v: Vec<f64> = (0..m.n_cells()).filter(|&i| b.value(i) == Some(name)).map(|i| lib[i].ln()).collect();
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
-        assert!(
-            (p.batch_prior[k].0 - mean).abs() < 1e-12 && (p.batch_prior[k].1 - sd).abs() < 1e-12
-        );
+        assert!((p.batch_prior[k].0 - mean).abs() < 1e-12 && (p.batch_prior[k].1 - sd).abs() < 1e-12);
     }
 }
 
 #[test]
 fn loess_reproduces_a_quadratic_exactly() {
-    let x: Vec<f64> = (0..200)
-        .map(|i| (i as f64 * 0.37).sin() * 3.0 + i as f64 * 0.01)
-        .collect();
+    let x: Vec<f64> = (0..200).map(|i| (i as f64 * 0.37).sin() * 3.0 + i as f64 * 0.01).collect();
     let y: Vec<f64> = x.iter().map(|&v| 1.0 - 2.0 * v + 0.5 * v * v).collect();
     let fit = loess_quadratic(&x, &y, 0.3);
     for (f, t) in fit.iter().zip(&y) {
@@ -222,9 +173,7 @@ fn loess_reproduces_a_quadratic_exactly() {
 
 /// A deterministic pseudo-random count generator (no RNG crate needed in tests).
 fn lcg(state: &mut u64) -> f64 {
-    *state = state
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    *state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     ((*state >> 11) as f64) / ((1u64 << 53) as f64)
 }
 
@@ -246,12 +195,8 @@ fn normalized_variance_matches_a_dense_reimplementation() {
     let got = batch_normalized_variance(&csr, &rows);
     // Dense: same loess input, then sum of squared standardised clipped deviations.
     let col = |j: usize| (0..n).map(|i| dense[i * g + j] as f64).collect::<Vec<_>>();
-    let mean: Vec<f64> = (0..g)
-        .map(|j| col(j).iter().sum::<f64>() / n as f64)
-        .collect();
-    let var: Vec<f64> = (0..g)
-        .map(|j| col(j).iter().map(|x| (x - mean[j]).powi(2)).sum::<f64>() / (n as f64 - 1.0))
-        .collect();
+    let mean: Vec<f64> = (0..g).map(|j| col(j).iter().sum::<f64>() / n as f64).collect();
+    let var: Vec<f64> = (0..g).map(|j| col(j).iter().map(|x| (x - mean[j]).powi(2)).sum::<f64>() / (n as f64 - 1.0)).collect();
     let nc: Vec<usize> = (0..g).filter(|&j| var[j] > 0.0).collect();
     let fit = loess_quadratic(
         &nc.iter().map(|&j| mean[j].log10()).collect::<Vec<_>>(),
@@ -264,16 +209,8 @@ fn normalized_variance_matches_a_dense_reimplementation() {
     }
     for j in 0..g {
         let clip = sd[j] * (n as f64).sqrt() + mean[j];
-        let want = col(j)
-            .iter()
-            .map(|&x| (x.min(clip) - mean[j]).powi(2))
-            .sum::<f64>()
-            / ((n as f64 - 1.0) * sd[j] * sd[j]);
-        assert!(
-            (got[j] - want).abs() <= 1e-9 * want.abs().max(1.0),
-            "gene {j}: {} vs {want}",
-            got[j]
-        );
+        let want = col(j).iter().map(|&x| (x.min(clip) - mean[j]).powi(2)).sum::<f64>() / ((n as f64 - 1.0) * sd[j] * sd[j]);
+        assert!((got[j] - want).abs() <= 1e-9 * want.abs().max(1.0), "gene {j}: {} vs {want}", got[j]);
     }
 }
 
@@ -287,11 +224,7 @@ fn seurat_v3_finds_overdispersed_genes_in_every_batch() {
             let mean = 0.5 + (j % 10) as f64 * 0.5;
             // Genes 13 and 41: same mean, but all counts in a fifth of the cells (a marker).
             let v = if j == 13 || j == 41 {
-                if i % 5 == 0 {
-                    (mean * 5.0 * (0.5 + lcg(&mut s))).round()
-                } else {
-                    0.0
-                }
+                if i % 5 == 0 { (mean * 5.0 * (0.5 + lcg(&mut s))).round() } else { 0.0 }
             } else {
                 (mean * 2.0 * lcg(&mut s)).round()
             };
@@ -304,14 +237,10 @@ fn seurat_v3_finds_overdispersed_genes_in_every_batch() {
     assert_eq!(seurat_v3(&csr, &batch, 2, 60).len(), 60);
     // Through preprocess: genes are subset after the prior, which still uses all genes.
     let tmp = tempfile::tempdir().unwrap();
-    let rows: Vec<Vec<f64>> = (0..n)
-        .map(|i| (0..g).map(|j| dense[i * g + j] as f64).collect())
-        .collect();
+    let rows: Vec<Vec<f64>> = (0..n).map(|i| (0..g).map(|j| dense[i * g + j] as f64).collect()).collect();
     let genes: Vec<String> = (0..g).map(|j| format!("G{j}")).collect();
     let cells: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
-    let b: Vec<&str> = (0..n)
-        .map(|i| if i % 2 == 0 { "even" } else { "odd" })
-        .collect();
+    let b: Vec<&str> = (0..n).map(|i| if i % 2 == 0 { "even" } else { "odd" }).collect();
     write_folder(
         tmp.path(),
         &rows,
@@ -320,11 +249,7 @@ fn seurat_v3_finds_overdispersed_genes_in_every_batch() {
         &[("batch", b)],
     );
     let ds = read_dataset(tmp.path()).unwrap();
-    let mut c = PreprocessConfig {
-        n_top_genes: Some(2),
-        min_non_zero_genes: 0.0,
-        ..Default::default()
-    };
+    let mut c = PreprocessConfig { n_top_genes: Some(2), min_non_zero_genes: 0.0, ..Default::default() };
     let p = preprocess(&ds, "t", "batch", None, &c).unwrap();
     assert_eq!(p.data.genes, vec!["G13", "G41"]);
     c.n_top_genes = None;

@@ -70,38 +70,20 @@ proptest! {
 fn duplicate_entries_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("d.mtx");
-    std::fs::write(
-        &p,
-        "%%MatrixMarket matrix coordinate integer general\n2 2 2\n1 1 3\n1 1 4\n",
-    )
-    .unwrap();
+    std::fs::write(&p, "%%MatrixMarket matrix coordinate integer general\n2 2 2\n1 1 3\n1 1 4\n").unwrap();
     let e = scspecies::data::mtx::read_mtx(&p).unwrap_err().to_string();
-    assert!(
-        e.contains("d.mtx") && e.contains("row 1 stores column 1 twice"),
-        "{e}"
-    );
+    assert!(e.contains("d.mtx") && e.contains("row 1 stores column 1 twice"), "{e}");
 }
 
 #[test]
 fn entries_outside_the_matrix_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("o.mtx");
-    std::fs::write(
-        &p,
-        "%%MatrixMarket matrix coordinate integer general\n2 2 1\n3 1 3\n",
-    )
-    .unwrap();
+    std::fs::write(&p, "%%MatrixMarket matrix coordinate integer general\n2 2 1\n3 1 3\n").unwrap();
     let e = scspecies::data::mtx::read_mtx(&p).unwrap_err().to_string();
-    assert!(
-        e.contains("line 3") && e.contains("outside the 2 x 2 matrix"),
-        "{e}"
-    );
+    assert!(e.contains("line 3") && e.contains("outside the 2 x 2 matrix"), "{e}");
     // A size line announcing more entries than fit must not allocate for them.
-    std::fs::write(
-        &p,
-        "%%MatrixMarket matrix coordinate integer general\n2 2 99999999999\n",
-    )
-    .unwrap();
+    std::fs::write(&p, "%%MatrixMarket matrix coordinate integer general\n2 2 99999999999\n").unwrap();
     let e = scspecies::data::mtx::read_mtx(&p).unwrap_err().to_string();
     assert!(e.contains("do not fit"), "{e}");
 }

@@ -11,11 +11,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "scspecies",
-    version,
-    about = "Cross-species alignment of single-cell RNA-seq data (scSpecies in Rust)"
-)]
+#[command(name = "scspecies", version, about = "Cross-species alignment of single-cell RNA-seq data (scSpecies in Rust)")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -219,17 +215,9 @@ pub struct InspectArgs {
 
 /// The bundled Baron pancreas pair, found next to the sources or given explicitly.
 pub fn demo_inputs(data: Option<&Path>) -> Result<Inputs> {
-    let dir = data
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data/baron-pancreas"));
+    let dir = data.map(Path::to_path_buf).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("data/baron-pancreas"));
     if !dir.is_dir() {
-        return Err(Error::io(
-            &dir,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "demo data folder not found (pass --data)",
-            ),
-        ));
+        return Err(Error::io(&dir, std::io::Error::new(std::io::ErrorKind::NotFound, "demo data folder not found (pass --data)")));
     }
     Ok(Inputs {
         context: dir.join("mouse"),
@@ -249,11 +237,7 @@ pub fn demo_inputs(data: Option<&Path>) -> Result<Inputs> {
 /// A spinner on stderr for long work (hidden when quiet or when stderr is not a terminal) and a log
 /// function whose lines print above it.
 fn progress(quiet: bool, what: &str) -> (indicatif::ProgressBar, impl FnMut(&str)) {
-    let pb = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new_spinner()
-    };
+    let pb = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new_spinner() };
     pb.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap());
     pb.set_message(what.to_string());
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -272,10 +256,10 @@ fn progress(quiet: bool, what: &str) -> (indicatif::ProgressBar, impl FnMut(&str
 /// Entry point used by `main`.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run(a) => run_pipeline(&a.inputs(), &a.out, &a.opts),
+        Command::Run(a) | Command::Pretrain(a) => run_pipeline(&a.inputs(), &a.out, &a.opts),
         Command::Demo(a) => run_pipeline(&demo_inputs(a.data.as_deref())?, &a.out, &a.opts),
-        Command::Pretrain(_) | Command::Align(_) | Command::Transfer(_) => Err(Error::Input(
-            "this build has no model stages yet: `pretrain`, `align` and `transfer` arrive with the CPU engine; `run` and `demo` do the data stages".into(),
+        Command::Align(_) | Command::Transfer(_) => Err(Error::Input(
+            "this build has no alignment or label transfer yet: `run`, `demo` and `pretrain` do the data stages and pre-train the context model".into(),
         )),
         Command::Bench(a) => bench(&a),
         Command::Inspect(a) => inspect(&a),
@@ -284,14 +268,113 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn check_options(o: &RunOptions) -> Result<()> {
     if o.device == Device::Cuda {
-        return Err(Error::Config(
-            "--device cuda: this build has no CUDA backend yet; use --device cpu".into(),
-        ));
+        return Err(Error::Config("--device cuda: this build has no CUDA backend yet; use --device cpu".into()));
     }
-    if o.threads == Some(0) {
-        return Err(Error::Config("--threads must be at least 1".into()));
+    match o.threads {
+        Some(0) => return Err(Error::Config("--threads must be at least 1".into())),
+        Some(t) => {
+            // The global pool can be set once per process; a second call (tests) keeps the first.
+            let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
+        }
+        None => {}
     }
     Ok(())
+}
+
+/// A progress bar over all training steps, with the reference's running means.
+fn training_bar(quiet: bool, total: u64) -> indicatif::ProgressBar {
+    let pb = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total) };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:25}] {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Pre-train the context model with a progress bar, and write its files.
+fn pretrain_stage(pair: &PreparedPair, out_dir: &Path, o: &RunOptions, log: &mut dyn FnMut(&str)) -> Result<serde_json::Value> {
+    use crate::engine::{Backend, Cpu};
+    let n = pair.context.n_cells();
+    let mut tcfg = crate::train::TrainConfig::default_for(n, o.seed);
+    if let Some(e) = o.epochs_context {
+        tcfg.epochs = e;
+    }
+    let steps = (n / tcfg.batch_size.min(n)).max(1);
+    let be = Cpu::<f32>::new();
+    let bar = training_bar(o.quiet, (tcfg.epochs * steps) as u64);
+    bar.set_prefix(format!("pretrain {}", pair.context.name));
+    let mut lines = Vec::new();
+    let res = crate::pipeline::pretrain(&be, pair, &tcfg, &mut |p| {
+        bar.inc(1);
+        bar.set_message(format!(
+            "epoch {}/{} step {}/{} | {:.1} ms/step | nELBO {:.1} NLL {:.1} KL_z {:.2} KL_l {:.3}",
+            p.epoch + 1,
+            p.epochs,
+            p.step + 1,
+            p.steps,
+            p.ms_per_step,
+            p.running[0],
+            p.running[1],
+            p.running[2],
+            p.running[3]
+        ));
+        if let Some(e) = p.finished_epoch {
+            lines.push(format!(
+                "epoch {:>3}: nELBO {:.2} NLL {:.2} KL_z {:.3} KL_l {:.4} beta {:.2} ({:.1} ms/step)",
+                e.epoch, e.nelbo, e.nll, e.kl_z, e.kl_l, e.beta, e.ms_per_step
+            ));
+        }
+    });
+    bar.finish_and_clear();
+    let run = res?;
+    if let (Some(first), Some(last)) = (lines.first(), lines.last()) {
+        log(first);
+        if lines.len() > 1 {
+            log(last);
+        }
+    }
+    crate::model::io::save(&run.model, &be, &run.meta, &out_dir.join("context_model"))?;
+    out::write_tsv(
+        &out_dir.join("context_training.tsv"),
+        &["epoch", "beta", "nelbo", "nll", "kl_z", "kl_l", "ms_per_step"],
+        run.history.iter().map(|e| {
+            vec![
+                e.epoch.to_string(),
+                format!("{}", e.beta),
+                format!("{}", e.nelbo),
+                format!("{}", e.nll),
+                format!("{}", e.kl_z),
+                format!("{}", e.kl_l),
+                format!("{:.3}", e.ms_per_step),
+            ]
+        }),
+    )?;
+    let l = run.repr.latent;
+    let mut header: Vec<String> = vec!["cell".into(), "dataset".into()];
+    header.extend((1..=l).map(|k| format!("z_{k}")));
+    let header_ref: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
+    let ctx = &pair.context;
+    out::write_tsv(
+        &out_dir.join("latent.tsv"),
+        &header_ref,
+        (0..ctx.n_cells()).map(|i| {
+            let mut r = vec![ctx.data.cells[i].clone(), ctx.name.clone()];
+            r.extend(run.repr.z_mu[i * l..(i + 1) * l].iter().map(|v| format!("{v}")));
+            r
+        }),
+    )?;
+    let last = run.history.last();
+    Ok(json!({
+        "backend": be.name(),
+        "epochs": tcfg.epochs,
+        "steps_per_epoch": steps,
+        "train_seconds": run.train_seconds,
+        "ms_per_step": last.map(|e| e.ms_per_step),
+        "final_nelbo": last.map(|e| e.nelbo),
+        "final_nll": last.map(|e| e.nll),
+        "parameters": run.model.n_params(&be),
+    }))
 }
 
 /// The stages that exist today, with their outputs. Nothing is written unless preprocessing succeeded.
@@ -308,14 +391,18 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions) -> Result<()> {
     write_pair_outputs(&pair, out_dir, o.write_h5ad)?;
     let mut timings = pair.timings.clone();
     timings.push(("write".into(), t_write.elapsed().as_secs_f64()));
+    let t_train = std::time::Instant::now();
+    let pretrain = pretrain_stage(&pair, out_dir, o, &mut log)?;
+    timings.push(("pretrain".into(), t_train.elapsed().as_secs_f64()));
     let metrics = json!({
         "scspecies_version": env!("CARGO_PKG_VERSION"),
         "inputs": inputs,
         "preprocess_config": cfg,
         "seed": o.seed,
         "device": o.device,
-        "stages_done": ["read", "preprocess", "homology"],
-        "stages_pending": ["data_knn", "pretrain", "align", "transfer"],
+        "stages_done": ["read", "preprocess", "homology", "pretrain"],
+        "stages_pending": ["data_knn", "align", "transfer"],
+        "pretrain": pretrain,
         "timings_s": timings.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "total_s": t0.elapsed().as_secs_f64(),
         "preprocessing": { &pair.context.name: pair.context.report, &pair.target.name: pair.target.report },
@@ -327,9 +414,7 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions) -> Result<()> {
     });
     out::write_json(&out_dir.join("metrics.json"), &metrics)?;
     log(&format!("wrote {}", out_dir.display()));
-    log(
-        "note: this build stops after the data stages; pre-training, alignment and label transfer are not built yet",
-    );
+    log("note: this build stops after pre-training the context model; alignment and label transfer are not built yet");
     Ok(())
 }
 
@@ -344,13 +429,7 @@ fn write_pair_outputs(pair: &PreparedPair, dir: &Path, h5ad: bool) -> Result<()>
     let h = &pair.homology;
     out::write_tsv(
         &dir.join("homologous_genes.tsv"),
-        &[
-            "name",
-            "context_gene",
-            "target_gene",
-            "context_index",
-            "target_index",
-        ],
+        &["name", "context_gene", "target_gene", "context_index", "target_index"],
         (0..h.len()).map(|k| {
             vec![
                 h.names[k].clone(),
@@ -368,11 +447,7 @@ fn write_pair_outputs(pair: &PreparedPair, dir: &Path, h5ad: bool) -> Result<()>
                 p.data.cells[i].clone(),
                 p.name.clone(),
                 p.batch_names[p.batch[i] as usize].clone(),
-                p.labels
-                    .as_ref()
-                    .and_then(|l| l.value(i))
-                    .unwrap_or("unknown")
-                    .to_string(),
+                p.labels.as_ref().and_then(|l| l.value(i)).unwrap_or("unknown").to_string(),
                 format!("{}", p.library_log_mean[i]),
                 format!("{}", p.library_log_std[i]),
                 p.n_genes[i].to_string(),
@@ -381,55 +456,28 @@ fn write_pair_outputs(pair: &PreparedPair, dir: &Path, h5ad: bool) -> Result<()>
     }
     out::write_tsv(
         &dir.join("cells_preprocessed.tsv"),
-        &[
-            "cell",
-            "dataset",
-            "batch",
-            "label",
-            "library_log_mean",
-            "library_log_std",
-            "n_genes",
-        ],
+        &["cell", "dataset", "batch", "label", "library_log_mean", "library_log_std", "n_genes"],
         rows,
     )?;
     if h5ad {
         for (p, hom) in [(&pair.context, &h.context), (&pair.target, &h.target)] {
-            preprocessed_anndata(p, hom)
-                .write(&dir.join(format!("{}_preprocessed.h5ad", p.name)))?;
+            preprocessed_anndata(p, hom).write(&dir.join(format!("{}_preprocessed.h5ad", p.name)))?;
         }
     }
     Ok(())
 }
 
 /// A preprocessed dataset as AnnData, with the keys the reference's `create_mdata` produces.
-pub fn preprocessed_anndata(
-    p: &crate::preprocess::Prepared,
-    homologous: &[usize],
-) -> crate::out::h5ad::AnnData {
+pub fn preprocessed_anndata(p: &crate::preprocess::Prepared, homologous: &[usize]) -> crate::out::h5ad::AnnData {
     use crate::data::Categorical;
     use crate::out::h5ad::{AnnData, Uns, Values};
-    let batch = Categorical {
-        codes: p.batch.iter().map(|&b| Some(b)).collect(),
-        categories: p.batch_names.clone(),
-    };
+    let batch = Categorical { codes: p.batch.iter().map(|&b| Some(b)).collect(), categories: p.batch_names.clone() };
     let mut obs = vec![
-        (
-            "dataset".to_string(),
-            Values::Strings(vec![p.name.clone(); p.n_cells()]),
-        ),
+        ("dataset".to_string(), Values::Strings(vec![p.name.clone(); p.n_cells()])),
         ("batch".to_string(), Values::Categorical(batch)),
-        (
-            "library_log_mean".to_string(),
-            Values::F32(p.library_log_mean.clone()),
-        ),
-        (
-            "library_log_std".to_string(),
-            Values::F32(p.library_log_std.clone()),
-        ),
-        (
-            "n_genes".to_string(),
-            Values::I64(p.n_genes.iter().map(|&x| x as i64).collect()),
-        ),
+        ("library_log_mean".to_string(), Values::F32(p.library_log_mean.clone())),
+        ("library_log_std".to_string(), Values::F32(p.library_log_std.clone())),
+        ("n_genes".to_string(), Values::I64(p.n_genes.iter().map(|&x| x as i64).collect())),
     ];
     if let Some(l) = &p.labels {
         obs.push(("label".to_string(), Values::Categorical(l.clone())));
@@ -440,33 +488,18 @@ pub fn preprocessed_anndata(
     }
     AnnData {
         x: Some(p.data.counts.clone()),
-        obs_names: p
-            .data
-            .cells
-            .iter()
-            .map(|c| format!("{c}_{}", p.name))
-            .collect(),
+        obs_names: p.data.cells.iter().map(|c| format!("{c}_{}", p.name)).collect(),
         obs,
         var_names: p.data.genes.clone(),
         var: vec![("homologous".to_string(), Values::I64(hom))],
-        obsm: vec![(
-            "batch_label_enc".to_string(),
-            p.n_batches(),
-            p.batch_one_hot(),
-        )],
+        obsm: vec![("batch_label_enc".to_string(), p.n_batches(), p.batch_one_hot())],
         uns: vec![(
             "metadata".to_string(),
             Uns::Dict(vec![
                 ("name".into(), Uns::Str(p.name.clone())),
-                (
-                    "source".into(),
-                    Uns::Str(p.data.source.display().to_string()),
-                ),
+                ("source".into(), Uns::Str(p.data.source.display().to_string())),
                 ("lib_mu_add".into(), Uns::F64(p.lib_mu_add)),
-                (
-                    "scspecies_version".into(),
-                    Uns::Str(env!("CARGO_PKG_VERSION").into()),
-                ),
+                ("scspecies_version".into(), Uns::Str(env!("CARGO_PKG_VERSION").into())),
             ]),
         )],
     }
@@ -474,28 +507,14 @@ pub fn preprocessed_anndata(
 
 fn inspect(a: &InspectArgs) -> Result<()> {
     if a.context.is_none() && a.target.is_none() {
-        return Err(Error::Config(
-            "inspect needs --context and/or --target".into(),
-        ));
+        return Err(Error::Config("inspect needs --context and/or --target".into()));
     }
     let mut report = serde_json::Map::new();
     let mut text = String::new();
     let mut genes: Vec<Option<Vec<String>>> = vec![None, None];
     for (k, (role, path, layer, bk, lk)) in [
-        (
-            "context",
-            &a.context,
-            &a.context_layer,
-            &a.context_batch_key,
-            &a.context_label_key,
-        ),
-        (
-            "target",
-            &a.target,
-            &a.target_layer,
-            &a.target_batch_key,
-            &a.target_label_key,
-        ),
+        ("context", &a.context, &a.context_layer, &a.context_batch_key, &a.context_label_key),
+        ("target", &a.target, &a.target_layer, &a.target_batch_key, &a.target_label_key),
     ]
     .into_iter()
     .enumerate()
@@ -503,24 +522,12 @@ fn inspect(a: &InspectArgs) -> Result<()> {
         let Some(path) = path else { continue };
         let ds = read_checked(path, layer.as_deref(), &[bk.as_deref(), lk.as_deref()])?;
         let s = summarize(&ds, bk.as_deref(), lk.as_deref())?;
-        text += &s.render(
-            &format!("{role}: {}", path.display()),
-            bk.as_deref(),
-            lk.as_deref(),
-            &ds.obs_keys(),
-        );
-        report.insert(
-            role.into(),
-            json!({"path": path, "summary": s, "obs_columns": ds.obs_keys()}),
-        );
+        text += &s.render(&format!("{role}: {}", path.display()), bk.as_deref(), lk.as_deref(), &ds.obs_keys());
+        report.insert(role.into(), json!({"path": path, "summary": s, "obs_columns": ds.obs_keys()}));
         genes[k] = Some(ds.genes);
     }
     if let (Some(c), Some(t)) = (&genes[0], &genes[1]) {
-        let table = a
-            .homology
-            .as_deref()
-            .map(crate::homology::OrthologTable::read)
-            .transpose()?;
+        let table = a.homology.as_deref().map(crate::homology::OrthologTable::read).transpose()?;
         let h = crate::homology::match_genes(c, t, table.as_ref())?;
         text += &format!(
             "homology ({})\n  homologous genes   {} ({:.1} % of context genes, {:.1} % of target genes)\n",
@@ -555,11 +562,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
     for _ in 0..a.repeat.max(1) {
         let t = std::time::Instant::now();
         let pair = prepare(&inputs, &cfg, &mut |_| {})?;
-        let mut m: serde_json::Map<String, serde_json::Value> = pair
-            .timings
-            .iter()
-            .map(|(k, v)| (format!("{k}_s"), json!(v)))
-            .collect();
+        let mut m: serde_json::Map<String, serde_json::Value> = pair.timings.iter().map(|(k, v)| (format!("{k}_s"), json!(v))).collect();
         m.insert("total_s".into(), json!(t.elapsed().as_secs_f64()));
         let nnz = pair.context.data.counts.nnz() + pair.target.data.counts.nnz();
         m.insert("nonzeros".into(), json!(nnz));

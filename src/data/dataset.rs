@@ -52,10 +52,7 @@ impl Categorical {
 
     /// Keep the given cells.
     pub fn select(&self, rows: &[usize]) -> Self {
-        Categorical {
-            codes: rows.iter().map(|&r| self.codes[r]).collect(),
-            categories: self.categories.clone(),
-        }
+        Categorical { codes: rows.iter().map(|&r| self.codes[r]).collect(), categories: self.categories.clone() }
     }
 
     /// Cells per category, in category order.
@@ -150,18 +147,11 @@ impl Dataset {
     pub fn column(&self, key: &str) -> Result<&Column> {
         match self.obs.iter().find(|(k, _)| k == key) {
             Some((_, Ok(c))) => Ok(c),
-            Some((_, Err(m))) => Err(Error::format(
-                &self.source,
-                format!("obs column '{key}' cannot be read: {m}"),
-            )),
+            Some((_, Err(m))) => Err(Error::format(&self.source, format!("obs column '{key}' cannot be read: {m}"))),
             None => Err(Error::MissingKey {
                 path: self.source.clone(),
                 key: key.to_string(),
-                available: if self.obs.is_empty() {
-                    "none".into()
-                } else {
-                    self.obs_keys().join(", ")
-                },
+                available: if self.obs.is_empty() { "none".into() } else { self.obs_keys().join(", ") },
             }),
         }
     }
@@ -174,10 +164,7 @@ impl Dataset {
             let first = c.codes.iter().position(|c| c.is_none()).unwrap();
             return Err(Error::format(
                 &self.source,
-                format!(
-                    "obs column '{key}' has no value for {missing} cells (first: '{}')",
-                    self.cells[first]
-                ),
+                format!("obs column '{key}' has no value for {missing} cells (first: '{}')", self.cells[first]),
             ));
         }
         Ok(c)
@@ -189,21 +176,13 @@ impl Dataset {
         if self.cells.len() != self.counts.n_rows {
             return Err(Error::format(
                 p,
-                format!(
-                    "the count matrix has {} cells (rows) but there are {} cell names",
-                    self.counts.n_rows,
-                    self.cells.len()
-                ),
+                format!("the count matrix has {} cells (rows) but there are {} cell names", self.counts.n_rows, self.cells.len()),
             ));
         }
         if self.genes.len() != self.counts.n_cols {
             return Err(Error::format(
                 p,
-                format!(
-                    "the count matrix has {} genes (columns) but there are {} gene names",
-                    self.counts.n_cols,
-                    self.genes.len()
-                ),
+                format!("the count matrix has {} genes (columns) but there are {} gene names", self.counts.n_cols, self.genes.len()),
             ));
         }
         if self.n_cells() == 0 {
@@ -215,24 +194,14 @@ impl Dataset {
         let mut seen = HashSet::with_capacity(self.cells.len());
         for c in &self.cells {
             if !seen.insert(c.as_str()) {
-                return Err(Error::format(
-                    p,
-                    format!("duplicate cell barcode '{c}': cell names must be unique"),
-                ));
+                return Err(Error::format(p, format!("duplicate cell barcode '{c}': cell names must be unique")));
             }
         }
         for (k, c) in &self.obs {
             if let Ok(c) = c
                 && c.len() != self.n_cells()
             {
-                return Err(Error::format(
-                    p,
-                    format!(
-                        "obs column '{k}' has {} values for {} cells",
-                        c.len(),
-                        self.n_cells()
-                    ),
-                ));
+                return Err(Error::format(p, format!("obs column '{k}' has {} values for {} cells", c.len(), self.n_cells())));
             }
         }
         Ok(())
@@ -245,16 +214,7 @@ impl Dataset {
             counts: self.counts.select_rows(rows),
             cells: rows.iter().map(|&r| self.cells[r].clone()).collect(),
             genes: self.genes.clone(),
-            obs: self
-                .obs
-                .iter()
-                .map(|(k, c)| {
-                    (
-                        k.clone(),
-                        c.as_ref().map(|c| c.select(rows)).map_err(|e| e.clone()),
-                    )
-                })
-                .collect(),
+            obs: self.obs.iter().map(|(k, c)| (k.clone(), c.as_ref().map(|c| c.select(rows)).map_err(|e| e.clone()))).collect(),
         }
     }
 

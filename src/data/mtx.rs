@@ -12,49 +12,32 @@ pub fn read_mtx(path: &Path) -> Result<Csr> {
     let header = match lines.next_line()? {
         Some(h) => h.to_string(),
         None => {
-            return Err(Error::format(
-                path,
-                "empty file (expected a %%MatrixMarket header)",
-            ));
+            return Err(Error::format(path, "empty file (expected a %%MatrixMarket header)"));
         }
     };
-    let h: Vec<String> = header
-        .split_whitespace()
-        .map(|s| s.to_ascii_lowercase())
-        .collect();
+    let h: Vec<String> = header.split_whitespace().map(|s| s.to_ascii_lowercase()).collect();
     if h.len() < 5 || h[0] != "%%matrixmarket" || h[1] != "matrix" {
         return Err(lines.err(format!("not a Matrix Market header: '{header}'")));
     }
     if h[2] != "coordinate" {
-        return Err(lines.err(format!(
-            "format '{}' is not supported: only sparse 'coordinate' files",
-            h[2]
-        )));
+        return Err(lines.err(format!("format '{}' is not supported: only sparse 'coordinate' files", h[2])));
     }
     let pattern = match h[3].as_str() {
         "integer" | "real" | "double" => false,
         "pattern" => true,
         other => {
-            return Err(lines.err(format!(
-                "field type '{other}' is not supported (integer, real or pattern)"
-            )));
+            return Err(lines.err(format!("field type '{other}' is not supported (integer, real or pattern)")));
         }
     };
     if h[4] != "general" {
-        return Err(lines.err(format!(
-            "symmetry '{}' is not supported: a count matrix is 'general'",
-            h[4]
-        )));
+        return Err(lines.err(format!("symmetry '{}' is not supported: a count matrix is 'general'", h[4])));
     }
     // Size line: first non-comment line.
     let (n_rows, n_cols, nnz) = loop {
         let (ln, line) = match lines.next_numbered()? {
             Some(l) => l,
             None => {
-                return Err(Error::format(
-                    path,
-                    "file ends before the size line (truncated?)",
-                ));
+                return Err(Error::format(path, "file ends before the size line (truncated?)"));
             }
         };
         let t = line.trim();
@@ -64,11 +47,7 @@ pub fn read_mtx(path: &Path) -> Result<Csr> {
         let parts: Vec<&str> = t.split_whitespace().collect();
         let parsed: Vec<Option<u64>> = parts.iter().map(|p| p.parse::<u64>().ok()).collect();
         if parts.len() != 3 || parsed.iter().any(|p| p.is_none()) {
-            return Err(Error::parse(
-                path,
-                ln,
-                format!("expected 'rows cols entries', found '{t}'"),
-            ));
+            return Err(Error::parse(path, ln, format!("expected 'rows cols entries', found '{t}'")));
         }
         break (parsed[0].unwrap(), parsed[1].unwrap(), parsed[2].unwrap());
     };
@@ -76,9 +55,7 @@ pub fn read_mtx(path: &Path) -> Result<Csr> {
         return Err(lines.err(format!("matrix of {n_rows} x {n_cols} is too large")));
     }
     if nnz > n_rows.saturating_mul(n_cols) {
-        return Err(lines.err(format!(
-            "{nnz} entries do not fit in a {n_rows} x {n_cols} matrix"
-        )));
+        return Err(lines.err(format!("{nnz} entries do not fit in a {n_rows} x {n_cols} matrix")));
     }
     let (n_rows, n_cols) = (n_rows as usize, n_cols as usize);
     // Never trust the header for the allocation size: grow as entries really arrive.
@@ -93,9 +70,7 @@ pub fn read_mtx(path: &Path) -> Result<Csr> {
             continue;
         }
         if rows.len() as u64 == nnz {
-            return Err(perr(format!(
-                "more entries than the {nnz} the size line announces"
-            )));
+            return Err(perr(format!("more entries than the {nnz} the size line announces")));
         }
         let mut it = t.split_ascii_whitespace();
         let r = it.next().and_then(|s| s.parse::<u64>().ok());
@@ -105,19 +80,13 @@ pub fn read_mtx(path: &Path) -> Result<Csr> {
             _ => return Err(perr(format!("expected 'row col value', found '{t}'"))),
         };
         if r == 0 || c == 0 || r > n_rows as u64 || c > n_cols as u64 {
-            return Err(perr(format!(
-                "entry ({r}, {c}) is outside the {n_rows} x {n_cols} matrix (indices are 1-based)"
-            )));
+            return Err(perr(format!("entry ({r}, {c}) is outside the {n_rows} x {n_cols} matrix (indices are 1-based)")));
         }
         let v = if pattern {
             1.0
         } else {
-            let s = it
-                .next()
-                .ok_or_else(|| perr(format!("missing value in '{t}'")))?;
-            let v: f64 = s
-                .parse()
-                .map_err(|_| perr(format!("value '{s}' is not a number")))?;
+            let s = it.next().ok_or_else(|| perr(format!("missing value in '{t}'")))?;
+            let v: f64 = s.parse().map_err(|_| perr(format!("value '{s}' is not a number")))?;
             check_count(v, || format!("the count at row {r}, column {c}")).map_err(perr)?
         };
         if it.next().is_some() {
@@ -130,23 +99,14 @@ pub fn read_mtx(path: &Path) -> Result<Csr> {
     if (rows.len() as u64) < nnz {
         return Err(Error::format(
             path,
-            format!(
-                "the size line announces {nnz} entries but the file holds {} (truncated file?)",
-                rows.len()
-            ),
+            format!("the size line announces {nnz} entries but the file holds {} (truncated file?)", rows.len()),
         ));
     }
     coo_to_csr(n_rows, n_cols, &rows, &cols, &vals).map_err(|m| Error::format(path, m))
 }
 
 /// Counting sort of triplets into CSR; duplicates are an error (a count matrix has one value per cell and gene).
-pub fn coo_to_csr(
-    n_rows: usize,
-    n_cols: usize,
-    rows: &[u32],
-    cols: &[u32],
-    vals: &[f32],
-) -> Result<Csr, String> {
+pub fn coo_to_csr(n_rows: usize, n_cols: usize, rows: &[u32], cols: &[u32], vals: &[f32]) -> Result<Csr, String> {
     let mut indptr = vec![0usize; n_rows + 1];
     for &r in rows {
         indptr[r as usize + 1] += 1;

@@ -14,59 +14,29 @@ pub struct Csr {
 
 impl Csr {
     pub fn empty(n_rows: usize, n_cols: usize) -> Self {
-        Csr {
-            n_rows,
-            n_cols,
-            indptr: vec![0; n_rows + 1],
-            indices: Vec::new(),
-            data: Vec::new(),
-        }
+        Csr { n_rows, n_cols, indptr: vec![0; n_rows + 1], indices: Vec::new(), data: Vec::new() }
     }
 
     /// Build from parts, checking the invariants (used by readers; the error names what is wrong).
-    pub fn from_parts(
-        n_rows: usize,
-        n_cols: usize,
-        indptr: Vec<usize>,
-        indices: Vec<u32>,
-        data: Vec<f32>,
-    ) -> Result<Self, String> {
+    pub fn from_parts(n_rows: usize, n_cols: usize, indptr: Vec<usize>, indices: Vec<u32>, data: Vec<f32>) -> Result<Self, String> {
         if indptr.len() != n_rows + 1 {
-            return Err(format!(
-                "indptr has {} entries, expected {} (rows + 1)",
-                indptr.len(),
-                n_rows + 1
-            ));
+            return Err(format!("indptr has {} entries, expected {} (rows + 1)", indptr.len(), n_rows + 1));
         }
         if indptr[0] != 0 {
             return Err(format!("indptr starts at {}, expected 0", indptr[0]));
         }
         if indices.len() != data.len() {
-            return Err(format!(
-                "indices ({}) and data ({}) differ in length",
-                indices.len(),
-                data.len()
-            ));
+            return Err(format!("indices ({}) and data ({}) differ in length", indices.len(), data.len()));
         }
         if indptr[n_rows] != data.len() {
-            return Err(format!(
-                "indptr ends at {}, but there are {} stored values",
-                indptr[n_rows],
-                data.len()
-            ));
+            return Err(format!("indptr ends at {}, but there are {} stored values", indptr[n_rows], data.len()));
         }
         for r in 0..n_rows {
             if indptr[r + 1] < indptr[r] {
                 return Err(format!("indptr decreases at row {r}"));
             }
         }
-        let mut m = Csr {
-            n_rows,
-            n_cols,
-            indptr,
-            indices,
-            data,
-        };
+        let mut m = Csr { n_rows, n_cols, indptr, indices, data };
         m.sort_rows_check(n_cols)?;
         Ok(m)
     }
@@ -77,11 +47,7 @@ impl Csr {
             let (s, e) = (self.indptr[r], self.indptr[r + 1]);
             let idx = &mut self.indices[s..e];
             if !idx.windows(2).all(|w| w[0] < w[1]) {
-                let mut pairs: Vec<(u32, f32)> = idx
-                    .iter()
-                    .copied()
-                    .zip(self.data[s..e].iter().copied())
-                    .collect();
+                let mut pairs: Vec<(u32, f32)> = idx.iter().copied().zip(self.data[s..e].iter().copied()).collect();
                 pairs.sort_by_key(|p| p.0);
                 for (k, (c, v)) in pairs.into_iter().enumerate() {
                     self.indices[s + k] = c;
@@ -90,21 +56,12 @@ impl Csr {
             }
             let idx = &self.indices[s..e];
             if let Some(w) = idx.windows(2).find(|w| w[0] == w[1]) {
-                return Err(format!(
-                    "row {} stores column {} twice",
-                    r + 1,
-                    w[0] as u64 + 1
-                ));
+                return Err(format!("row {} stores column {} twice", r + 1, w[0] as u64 + 1));
             }
             if let Some(&c) = idx.last()
                 && c as usize >= n_cols
             {
-                return Err(format!(
-                    "row {} has column index {} but there are {} columns",
-                    r + 1,
-                    c as u64 + 1,
-                    n_cols
-                ));
+                return Err(format!("row {} has column index {} but there are {} columns", r + 1, c as u64 + 1, n_cols));
             }
         }
         Ok(())
@@ -123,16 +80,12 @@ impl Csr {
 
     /// Total counts per row (the library size), accumulated in f64.
     pub fn row_sums(&self) -> Vec<f64> {
-        (0..self.n_rows)
-            .map(|r| self.row(r).1.iter().map(|&v| v as f64).sum())
-            .collect()
+        (0..self.n_rows).map(|r| self.row(r).1.iter().map(|&v| v as f64).sum()).collect()
     }
 
     /// Number of strictly positive entries per row (scanpy's `n_genes`).
     pub fn row_nnz_positive(&self) -> Vec<usize> {
-        (0..self.n_rows)
-            .map(|r| self.row(r).1.iter().filter(|&&v| v > 0.0).count())
-            .collect()
+        (0..self.n_rows).map(|r| self.row(r).1.iter().filter(|&&v| v > 0.0).count()).collect()
     }
 
     /// Number of strictly positive entries per column.
@@ -148,10 +101,7 @@ impl Csr {
 
     /// Keep the given rows, in the given order.
     pub fn select_rows(&self, rows: &[usize]) -> Csr {
-        let nnz: usize = rows
-            .iter()
-            .map(|&r| self.indptr[r + 1] - self.indptr[r])
-            .sum();
+        let nnz: usize = rows.iter().map(|&r| self.indptr[r + 1] - self.indptr[r]).sum();
         let mut indptr = Vec::with_capacity(rows.len() + 1);
         let mut indices = Vec::with_capacity(nnz);
         let mut data = Vec::with_capacity(nnz);
@@ -162,13 +112,7 @@ impl Csr {
             data.extend_from_slice(d);
             indptr.push(indices.len());
         }
-        Csr {
-            n_rows: rows.len(),
-            n_cols: self.n_cols,
-            indptr,
-            indices,
-            data,
-        }
+        Csr { n_rows: rows.len(), n_cols: self.n_cols, indptr, indices, data }
     }
 
     /// Keep the given columns (strictly increasing), renumbered 0..cols.len().
@@ -193,13 +137,7 @@ impl Csr {
             }
             indptr.push(indices.len());
         }
-        Csr {
-            n_rows: self.n_rows,
-            n_cols: cols.len(),
-            indptr,
-            indices,
-            data,
-        }
+        Csr { n_rows: self.n_rows, n_cols: cols.len(), indptr, indices, data }
     }
 
     /// The transpose, as CSR (equivalently: this matrix in CSC). Rows of the result come out sorted.
@@ -224,13 +162,7 @@ impl Csr {
                 next[c as usize] += 1;
             }
         }
-        Csr {
-            n_rows: self.n_cols,
-            n_cols: self.n_rows,
-            indptr,
-            indices,
-            data,
-        }
+        Csr { n_rows: self.n_cols, n_cols: self.n_rows, indptr, indices, data }
     }
 
     /// Dense copy of a few rows (for tests and small blocks only).
@@ -261,23 +193,13 @@ impl Csr {
             }
             indptr.push(indices.len());
         }
-        Csr {
-            n_rows,
-            n_cols,
-            indptr,
-            indices,
-            data,
-        }
+        Csr { n_rows, n_cols, indptr, indices, data }
     }
 
     /// Fraction of entries that are zero.
     pub fn sparsity(&self) -> f64 {
         let total = self.n_rows as f64 * self.n_cols as f64;
-        if total == 0.0 {
-            0.0
-        } else {
-            1.0 - self.nnz() as f64 / total
-        }
+        if total == 0.0 { 0.0 } else { 1.0 - self.nnz() as f64 / total }
     }
 }
 
@@ -287,11 +209,7 @@ pub fn check_count(v: f64, what: impl FnOnce() -> String) -> Result<f32, String>
         return Err(format!("{} is {} (counts must be finite)", what(), v));
     }
     if v < 0.0 {
-        return Err(format!(
-            "{} is negative ({}); raw counts must be >= 0",
-            what(),
-            v
-        ));
+        return Err(format!("{} is negative ({}); raw counts must be >= 0", what(), v));
     }
     if v.fract() != 0.0 {
         return Err(format!(
@@ -301,11 +219,7 @@ pub fn check_count(v: f64, what: impl FnOnce() -> String) -> Result<f32, String>
         ));
     }
     if v > 16_777_216.0 {
-        return Err(format!(
-            "{} is {} which is too large to store exactly as f32",
-            what(),
-            v
-        ));
+        return Err(format!("{} is {} which is too large to store exactly as f32", what(), v));
     }
     Ok(v as f32)
 }

@@ -10,42 +10,25 @@ use std::path::Path;
 
 pub fn read_folder(dir: &Path) -> Result<Dataset> {
     if !dir.is_dir() {
-        return Err(Error::io(
-            dir,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder"),
-        ));
+        return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder")));
     }
     if let Some(mtx) = first_existing(dir, &["counts.mtx", "counts.mtx.gz"]) {
         let counts = read_mtx(&mtx)?;
-        let genes_path = first_existing(dir, &["genes.tsv", "genes.tsv.gz"])
-            .ok_or_else(|| Error::format(dir, "found counts.mtx but no genes.tsv"))?;
-        let cells_path = first_existing(dir, &["cells.tsv", "cells.tsv.gz"])
-            .ok_or_else(|| Error::format(dir, "found counts.mtx but no cells.tsv"))?;
+        let genes_path =
+            first_existing(dir, &["genes.tsv", "genes.tsv.gz"]).ok_or_else(|| Error::format(dir, "found counts.mtx but no genes.tsv"))?;
+        let cells_path =
+            first_existing(dir, &["cells.tsv", "cells.tsv.gz"]).ok_or_else(|| Error::format(dir, "found counts.mtx but no cells.tsv"))?;
         let genes = read_gene_names(&genes_path, counts.n_cols)?;
         let (cells, obs) = read_cells_table(&cells_path, counts.n_rows)?;
-        let ds = Dataset {
-            source: dir.to_path_buf(),
-            counts,
-            cells,
-            genes,
-            obs,
-        };
+        let ds = Dataset { source: dir.to_path_buf(), counts, cells, genes, obs };
         ds.validate()?;
         return Ok(ds);
     }
     if let Some(mtx) = first_existing(dir, &["matrix.mtx", "matrix.mtx.gz"]) {
         // 10x orientation: genes x cells.
         let counts = read_mtx(&mtx)?.transpose();
-        let feat = first_existing(
-            dir,
-            &[
-                "features.tsv",
-                "features.tsv.gz",
-                "genes.tsv",
-                "genes.tsv.gz",
-            ],
-        )
-        .ok_or_else(|| Error::format(dir, "found matrix.mtx but no features.tsv or genes.tsv"))?;
+        let feat = first_existing(dir, &["features.tsv", "features.tsv.gz", "genes.tsv", "genes.tsv.gz"])
+            .ok_or_else(|| Error::format(dir, "found matrix.mtx but no features.tsv or genes.tsv"))?;
         let bc = first_existing(dir, &["barcodes.tsv", "barcodes.tsv.gz"])
             .ok_or_else(|| Error::format(dir, "found matrix.mtx but no barcodes.tsv"))?;
         let genes = read_gene_names(&feat, counts.n_cols)?;
@@ -68,13 +51,7 @@ pub fn read_folder(dir: &Path) -> Result<Dataset> {
             }
             None => Vec::new(),
         };
-        let ds = Dataset {
-            source: dir.to_path_buf(),
-            counts,
-            cells: barcodes,
-            genes,
-            obs,
-        };
+        let ds = Dataset { source: dir.to_path_buf(), counts, cells: barcodes, genes, obs };
         ds.validate()?;
         return Ok(ds);
     }
@@ -96,43 +73,26 @@ fn read_gene_names(path: &Path, n_genes: usize) -> Result<Vec<String>> {
     } else if rows.len() == n_genes && looks_like_header {
         return Err(Error::format(
             path,
-            format!(
-                "a header line ('{}') and {} genes, but the count matrix has {} genes",
-                rows[0][0],
-                n_genes - 1,
-                n_genes
-            ),
+            format!("a header line ('{}') and {} genes, but the count matrix has {} genes", rows[0][0], n_genes - 1, n_genes),
         ));
     } else if rows.len() == n_genes {
         None
     } else {
         return Err(Error::format(
             path,
-            format!(
-                "{} lines for {} genes in the count matrix (one gene per line, optionally one header line)",
-                rows.len(),
-                n_genes
-            ),
+            format!("{} lines for {} genes in the count matrix (one gene per line, optionally one header line)", rows.len(), n_genes),
         ));
     };
     let width = rows.first().map(|r| r.len()).unwrap_or(1);
     let col = match &header {
         Some(h) => h
             .iter()
-            .position(|c| {
-                matches!(
-                    c.to_ascii_lowercase().as_str(),
-                    "gene" | "genes" | "symbol" | "gene_symbol" | "gene_name" | "name"
-                )
-            })
+            .position(|c| matches!(c.to_ascii_lowercase().as_str(), "gene" | "genes" | "symbol" | "gene_symbol" | "gene_name" | "name"))
             .unwrap_or(0),
         None if width >= 2 => 1,
         None => 0,
     };
-    Ok(rows
-        .into_iter()
-        .map(|mut r| std::mem::take(&mut r[col]))
-        .collect())
+    Ok(rows.into_iter().map(|mut r| std::mem::take(&mut r[col])).collect())
 }
 
 fn is_gene_header(s: &str) -> bool {
@@ -157,44 +117,26 @@ fn is_gene_header(s: &str) -> bool {
 fn read_single_column(path: &Path, n: usize) -> Result<Vec<String>> {
     let t = text::read_tsv(path, false)?;
     if t.rows.len() != n {
-        return Err(Error::format(
-            path,
-            format!("{} lines for {} cells in the count matrix", t.rows.len(), n),
-        ));
+        return Err(Error::format(path, format!("{} lines for {} cells in the count matrix", t.rows.len(), n)));
     }
-    Ok(t.rows
-        .into_iter()
-        .map(|mut r| std::mem::take(&mut r[0]))
-        .collect())
+    Ok(t.rows.into_iter().map(|mut r| std::mem::take(&mut r[0])).collect())
 }
 
 /// `cells.tsv`: a header naming the columns; the first column is the cell barcode, the others are obs.
 fn read_cells_table(path: &Path, n_cells: usize) -> Result<(Vec<String>, ObsColumns)> {
     let t = text::read_tsv(path, true)?;
-    let header = t.header.ok_or_else(|| {
-        Error::format(
-            path,
-            "empty file: expected a header line naming the columns",
-        )
-    })?;
+    let header = t.header.ok_or_else(|| Error::format(path, "empty file: expected a header line naming the columns"))?;
     if t.rows.len() != n_cells {
         return Err(Error::format(
             path,
-            format!(
-                "{} cells listed but the count matrix has {} rows (cells): they must match one to one",
-                t.rows.len(),
-                n_cells
-            ),
+            format!("{} cells listed but the count matrix has {} rows (cells): they must match one to one", t.rows.len(), n_cells),
         ));
     }
     let cells: Vec<String> = t.rows.iter().map(|r| r[0].clone()).collect();
     let mut obs = Vec::new();
     for (j, name) in header.iter().enumerate().skip(1) {
         let vals: Vec<&str> = t.rows.iter().map(|r| r[j].as_str()).collect();
-        obs.push((
-            name.clone(),
-            Ok(Column::Categorical(Categorical::from_strings(&vals))),
-        ));
+        obs.push((name.clone(), Ok(Column::Categorical(Categorical::from_strings(&vals)))));
     }
     Ok((cells, obs))
 }

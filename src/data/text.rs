@@ -19,19 +19,11 @@ pub fn open(path: &Path) -> Result<Lines> {
     // Sniff the gzip magic instead of trusting the extension.
     let magic = reader.fill_buf().map_err(|e| Error::io(path, e))?;
     let inner: Box<dyn BufRead> = if magic.len() >= 2 && magic[0] == 0x1f && magic[1] == 0x8b {
-        Box::new(BufReader::with_capacity(
-            1 << 16,
-            flate2::read::MultiGzDecoder::new(reader),
-        ))
+        Box::new(BufReader::with_capacity(1 << 16, flate2::read::MultiGzDecoder::new(reader)))
     } else {
         Box::new(reader)
     };
-    Ok(Lines {
-        path: path.to_path_buf(),
-        inner,
-        line_no: 0,
-        buf: String::new(),
-    })
+    Ok(Lines { path: path.to_path_buf(), inner, line_no: 0, buf: String::new() })
 }
 
 impl Lines {
@@ -52,10 +44,7 @@ impl Lines {
                 std::io::ErrorKind::InvalidData => {
                     format!("invalid data after line {} (not UTF-8 text?)", self.line_no)
                 }
-                _ => format!(
-                    "read failed after line {}: {e} (truncated or corrupted file?)",
-                    self.line_no
-                ),
+                _ => format!("read failed after line {}: {e} (truncated or corrupted file?)", self.line_no),
             };
             Error::format(&self.path, what)
         })?;
@@ -76,9 +65,7 @@ impl Lines {
 pub fn read_to_string(path: &Path) -> Result<String> {
     let mut l = open(path)?;
     let mut s = String::new();
-    l.inner
-        .read_to_string(&mut s)
-        .map_err(|e| Error::format(path, format!("read failed: {e}")))?;
+    l.inner.read_to_string(&mut s).map_err(|e| Error::format(path, format!("read failed: {e}")))?;
     Ok(s)
 }
 
@@ -105,11 +92,7 @@ pub fn read_tsv(path: &Path, header: bool) -> Result<Table> {
         match width {
             None => width = Some(fields.len()),
             Some(w) if w != fields.len() => {
-                return Err(lines.err(format!(
-                    "{} tab-separated fields, expected {} like the first line",
-                    fields.len(),
-                    w
-                )));
+                return Err(lines.err(format!("{} tab-separated fields, expected {} like the first line", fields.len(), w)));
             }
             _ => {}
         }
@@ -119,11 +102,7 @@ pub fn read_tsv(path: &Path, header: bool) -> Result<Table> {
             rows.push(fields);
         }
     }
-    Ok(Table {
-        path: path.to_path_buf(),
-        header: head,
-        rows,
-    })
+    Ok(Table { path: path.to_path_buf(), header: head, rows })
 }
 
 /// Find a file among candidates (first that exists).

@@ -19,28 +19,13 @@ pub trait Backend: Send + Sync {
     fn upload_f32(&self, v: &[f32]) -> Self::Buf;
     fn download(&self, b: &Self::Buf) -> Vec<f64>;
     fn len(&self, b: &Self::Buf) -> usize;
+    fn copy(&self, b: &Self::Buf) -> Self::Buf;
     /// CSR rows (indptr, column indices, values) with `cols` columns.
-    fn upload_sparse(
-        &self,
-        rows: usize,
-        cols: usize,
-        indptr: Vec<usize>,
-        indices: Vec<u32>,
-        values: Vec<f32>,
-    ) -> Self::Sparse;
+    fn upload_sparse(&self, rows: usize, cols: usize, indptr: Vec<usize>, indices: Vec<u32>, values: Vec<f32>) -> Self::Sparse;
 
     // linear layers (weights input-major: w[K×N])
     #[allow(clippy::too_many_arguments)]
-    fn linear_fwd(
-        &self,
-        x: &Self::Buf,
-        w: &Self::Buf,
-        b: &Self::Buf,
-        y: &mut Self::Buf,
-        rows: usize,
-        k: usize,
-        n: usize,
-    );
+    fn linear_fwd(&self, x: &Self::Buf, w: &Self::Buf, b: &Self::Buf, y: &mut Self::Buf, rows: usize, k: usize, n: usize);
     #[allow(clippy::too_many_arguments)]
     fn linear_bwd(
         &self,
@@ -54,22 +39,8 @@ pub trait Backend: Send + Sync {
         k: usize,
         n: usize,
     );
-    fn sparse_linear_fwd(
-        &self,
-        x: &Self::Sparse,
-        w: &Self::Buf,
-        b: &Self::Buf,
-        y: &mut Self::Buf,
-        n: usize,
-    );
-    fn sparse_linear_bwd(
-        &self,
-        x: &Self::Sparse,
-        dy: &Self::Buf,
-        dw: &mut Self::Buf,
-        db: &mut Self::Buf,
-        n: usize,
-    );
+    fn sparse_linear_fwd(&self, x: &Self::Sparse, w: &Self::Buf, b: &Self::Buf, y: &mut Self::Buf, n: usize);
+    fn sparse_linear_bwd(&self, x: &Self::Sparse, dy: &Self::Buf, dw: &mut Self::Buf, db: &mut Self::Buf, n: usize);
 
     // normalisation and activations
     #[allow(clippy::too_many_arguments)]
@@ -96,55 +67,16 @@ pub trait Backend: Send + Sync {
         rows: usize,
         d: usize,
     );
-    fn relu_dropout_fwd(
-        &self,
-        x: &Self::Buf,
-        mask: Option<&Self::Buf>,
-        relu_out: &mut Self::Buf,
-        y: &mut Self::Buf,
-    );
-    fn relu_dropout_bwd(
-        &self,
-        dy: &Self::Buf,
-        relu_out: &Self::Buf,
-        mask: Option<&Self::Buf>,
-        dx: &mut Self::Buf,
-    );
+    fn relu_dropout_fwd(&self, x: &Self::Buf, mask: Option<&Self::Buf>, relu_out: &mut Self::Buf, y: &mut Self::Buf);
+    fn relu_dropout_bwd(&self, dy: &Self::Buf, relu_out: &Self::Buf, mask: Option<&Self::Buf>, dx: &mut Self::Buf);
 
     // decoder output
-    fn split_softmax_fwd(
-        &self,
-        r: &Self::Buf,
-        group: &[u8],
-        weight: [f64; 2],
-        rho: &mut Self::Buf,
-        n: usize,
-    );
-    fn split_softmax_bwd(
-        &self,
-        rho: &Self::Buf,
-        group: &[u8],
-        weight: [f64; 2],
-        d: &mut Self::Buf,
-        n: usize,
-    );
+    fn split_softmax_fwd(&self, r: &Self::Buf, group: &[u8], weight: [f64; 2], rho: &mut Self::Buf, n: usize);
+    fn split_softmax_bwd(&self, rho: &Self::Buf, group: &[u8], weight: [f64; 2], d: &mut Self::Buf, n: usize);
     /// θ[B×N] = exp(log_alpha[batch_i, :]).
-    fn gather_exp_rows(
-        &self,
-        log_alpha: &Self::Buf,
-        batch: &[u32],
-        theta: &mut Self::Buf,
-        n: usize,
-    );
+    fn gather_exp_rows(&self, log_alpha: &Self::Buf, batch: &[u32], theta: &mut Self::Buf, n: usize);
     /// dlog_alpha[b, :] = Σ_{i: batch_i = b} dθ_i ⊙ θ_i (overwrites all S rows).
-    fn scatter_theta_grad(
-        &self,
-        dtheta: &Self::Buf,
-        theta: &Self::Buf,
-        batch: &[u32],
-        dlog_alpha: &mut Self::Buf,
-        n: usize,
-    );
+    fn scatter_theta_grad(&self, dtheta: &Self::Buf, theta: &Self::Buf, batch: &[u32], dlog_alpha: &mut Self::Buf, n: usize);
     /// Per-cell NLL and, if asked, the gradients of scale·Σ nll (ρ, θ, logit [B×N]; library [B]).
     #[allow(clippy::too_many_arguments)]
     fn likelihood(
@@ -158,32 +90,13 @@ pub trait Backend: Send + Sync {
         n: usize,
         scale: f64,
         nll: &mut Self::Buf,
-        grads: Option<(
-            &mut Self::Buf,
-            &mut Self::Buf,
-            Option<&mut Self::Buf>,
-            &mut Self::Buf,
-        )>,
+        grads: Option<(&mut Self::Buf, &mut Self::Buf, Option<&mut Self::Buf>, &mut Self::Buf)>,
     );
 
     // latent terms
     fn reparam_fwd(&self, mu: &Self::Buf, ls: &Self::Buf, eps: &Self::Buf, z: &mut Self::Buf);
-    fn reparam_bwd(
-        &self,
-        dz: &Self::Buf,
-        ls: &Self::Buf,
-        eps: &Self::Buf,
-        dmu: &mut Self::Buf,
-        dls: &mut Self::Buf,
-    );
-    fn kl_normal(
-        &self,
-        mu: &Self::Buf,
-        ls: &Self::Buf,
-        l: usize,
-        kl: &mut Self::Buf,
-        grads: Option<(f64, &mut Self::Buf, &mut Self::Buf)>,
-    );
+    fn reparam_bwd(&self, dz: &Self::Buf, ls: &Self::Buf, eps: &Self::Buf, dmu: &mut Self::Buf, dls: &mut Self::Buf);
+    fn kl_normal(&self, mu: &Self::Buf, ls: &Self::Buf, l: usize, kl: &mut Self::Buf, grads: Option<(f64, &mut Self::Buf, &mut Self::Buf)>);
     #[allow(clippy::too_many_arguments)]
     fn kl_library(
         &self,
@@ -207,13 +120,5 @@ pub trait Backend: Send + Sync {
     /// Write a [rows×w] matrix into columns [c0, c0+w) of a [rows×cols] one.
     fn set_cols(&self, src: &Self::Buf, cols: usize, c0: usize, w: usize, dst: &mut Self::Buf);
 
-    fn adam(
-        &self,
-        cfg: &AdamConfig,
-        t: u64,
-        p: &mut Self::Buf,
-        g: &Self::Buf,
-        m: &mut Self::Buf,
-        v: &mut Self::Buf,
-    );
+    fn adam(&self, cfg: &AdamConfig, t: u64, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf);
 }

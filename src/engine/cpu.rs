@@ -20,11 +20,7 @@ impl<F: Real> Backend for Cpu<F> {
     type Sparse = SparseBatch<F>;
 
     fn name(&self) -> String {
-        format!(
-            "cpu-{}x{}",
-            std::any::type_name::<F>(),
-            rayon::current_num_threads()
-        )
+        format!("cpu-{}x{}", std::any::type_name::<F>(), rayon::current_num_threads())
     }
     fn zeros(&self, n: usize) -> Vec<F> {
         vec![F::zero(); n]
@@ -41,32 +37,13 @@ impl<F: Real> Backend for Cpu<F> {
     fn len(&self, b: &Vec<F>) -> usize {
         b.len()
     }
-    fn upload_sparse(
-        &self,
-        rows: usize,
-        cols: usize,
-        indptr: Vec<usize>,
-        indices: Vec<u32>,
-        values: Vec<f32>,
-    ) -> SparseBatch<F> {
-        SparseBatch::new(
-            rows,
-            cols,
-            indptr,
-            indices,
-            values.iter().map(|&v| F::f(v as f64)).collect(),
-        )
+    fn copy(&self, b: &Vec<F>) -> Vec<F> {
+        b.clone()
     }
-    fn linear_fwd(
-        &self,
-        x: &Vec<F>,
-        w: &Vec<F>,
-        b: &Vec<F>,
-        y: &mut Vec<F>,
-        rows: usize,
-        k: usize,
-        n: usize,
-    ) {
+    fn upload_sparse(&self, rows: usize, cols: usize, indptr: Vec<usize>, indices: Vec<u32>, values: Vec<f32>) -> SparseBatch<F> {
+        SparseBatch::new(rows, cols, indptr, indices, values.iter().map(|&v| F::f(v as f64)).collect())
+    }
+    fn linear_fwd(&self, x: &Vec<F>, w: &Vec<F>, b: &Vec<F>, y: &mut Vec<F>, rows: usize, k: usize, n: usize) {
         ops::linear_fwd(x, w, b, y, rows, k, n)
     }
     fn linear_bwd(
@@ -83,36 +60,13 @@ impl<F: Real> Backend for Cpu<F> {
     ) {
         ops::linear_bwd(x, w, dy, dx.map(|d| d.as_mut_slice()), dw, db, rows, k, n)
     }
-    fn sparse_linear_fwd(
-        &self,
-        x: &SparseBatch<F>,
-        w: &Vec<F>,
-        b: &Vec<F>,
-        y: &mut Vec<F>,
-        n: usize,
-    ) {
+    fn sparse_linear_fwd(&self, x: &SparseBatch<F>, w: &Vec<F>, b: &Vec<F>, y: &mut Vec<F>, n: usize) {
         ops::sparse_linear_fwd(x, w, b, y, n)
     }
-    fn sparse_linear_bwd(
-        &self,
-        x: &SparseBatch<F>,
-        dy: &Vec<F>,
-        dw: &mut Vec<F>,
-        db: &mut Vec<F>,
-        n: usize,
-    ) {
+    fn sparse_linear_bwd(&self, x: &SparseBatch<F>, dy: &Vec<F>, dw: &mut Vec<F>, db: &mut Vec<F>, n: usize) {
         ops::sparse_linear_bwd(x, dy, dw, db, n)
     }
-    fn layernorm_fwd(
-        &self,
-        x: &Vec<F>,
-        gamma: &Vec<F>,
-        beta: &Vec<F>,
-        y: &mut Vec<F>,
-        xhat: &mut Vec<F>,
-        rstd: &mut Vec<F>,
-        d: usize,
-    ) {
+    fn layernorm_fwd(&self, x: &Vec<F>, gamma: &Vec<F>, beta: &Vec<F>, y: &mut Vec<F>, xhat: &mut Vec<F>, rstd: &mut Vec<F>, d: usize) {
         ops::layernorm_fwd(x, gamma, beta, y, xhat, rstd, d)
     }
     fn layernorm_bwd(
@@ -129,60 +83,25 @@ impl<F: Real> Backend for Cpu<F> {
     ) {
         ops::layernorm_bwd(dy, xhat, rstd, gamma, dx, dgamma, dbeta, rows, d)
     }
-    fn relu_dropout_fwd(
-        &self,
-        x: &Vec<F>,
-        mask: Option<&Vec<F>>,
-        relu_out: &mut Vec<F>,
-        y: &mut Vec<F>,
-    ) {
+    fn relu_dropout_fwd(&self, x: &Vec<F>, mask: Option<&Vec<F>>, relu_out: &mut Vec<F>, y: &mut Vec<F>) {
         ops::relu_dropout_fwd(x, mask.map(|m| m.as_slice()), relu_out, y)
     }
-    fn relu_dropout_bwd(
-        &self,
-        dy: &Vec<F>,
-        relu_out: &Vec<F>,
-        mask: Option<&Vec<F>>,
-        dx: &mut Vec<F>,
-    ) {
+    fn relu_dropout_bwd(&self, dy: &Vec<F>, relu_out: &Vec<F>, mask: Option<&Vec<F>>, dx: &mut Vec<F>) {
         ops::relu_dropout_bwd(dy, relu_out, mask.map(|m| m.as_slice()), dx)
     }
-    fn split_softmax_fwd(
-        &self,
-        r: &Vec<F>,
-        group: &[u8],
-        weight: [f64; 2],
-        rho: &mut Vec<F>,
-        n: usize,
-    ) {
+    fn split_softmax_fwd(&self, r: &Vec<F>, group: &[u8], weight: [f64; 2], rho: &mut Vec<F>, n: usize) {
         ops::split_softmax_fwd(r, group, weight, rho, n)
     }
-    fn split_softmax_bwd(
-        &self,
-        rho: &Vec<F>,
-        group: &[u8],
-        weight: [f64; 2],
-        d: &mut Vec<F>,
-        n: usize,
-    ) {
+    fn split_softmax_bwd(&self, rho: &Vec<F>, group: &[u8], weight: [f64; 2], d: &mut Vec<F>, n: usize) {
         ops::split_softmax_bwd(rho, group, weight, d, n)
     }
     fn gather_exp_rows(&self, log_alpha: &Vec<F>, batch: &[u32], theta: &mut Vec<F>, n: usize) {
-        for (i, &b) in batch.iter().enumerate() {
-            let src = &log_alpha[b as usize * n..][..n];
-            for (t, &a) in theta[i * n..][..n].iter_mut().zip(src) {
-                *t = a.exp();
-            }
-        }
+        use rayon::prelude::*;
+        // exp once per batch row, then copy: S ≪ cells.
+        let table: Vec<F> = log_alpha.par_iter().map(|a| a.exp()).collect();
+        theta.par_chunks_mut(n).zip(batch.par_iter()).for_each(|(row, &b)| row.copy_from_slice(&table[b as usize * n..][..n]));
     }
-    fn scatter_theta_grad(
-        &self,
-        dtheta: &Vec<F>,
-        theta: &Vec<F>,
-        batch: &[u32],
-        dla: &mut Vec<F>,
-        n: usize,
-    ) {
+    fn scatter_theta_grad(&self, dtheta: &Vec<F>, theta: &Vec<F>, batch: &[u32], dla: &mut Vec<F>, n: usize) {
         dla.iter_mut().for_each(|v| *v = F::zero());
         for (i, &b) in batch.iter().enumerate() {
             let dst = &mut dla[b as usize * n..][..n];
@@ -210,47 +129,16 @@ impl<F: Real> Backend for Cpu<F> {
             d_logit: d_logit.map(|d| d.as_mut_slice()),
             d_lib: d_lib.as_mut_slice(),
         });
-        ops::likelihood(
-            dist,
-            x,
-            rho,
-            theta,
-            logit.map(|l| l.as_slice()),
-            lib,
-            n,
-            scale,
-            nll,
-            g,
-        )
+        ops::likelihood(dist, x, rho, theta, logit.map(|l| l.as_slice()), lib, n, scale, nll, g)
     }
     fn reparam_fwd(&self, mu: &Vec<F>, ls: &Vec<F>, eps: &Vec<F>, z: &mut Vec<F>) {
         ops::reparam_fwd(mu, ls, eps, z)
     }
-    fn reparam_bwd(
-        &self,
-        dz: &Vec<F>,
-        ls: &Vec<F>,
-        eps: &Vec<F>,
-        dmu: &mut Vec<F>,
-        dls: &mut Vec<F>,
-    ) {
+    fn reparam_bwd(&self, dz: &Vec<F>, ls: &Vec<F>, eps: &Vec<F>, dmu: &mut Vec<F>, dls: &mut Vec<F>) {
         ops::reparam_bwd(dz, ls, eps, dmu, dls)
     }
-    fn kl_normal(
-        &self,
-        mu: &Vec<F>,
-        ls: &Vec<F>,
-        l: usize,
-        kl: &mut Vec<F>,
-        grads: Option<(f64, &mut Vec<F>, &mut Vec<F>)>,
-    ) {
-        ops::kl_normal_fwd_bwd(
-            mu,
-            ls,
-            l,
-            kl,
-            grads.map(|(s, a, b)| (s, a.as_mut_slice(), b.as_mut_slice())),
-        )
+    fn kl_normal(&self, mu: &Vec<F>, ls: &Vec<F>, l: usize, kl: &mut Vec<F>, grads: Option<(f64, &mut Vec<F>, &mut Vec<F>)>) {
+        ops::kl_normal_fwd_bwd(mu, ls, l, kl, grads.map(|(s, a, b)| (s, a.as_mut_slice(), b.as_mut_slice())))
     }
     fn kl_library(
         &self,
@@ -261,14 +149,7 @@ impl<F: Real> Backend for Cpu<F> {
         kl: &mut Vec<F>,
         grads: Option<(f64, &mut Vec<F>, &mut Vec<F>)>,
     ) {
-        ops::kl_library_fwd_bwd(
-            m,
-            ls,
-            pm,
-            ps,
-            kl,
-            grads.map(|(s, a, b)| (s, a.as_mut_slice(), b.as_mut_slice())),
-        )
+        ops::kl_library_fwd_bwd(m, ls, pm, ps, kl, grads.map(|(s, a, b)| (s, a.as_mut_slice(), b.as_mut_slice())))
     }
     fn exp_add(&self, a: &Vec<F>, c: f64, y: &mut Vec<F>) {
         let c = F::f(c);
@@ -279,9 +160,7 @@ impl<F: Real> Backend for Cpu<F> {
         y.iter_mut().zip(x).for_each(|(o, &v)| *o = *o + a * v);
     }
     fn mul(&self, x: &Vec<F>, z: &Vec<F>, y: &mut Vec<F>) {
-        y.iter_mut()
-            .zip(x.iter().zip(z))
-            .for_each(|(o, (&a, &b))| *o = a * b);
+        y.iter_mut().zip(x.iter().zip(z)).for_each(|(o, (&a, &b))| *o = a * b);
     }
     fn copy_cols(&self, src: &Vec<F>, cols: usize, c0: usize, w: usize, dst: &mut Vec<F>) {
         for (r, out) in dst.chunks_mut(w).enumerate() {
@@ -293,15 +172,7 @@ impl<F: Real> Backend for Cpu<F> {
             dst[r * cols + c0..][..w].copy_from_slice(inp);
         }
     }
-    fn adam(
-        &self,
-        cfg: &AdamConfig,
-        t: u64,
-        p: &mut Vec<F>,
-        g: &Vec<F>,
-        m: &mut Vec<F>,
-        v: &mut Vec<F>,
-    ) {
+    fn adam(&self, cfg: &AdamConfig, t: u64, p: &mut Vec<F>, g: &Vec<F>, m: &mut Vec<F>, v: &mut Vec<F>) {
         ops::adam_step(cfg, t, p, g, m, v)
     }
 }

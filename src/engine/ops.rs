@@ -30,37 +30,30 @@ pub fn gemm<F: Real>(
         return;
     }
     let beta = if acc { F::one() } else { F::zero() };
-    let chunk = if m >= 2 * ROW_CHUNK {
-        ROW_CHUNK.max(m.div_ceil(rayon::current_num_threads() * 2))
-    } else {
-        m
-    };
-    c[..m * n]
-        .par_chunks_mut(chunk * n)
-        .enumerate()
-        .for_each(|(ci, cc)| {
-            let r0 = ci * chunk;
-            let rows = cc.len() / n;
-            // SAFETY: every pointer stays inside its slice: rows r0..r0+rows of A, all of B, this band of C.
-            unsafe {
-                F::gemm(
-                    rows,
-                    k,
-                    n,
-                    F::one(),
-                    a.as_ptr().add(r0 * rsa),
-                    rsa as isize,
-                    csa as isize,
-                    b.as_ptr(),
-                    rsb as isize,
-                    csb as isize,
-                    beta,
-                    cc.as_mut_ptr(),
-                    n as isize,
-                    1,
-                );
-            }
-        });
+    let chunk = if m >= 2 * ROW_CHUNK { ROW_CHUNK.max(m.div_ceil(rayon::current_num_threads() * 2)) } else { m };
+    c[..m * n].par_chunks_mut(chunk * n).enumerate().for_each(|(ci, cc)| {
+        let r0 = ci * chunk;
+        let rows = cc.len() / n;
+        // SAFETY: every pointer stays inside its slice: rows r0..r0+rows of A, all of B, this band of C.
+        unsafe {
+            F::gemm(
+                rows,
+                k,
+                n,
+                F::one(),
+                a.as_ptr().add(r0 * rsa),
+                rsa as isize,
+                csa as isize,
+                b.as_ptr(),
+                rsb as isize,
+                csb as isize,
+                beta,
+                cc.as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -68,23 +61,12 @@ pub fn gemm<F: Real>(
 
 pub fn linear_fwd<F: Real>(x: &[F], w: &[F], b: &[F], y: &mut [F], bsz: usize, k: usize, n: usize) {
     gemm(bsz, k, n, x, k, 1, w, n, 1, y, false);
-    y.par_chunks_mut(n)
-        .for_each(|row| row.iter_mut().zip(b).for_each(|(v, &bb)| *v = *v + bb));
+    y.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(v, &bb)| *v = *v + bb));
 }
 
 /// dw[K×N] = xᵀ·dy, db[N] = Σ_rows dy, and (if wanted) dx[B×K] = dy·wᵀ.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_bwd<F: Real>(
-    x: &[F],
-    w: &[F],
-    dy: &[F],
-    dx: Option<&mut [F]>,
-    dw: &mut [F],
-    db: &mut [F],
-    bsz: usize,
-    k: usize,
-    n: usize,
-) {
+pub fn linear_bwd<F: Real>(x: &[F], w: &[F], dy: &[F], dx: Option<&mut [F]>, dw: &mut [F], db: &mut [F], bsz: usize, k: usize, n: usize) {
     gemm(k, bsz, n, x, 1, k, dy, n, 1, dw, false);
     col_sums(dy, db, bsz, n);
     if let Some(dx) = dx {
@@ -120,13 +102,7 @@ pub struct SparseBatch<F> {
 }
 
 impl<F: Real> SparseBatch<F> {
-    pub fn new(
-        rows: usize,
-        cols: usize,
-        indptr: Vec<usize>,
-        indices: Vec<u32>,
-        values: Vec<F>,
-    ) -> Self {
+    pub fn new(rows: usize, cols: usize, indptr: Vec<usize>, indices: Vec<u32>, values: Vec<F>) -> Self {
         let mut t_indptr = vec![0usize; cols + 1];
         for &c in &indices {
             t_indptr[c as usize + 1] += 1;
@@ -145,43 +121,25 @@ impl<F: Real> SparseBatch<F> {
                 next[c] += 1;
             }
         }
-        SparseBatch {
-            rows,
-            cols,
-            indptr,
-            indices,
-            values,
-            t_indptr,
-            t_rows,
-            t_values,
-        }
+        SparseBatch { rows, cols, indptr, indices, values, t_indptr, t_rows, t_values }
     }
 }
 
 pub fn sparse_linear_fwd<F: Real>(x: &SparseBatch<F>, w: &[F], b: &[F], y: &mut [F], n: usize) {
-    y[..x.rows * n]
-        .par_chunks_mut(n)
-        .enumerate()
-        .for_each(|(r, row)| {
-            row.copy_from_slice(b);
-            for p in x.indptr[r]..x.indptr[r + 1] {
-                let v = x.values[p];
-                let wr = &w[x.indices[p] as usize * n..][..n];
-                for (o, &ww) in row.iter_mut().zip(wr) {
-                    *o = *o + v * ww;
-                }
+    y[..x.rows * n].par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+        row.copy_from_slice(b);
+        for p in x.indptr[r]..x.indptr[r + 1] {
+            let v = x.values[p];
+            let wr = &w[x.indices[p] as usize * n..][..n];
+            for (o, &ww) in row.iter_mut().zip(wr) {
+                *o = *o + v * ww;
             }
-        });
+        }
+    });
 }
 
 /// dw[K×N] = Xᵀ·dy (only rows of features present in the batch are non-zero), db = Σ_rows dy.
-pub fn sparse_linear_bwd<F: Real>(
-    x: &SparseBatch<F>,
-    dy: &[F],
-    dw: &mut [F],
-    db: &mut [F],
-    n: usize,
-) {
+pub fn sparse_linear_bwd<F: Real>(x: &SparseBatch<F>, dy: &[F], dw: &mut [F], db: &mut [F], n: usize) {
     dw.par_chunks_mut(n).enumerate().for_each(|(j, row)| {
         row.iter_mut().for_each(|v| *v = F::zero());
         for p in x.t_indptr[j]..x.t_indptr[j + 1] {
@@ -201,31 +159,19 @@ pub fn sparse_linear_bwd<F: Real>(
 
 pub const LN_EPS: f64 = 1e-5;
 
-pub fn layernorm_fwd<F: Real>(
-    x: &[F],
-    gamma: &[F],
-    beta: &[F],
-    y: &mut [F],
-    xhat: &mut [F],
-    rstd: &mut [F],
-    d: usize,
-) {
+pub fn layernorm_fwd<F: Real>(x: &[F], gamma: &[F], beta: &[F], y: &mut [F], xhat: &mut [F], rstd: &mut [F], d: usize) {
     let df = F::f(d as f64);
-    y.par_chunks_mut(d)
-        .zip(xhat.par_chunks_mut(d))
-        .zip(rstd.par_iter_mut())
-        .enumerate()
-        .for_each(|(r, ((yr, hr), rs))| {
-            let xr = &x[r * d..][..d];
-            let mean = xr.iter().copied().sum::<F>() / df;
-            let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<F>() / df;
-            let inv = F::one() / (var + F::f(LN_EPS)).sqrt();
-            *rs = inv;
-            for j in 0..d {
-                hr[j] = (xr[j] - mean) * inv;
-                yr[j] = gamma[j] * hr[j] + beta[j];
-            }
-        });
+    y.par_chunks_mut(d).zip(xhat.par_chunks_mut(d)).zip(rstd.par_iter_mut()).enumerate().for_each(|(r, ((yr, hr), rs))| {
+        let xr = &x[r * d..][..d];
+        let mean = xr.iter().copied().sum::<F>() / df;
+        let var = xr.iter().map(|&v| (v - mean) * (v - mean)).sum::<F>() / df;
+        let inv = F::one() / (var + F::f(LN_EPS)).sqrt();
+        *rs = inv;
+        for j in 0..d {
+            hr[j] = (xr[j] - mean) * inv;
+            yr[j] = gamma[j] * hr[j] + beta[j];
+        }
+    });
 }
 
 /// dγ = Σ dy⊙x̂, dβ = Σ dy, dx = r·(g − mean(g) − x̂·mean(g⊙x̂)) with g = dy⊙γ.
@@ -257,19 +203,15 @@ pub fn layernorm_bwd<F: Real>(
             dxr[j] = rstd[r] * (dyr[j] * gamma[j] - mg - hr[j] * mgh);
         }
     });
-    dgamma
-        .par_iter_mut()
-        .zip(dbeta.par_iter_mut())
-        .enumerate()
-        .for_each(|(j, (dg, db))| {
-            let (mut a, mut b) = (F::zero(), F::zero());
-            for r in 0..rows {
-                a = a + dy[r * d + j] * xhat[r * d + j];
-                b = b + dy[r * d + j];
-            }
-            *dg = a;
-            *db = b;
-        });
+    dgamma.par_iter_mut().zip(dbeta.par_iter_mut()).enumerate().for_each(|(j, (dg, db))| {
+        let (mut a, mut b) = (F::zero(), F::zero());
+        for r in 0..rows {
+            a = a + dy[r * d + j] * xhat[r * d + j];
+            b = b + dy[r * d + j];
+        }
+        *dg = a;
+        *db = b;
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -277,16 +219,9 @@ pub fn layernorm_bwd<F: Real>(
 // already holds the scale. Backward: dx = dy·m·[y_relu > 0]; the relu output is kept for its sign.
 
 pub fn relu_dropout_fwd<F: Real>(x: &[F], mask: Option<&[F]>, relu_out: &mut [F], y: &mut [F]) {
-    relu_out
-        .par_iter_mut()
-        .zip(x.par_iter())
-        .for_each(|(r, &v)| *r = v.max(F::zero()));
+    relu_out.par_iter_mut().zip(x.par_iter()).for_each(|(r, &v)| *r = v.max(F::zero()));
     match mask {
-        Some(m) => y
-            .par_iter_mut()
-            .zip(relu_out.par_iter())
-            .zip(m.par_iter())
-            .for_each(|((o, &r), &mm)| *o = r * mm),
+        Some(m) => y.par_iter_mut().zip(relu_out.par_iter()).zip(m.par_iter()).for_each(|((o, &r), &mm)| *o = r * mm),
         None => y.copy_from_slice(relu_out),
     }
 }
@@ -294,11 +229,7 @@ pub fn relu_dropout_fwd<F: Real>(x: &[F], mask: Option<&[F]>, relu_out: &mut [F]
 pub fn relu_dropout_bwd<F: Real>(dy: &[F], relu_out: &[F], mask: Option<&[F]>, dx: &mut [F]) {
     dx.par_iter_mut().enumerate().for_each(|(i, o)| {
         let m = mask.map(|m| m[i]).unwrap_or(F::one());
-        *o = if relu_out[i] > F::zero() {
-            dy[i] * m
-        } else {
-            F::zero()
-        };
+        *o = if relu_out[i] > F::zero() { dy[i] * m } else { F::zero() };
     });
 }
 
@@ -306,13 +237,7 @@ pub fn relu_dropout_bwd<F: Real>(dy: &[F], relu_out: &[F], mask: Option<&[F]>, d
 // Split softmax over the genes of each row: group G ∈ {homologous, non-homologous} gets
 // ρ_G = w_G·softmax(r_G) with w_G = |G|/N, so Σ_g ρ_g = 1. `group[g]` is 0 or 1.
 
-pub fn split_softmax_fwd<F: Real>(
-    r: &[F],
-    group: &[u8],
-    weight: [f64; 2],
-    rho: &mut [F],
-    n: usize,
-) {
+pub fn split_softmax_fwd<F: Real>(r: &[F], group: &[u8], weight: [f64; 2], rho: &mut [F], n: usize) {
     rho.par_chunks_mut(n).enumerate().for_each(|(i, out)| {
         let ri = &r[i * n..][..n];
         let mut mx = [f64::NEG_INFINITY; 2];
@@ -335,31 +260,14 @@ pub fn split_softmax_fwd<F: Real>(
 }
 
 /// dr_g = ρ_g·(dρ_g − Σ_{h∈G} ρ_h dρ_h / w_G). Overwrites `d` (dρ in, dr out).
-pub fn split_softmax_bwd<F: Real>(
-    rho: &[F],
-    group: &[u8],
-    weight: [f64; 2],
-    d: &mut [F],
-    n: usize,
-) {
+pub fn split_softmax_bwd<F: Real>(rho: &[F], group: &[u8], weight: [f64; 2], d: &mut [F], n: usize) {
     d.par_chunks_mut(n).enumerate().for_each(|(i, dr)| {
         let ro = &rho[i * n..][..n];
         let mut dot = [0f64; 2];
         for g in 0..n {
             dot[group[g] as usize] += ro[g].d() * dr[g].d();
         }
-        let c = [
-            if weight[0] > 0.0 {
-                dot[0] / weight[0]
-            } else {
-                0.0
-            },
-            if weight[1] > 0.0 {
-                dot[1] / weight[1]
-            } else {
-                0.0
-            },
-        ];
+        let c = [if weight[0] > 0.0 { dot[0] / weight[0] } else { 0.0 }, if weight[1] > 0.0 { dot[1] / weight[1] } else { 0.0 }];
         for g in 0..n {
             dr[g] = F::f(ro[g].d() * (dr[g].d() - c[group[g] as usize]));
         }
@@ -397,16 +305,7 @@ pub fn likelihood<F: Real>(
             let mut s = 0f64;
             for g in i * n..(i + 1) * n {
                 let ll = match dist {
-                    Distribution::Zinb => {
-                        zinb(
-                            x[g].d(),
-                            theta[g].d(),
-                            rho[g].d(),
-                            lib[i].d(),
-                            logit.unwrap()[g].d(),
-                        )
-                        .ll
-                    }
+                    Distribution::Zinb => zinb(x[g].d(), theta[g].d(), rho[g].d(), lib[i].d(), logit.unwrap()[g].d()).ll,
                     Distribution::Nb => nb(x[g].d(), theta[g].d(), rho[g].d(), lib[i].d()).ll,
                 };
                 s -= ll;
@@ -414,12 +313,7 @@ pub fn likelihood<F: Real>(
             *out = F::f(s);
         }),
         Some(gr) => {
-            let LikelihoodGrads {
-                d_rho,
-                d_theta,
-                d_logit,
-                d_lib,
-            } = gr;
+            let LikelihoodGrads { d_rho, d_theta, d_logit, d_lib } = gr;
             let mut dummy = Vec::new();
             let d_logit: &mut [F] = match d_logit {
                 Some(d) => d,
@@ -439,13 +333,7 @@ pub fn likelihood<F: Real>(
                     for j in 0..n {
                         let g = i * n + j;
                         let r = match dist {
-                            Distribution::Zinb => zinb(
-                                x[g].d(),
-                                theta[g].d(),
-                                rho[g].d(),
-                                lib[i].d(),
-                                logit.unwrap()[g].d(),
-                            ),
+                            Distribution::Zinb => zinb(x[g].d(), theta[g].d(), rho[g].d(), lib[i].d(), logit.unwrap()[g].d()),
                             Distribution::Nb => nb(x[g].d(), theta[g].d(), rho[g].d(), lib[i].d()),
                         };
                         s -= r.ll;
@@ -481,13 +369,7 @@ pub fn reparam_bwd<F: Real>(dz: &[F], ls: &[F], eps: &[F], dmu: &mut [F], dls: &
 
 /// KL(N(μ, e^{2ls}) ‖ N(0, 1)) per row of [B×L]: 0.5·Σ(μ² + e^{2ls} − 1 − 2ls).
 /// With `scale`, writes dμ = scale·μ and dls = scale·(e^{2ls} − 1) (overwriting).
-pub fn kl_normal_fwd_bwd<F: Real>(
-    mu: &[F],
-    ls: &[F],
-    l: usize,
-    kl: &mut [F],
-    grads: Option<(f64, &mut [F], &mut [F])>,
-) {
+pub fn kl_normal_fwd_bwd<F: Real>(mu: &[F], ls: &[F], l: usize, kl: &mut [F], grads: Option<(f64, &mut [F], &mut [F])>) {
     for (i, k) in kl.iter_mut().enumerate() {
         let mut s = 0f64;
         for j in i * l..(i + 1) * l {
@@ -507,19 +389,11 @@ pub fn kl_normal_fwd_bwd<F: Real>(
 /// KL of the library posterior N(m, e^{2ls}) against the batch prior N(pm, ps²), per cell (spec §5):
 /// log ps − ls + ((m − pm)² + e^{2ls} − ps²)/max(2ps², 1e-7). Gradients scaled like `kl_normal_fwd_bwd`.
 #[allow(clippy::too_many_arguments)]
-pub fn kl_library_fwd_bwd<F: Real>(
-    m: &[F],
-    ls: &[F],
-    pm: &[F],
-    ps: &[F],
-    kl: &mut [F],
-    grads: Option<(f64, &mut [F], &mut [F])>,
-) {
+pub fn kl_library_fwd_bwd<F: Real>(m: &[F], ls: &[F], pm: &[F], ps: &[F], kl: &mut [F], grads: Option<(f64, &mut [F], &mut [F])>) {
     let den = |p: f64| (2.0 * p * p).max(1e-7);
     for i in 0..kl.len() {
         let (mi, li, pmi, psi) = (m[i].d(), ls[i].d(), pm[i].d(), ps[i].d());
-        kl[i] =
-            F::f(psi.ln() - li + ((mi - pmi).powi(2) + (2.0 * li).exp() - psi * psi) / den(psi));
+        kl[i] = F::f(psi.ln() - li + ((mi - pmi).powi(2) + (2.0 * li).exp() - psi * psi) / den(psi));
     }
     if let Some((scale, dm, dls)) = grads {
         for i in 0..kl.len() {
@@ -544,23 +418,11 @@ pub struct AdamConfig {
 
 impl Default for AdamConfig {
     fn default() -> Self {
-        AdamConfig {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-        }
+        AdamConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
     }
 }
 
-pub fn adam_step<F: Real>(
-    cfg: &AdamConfig,
-    t: u64,
-    p: &mut [F],
-    g: &[F],
-    m: &mut [F],
-    v: &mut [F],
-) {
+pub fn adam_step<F: Real>(cfg: &AdamConfig, t: u64, p: &mut [F], g: &[F], m: &mut [F], v: &mut [F]) {
     let bc1 = 1.0 - cfg.beta1.powi(t as i32);
     let bc2 = 1.0 - cfg.beta2.powi(t as i32);
     let (b1, b2) = (F::f(cfg.beta1), F::f(cfg.beta2));
@@ -568,13 +430,9 @@ pub fn adam_step<F: Real>(
     let step = F::f(cfg.lr / bc1);
     let sq = F::f(bc2.sqrt());
     let eps = F::f(cfg.eps);
-    p.par_iter_mut()
-        .zip(g.par_iter())
-        .zip(m.par_iter_mut())
-        .zip(v.par_iter_mut())
-        .for_each(|(((p, &g), m), v)| {
-            *m = b1 * *m + one_b1 * g;
-            *v = b2 * *v + one_b2 * g * g;
-            *p = *p - step * *m / (v.sqrt() / sq + eps);
-        });
+    p.par_iter_mut().zip(g.par_iter()).zip(m.par_iter_mut()).zip(v.par_iter_mut()).for_each(|(((p, &g), m), v)| {
+        *m = b1 * *m + one_b1 * g;
+        *v = b2 * *v + one_b2 * g * g;
+        *p = *p - step * *m / (v.sqrt() / sq + eps);
+    });
 }

@@ -34,10 +34,7 @@ pub fn digamma(mut x: f64) -> f64 {
         x += 1.0;
     }
     let f = 1.0 / (x * x);
-    r + x.ln()
-        - 0.5 / x
-        - f * (1.0 / 12.0
-            - f * (1.0 / 120.0 - f * (1.0 / 252.0 - f * (1.0 / 240.0 - f * (1.0 / 132.0)))))
+    r + x.ln() - 0.5 / x - f * (1.0 / 12.0 - f * (1.0 / 120.0 - f * (1.0 / 252.0 - f * (1.0 / 240.0 - f * (1.0 / 132.0)))))
 }
 
 /// log(1 + e^a) without overflow.
@@ -55,4 +52,13 @@ pub fn sigmoid(a: f64) -> f64 {
         let e = a.exp();
         e / (1.0 + e)
     }
+}
+
+/// (softplus(a), sigmoid(a)) from one exponential.
+#[inline]
+pub fn softplus_sigmoid(a: f64) -> (f64, f64) {
+    let e = (-a.abs()).exp();
+    let sp = a.max(0.0) + e.ln_1p();
+    let sg = if a >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+    (sp, sg)
 }

@@ -26,21 +26,13 @@ impl<B: Backend> Model<B> {
     pub fn get_torch(&self, be: &B, idx: usize) -> Vec<f64> {
         let p = &self.params[idx];
         let v = be.download(&p.value);
-        if p.transposed {
-            transpose(&v, p.torch_shape[1], p.torch_shape[0])
-        } else {
-            v
-        }
+        if p.transposed { transpose(&v, p.torch_shape[1], p.torch_shape[0]) } else { v }
     }
 
     /// Set a parameter from values in PyTorch layout (length checked by the caller via `torch_shape`).
     pub fn set_torch(&mut self, be: &B, idx: usize, v: &[f64]) {
         let p = &mut self.params[idx];
-        let stored = if p.transposed {
-            transpose(v, p.torch_shape[0], p.torch_shape[1])
-        } else {
-            v.to_vec()
-        };
+        let stored = if p.transposed { transpose(v, p.torch_shape[0], p.torch_shape[1]) } else { v.to_vec() };
         p.value = be.upload(&stored);
     }
 
@@ -48,11 +40,7 @@ impl<B: Backend> Model<B> {
     pub fn grad_torch(&self, be: &B, idx: usize) -> Vec<f64> {
         let p = &self.params[idx];
         let g = be.download(&self.grads[idx]);
-        if p.transposed {
-            transpose(&g, p.torch_shape[1], p.torch_shape[0])
-        } else {
-            g
-        }
+        if p.transposed { transpose(&g, p.torch_shape[1], p.torch_shape[0]) } else { g }
     }
 }
 
@@ -81,28 +69,17 @@ pub fn save<B: Backend>(model: &Model<B>, be: &B, meta: &ModelFile, stem: &Path)
         .enumerate()
         .map(|(i, p)| {
             let v: Vec<f32> = model.get_torch(be, i).iter().map(|&x| x as f32).collect();
-            (
-                p.name.clone(),
-                p.torch_shape.clone(),
-                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
+            (p.name.clone(), p.torch_shape.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect())
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                    .unwrap(),
-            )
-        })
+        .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
         .collect();
     let mut md = std::collections::HashMap::new();
     md.insert("format".to_string(), "scspecies".to_string());
     md.insert("format_version".to_string(), FORMAT_VERSION.to_string());
-    let bytes = safetensors::serialize(views, Some(md))
-        .map_err(|e| Error::Input(format!("cannot serialise weights: {e}")))?;
+    let bytes = safetensors::serialize(views, Some(md)).map_err(|e| Error::Input(format!("cannot serialise weights: {e}")))?;
     let st = stem.with_extension("safetensors");
     crate::out::write_bytes_atomic(&st, &bytes)?;
     crate::out::write_json(&stem.with_extension("json"), meta)
@@ -113,21 +90,14 @@ pub fn load<B: Backend>(be: &B, stem: &Path) -> Result<(Model<B>, ModelFile)> {
     let jp = stem.with_extension("json");
     let sp = stem.with_extension("safetensors");
     let text = std::fs::read_to_string(&jp).map_err(|e| Error::io(&jp, e))?;
-    let meta: ModelFile = serde_json::from_str(&text)
-        .map_err(|e| Error::format(&jp, format!("not a scspecies model config: {e}")))?;
+    let meta: ModelFile = serde_json::from_str(&text).map_err(|e| Error::format(&jp, format!("not a scspecies model config: {e}")))?;
     if meta.format != "scspecies" {
-        return Err(Error::format(
-            &jp,
-            format!("format is '{}', expected 'scspecies'", meta.format),
-        ));
+        return Err(Error::format(&jp, format!("format is '{}', expected 'scspecies'", meta.format)));
     }
     if meta.format_version != FORMAT_VERSION {
         return Err(Error::format(
             &jp,
-            format!(
-                "model format version {} is not supported by this build (version {FORMAT_VERSION})",
-                meta.format_version
-            ),
+            format!("model format version {} is not supported by this build (version {FORMAT_VERSION})", meta.format_version),
         ));
     }
     let c = &meta.model;
@@ -144,57 +114,31 @@ pub fn load<B: Backend>(be: &B, stem: &Path) -> Result<(Model<B>, ModelFile)> {
         ));
     }
     let bytes = std::fs::read(&sp).map_err(|e| Error::io(&sp, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::format(&sp, format!("not a safetensors file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::format(&sp, format!("not a safetensors file: {e}")))?;
     // Initial values are overwritten below; any seed will do.
     let mut rng = <rand::rngs::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let mut model = Model::new(be, c.clone(), &mut rng);
     for i in 0..model.params.len() {
         let name = model.params[i].name.clone();
-        let t = st.tensor(&name).map_err(|_| {
-            Error::format(
-                &sp,
-                format!("tensor '{name}' is missing (the file does not match its config)"),
-            )
-        })?;
+        let t =
+            st.tensor(&name).map_err(|_| Error::format(&sp, format!("tensor '{name}' is missing (the file does not match its config)")))?;
         if t.shape() != model.params[i].torch_shape.as_slice() {
             return Err(Error::format(
                 &sp,
-                format!(
-                    "tensor '{name}' has shape {:?}, the config implies {:?}",
-                    t.shape(),
-                    model.params[i].torch_shape
-                ),
+                format!("tensor '{name}' has shape {:?}, the config implies {:?}", t.shape(), model.params[i].torch_shape),
             ));
         }
         if t.dtype() != safetensors::Dtype::F32 {
-            return Err(Error::format(
-                &sp,
-                format!("tensor '{name}' is {:?}, expected F32", t.dtype()),
-            ));
+            return Err(Error::format(&sp, format!("tensor '{name}' is {:?}, expected F32", t.dtype())));
         }
-        let v: Vec<f64> = t
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-            .collect();
+        let v: Vec<f64> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect();
         if v.iter().any(|x| !x.is_finite()) {
-            return Err(Error::format(
-                &sp,
-                format!("tensor '{name}' holds non-finite values"),
-            ));
+            return Err(Error::format(&sp, format!("tensor '{name}' holds non-finite values")));
         }
         model.set_torch(be, i, &v);
     }
     if st.len() != model.params.len() {
-        return Err(Error::format(
-            &sp,
-            format!(
-                "{} tensors, but the config implies {}",
-                st.len(),
-                model.params.len()
-            ),
-        ));
+        return Err(Error::format(&sp, format!("{} tensors, but the config implies {}", st.len(), model.params.len())));
     }
     Ok((model, meta))
 }

@@ -37,12 +37,7 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// The reference's defaults (spec §2.2).
-    pub fn scspecies(
-        n_genes: usize,
-        n_batches: usize,
-        homologous: Vec<usize>,
-        lib_mu_add: f64,
-    ) -> Self {
+    pub fn scspecies(n_genes: usize, n_batches: usize, homologous: Vec<usize>, lib_mu_add: f64) -> Self {
         ModelConfig {
             n_genes,
             n_batches,
@@ -189,37 +184,20 @@ impl<B: Backend> Noise<B> {
             model
                 .blocks_in_order()
                 .map(|b| {
-                    let m: Vec<f64> = (0..rows * b.lin.n)
-                        .map(|_| {
-                            if rng.random::<f64>() < keep {
-                                scale
-                            } else {
-                                0.0
-                            }
-                        })
-                        .collect();
+                    let m: Vec<f64> = (0..rows * b.lin.n).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
                     be.upload(&m)
                 })
                 .collect()
         });
-        let mut normal =
-            |n: usize| -> Vec<f64> { (0..n).map(|_| StandardNormal.sample(rng)).collect() };
+        let mut normal = |n: usize| -> Vec<f64> { (0..n).map(|_| StandardNormal.sample(rng)).collect() };
         let eps_z = be.upload(&normal(rows * model.cfg.latent));
         let eps_l = be.upload(&normal(rows));
-        Noise {
-            masks,
-            eps_z,
-            eps_l,
-        }
+        Noise { masks, eps_z, eps_l }
     }
 
     /// Eval mode with zero noise: the posterior means (used for representations).
     pub fn eval_means(be: &B, model: &Model<B>, rows: usize) -> Self {
-        Noise {
-            masks: None,
-            eps_z: be.zeros(rows * model.cfg.latent),
-            eps_l: be.zeros(rows),
-        }
+        Noise { masks: None, eps_z: be.zeros(rows * model.cfg.latent), eps_l: be.zeros(rows) }
     }
 }
 
@@ -252,6 +230,25 @@ pub struct Forward<B: Backend> {
     pub nll: B::Buf,
     pub kl_z: B::Buf,
     pub kl_l: B::Buf,
+    /// Gradients of the mean NLL w.r.t. ρ, θ, logit and library, when the forward pass was asked for
+    /// them (training): the likelihood is then evaluated once per step.
+    pub lik_grads: Option<LikGrads<B>>,
+}
+
+pub struct LikGrads<B: Backend> {
+    pub d_rho: B::Buf,
+    pub d_theta: B::Buf,
+    pub d_logit: Option<B::Buf>,
+    pub d_lib: B::Buf,
+}
+
+/// Eval-mode encoder outputs.
+pub struct Encoded<B: Backend> {
+    pub inter: B::Buf,
+    pub z_mu: B::Buf,
+    pub z_ls: B::Buf,
+    pub l_mu: B::Buf,
+    pub l_ls: B::Buf,
 }
 
 /// Mean loss terms of a minibatch.
@@ -280,21 +277,12 @@ pub struct InterTarget<'a, B: Backend> {
 
 impl<'a, B: Backend> InterTarget<'a, B> {
     pub fn new(rows: &'a [usize], targets: &'a [Vec<f64>], eta: f64) -> Self {
-        InterTarget {
-            rows,
-            targets,
-            eta,
-            _b: std::marker::PhantomData,
-        }
+        InterTarget { rows, targets, eta, _b: std::marker::PhantomData }
     }
 }
 
 fn mean(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        0.0
-    } else {
-        v.iter().sum::<f64>() / v.len() as f64
-    }
+    if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 }
 }
 
 impl<B: Backend> Model<B> {
@@ -302,33 +290,20 @@ impl<B: Backend> Model<B> {
     /// β = 0, log_alpha ~ 0.1·N(0, 1).
     pub fn new(be: &B, cfg: ModelConfig, rng: &mut impl Rng) -> Self {
         let mut params: Vec<Param<B>> = Vec::new();
-        let mut push =
-            |name: String, shape: Vec<usize>, transposed: bool, values: Vec<f64>| -> usize {
-                let n = values.len();
-                params.push(Param {
-                    name,
-                    torch_shape: shape,
-                    transposed,
-                    value: be.upload(&values),
-                    m: be.zeros(n),
-                    v: be.zeros(n),
-                });
-                params.len() - 1
-            };
-        let linear = |push: &mut dyn FnMut(String, Vec<usize>, bool, Vec<f64>) -> usize,
-                      name: &str,
-                      k: usize,
-                      n: usize,
-                      rng: &mut dyn rand::Rng| {
-            let bound = 1.0 / (k as f64).sqrt();
-            let w: Vec<f64> = (0..k * n)
-                .map(|_| rng.random_range(-bound..bound))
-                .collect();
-            let b: Vec<f64> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
-            let w = push(format!("{name}.weight"), vec![n, k], true, w);
-            let b = push(format!("{name}.bias"), vec![n], false, b);
-            Linear { w, b, k, n }
+        let mut push = |name: String, shape: Vec<usize>, transposed: bool, values: Vec<f64>| -> usize {
+            let n = values.len();
+            params.push(Param { name, torch_shape: shape, transposed, value: be.upload(&values), m: be.zeros(n), v: be.zeros(n) });
+            params.len() - 1
         };
+        let linear =
+            |push: &mut dyn FnMut(String, Vec<usize>, bool, Vec<f64>) -> usize, name: &str, k: usize, n: usize, rng: &mut dyn rand::Rng| {
+                let bound = 1.0 / (k as f64).sqrt();
+                let w: Vec<f64> = (0..k * n).map(|_| rng.random_range(-bound..bound)).collect();
+                let b: Vec<f64> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+                let w = push(format!("{name}.weight"), vec![n, k], true, w);
+                let b = push(format!("{name}.bias"), vec![n], false, b);
+                Linear { w, b, k, n }
+            };
         let blocks = |push: &mut dyn FnMut(String, Vec<usize>, bool, Vec<f64>) -> usize,
                       module: &str,
                       dims: &[usize],
@@ -338,33 +313,16 @@ impl<B: Backend> Model<B> {
                 .enumerate()
                 .map(|(i, w)| {
                     let lin = linear(push, &format!("{module}.model.{}", 4 * i), w[0], w[1], rng);
-                    let gamma = push(
-                        format!("{module}.model.{}.weight", 4 * i + 1),
-                        vec![w[1]],
-                        false,
-                        vec![1.0; w[1]],
-                    );
-                    let beta = push(
-                        format!("{module}.model.{}.bias", 4 * i + 1),
-                        vec![w[1]],
-                        false,
-                        vec![0.0; w[1]],
-                    );
+                    let gamma = push(format!("{module}.model.{}.weight", 4 * i + 1), vec![w[1]], false, vec![1.0; w[1]]);
+                    let beta = push(format!("{module}.model.{}.bias", 4 * i + 1), vec![w[1]], false, vec![0.0; w[1]]);
                     Block { lin, gamma, beta }
                 })
                 .collect()
         };
         let (n, s, l) = (cfg.n_genes, cfg.n_batches, cfg.latent);
-        let dims = |first: usize, rest: &[usize]| -> Vec<usize> {
-            std::iter::once(first).chain(rest.iter().copied()).collect()
-        };
+        let dims = |first: usize, rest: &[usize]| -> Vec<usize> { std::iter::once(first).chain(rest.iter().copied()).collect() };
         let outer = blocks(&mut push, "outer", &dims(n + s, &cfg.outer_dims), rng);
-        let inner = blocks(
-            &mut push,
-            "inner",
-            &dims(cfg.inter_dim(), &cfg.inner_dims),
-            rng,
-        );
+        let inner = blocks(&mut push, "inner", &dims(cfg.inter_dim(), &cfg.inner_dims), rng);
         let hi = *cfg.inner_dims.last().unwrap();
         let z_mu = linear(&mut push, "inner.mu", hi, l, rng);
         let z_ls = linear(&mut push, "inner.log_sig", hi, l, rng);
@@ -382,8 +340,7 @@ impl<B: Backend> Model<B> {
         let decoder = blocks(&mut push, "decoder", &dims(l + s, &cfg.decoder_dims), rng);
         let hd = *cfg.decoder_dims.last().unwrap();
         let rho = linear(&mut push, "decoder.rho_pre", hd, n, rng);
-        let pi = (cfg.distribution == Distribution::Zinb)
-            .then(|| linear(&mut push, "decoder.pi_nlogit", hd, n, rng));
+        let pi = (cfg.distribution == Distribution::Zinb).then(|| linear(&mut push, "decoder.pi_nlogit", hd, n, rng));
         let mut group = vec![1u8; n];
         for &g in &cfg.homologous {
             group[g] = 0;
@@ -414,11 +371,7 @@ impl<B: Backend> Model<B> {
 
     /// Blocks in the order their dropout masks are drawn.
     pub fn blocks_in_order(&self) -> impl Iterator<Item = &Block> {
-        self.outer
-            .iter()
-            .chain(&self.inner)
-            .chain(&self.library)
-            .chain(&self.decoder)
+        self.outer.iter().chain(&self.inner).chain(&self.library).chain(&self.decoder)
     }
 
     pub fn n_params(&self, be: &B) -> usize {
@@ -442,40 +395,17 @@ impl<B: Backend> Model<B> {
         let n = blk.lin.n;
         let mut pre = be.zeros(rows * n);
         match sparse {
-            Some(sp) => {
-                be.sparse_linear_fwd(sp, self.val(blk.lin.w), self.val(blk.lin.b), &mut pre, n)
-            }
-            None => be.linear_fwd(
-                x.unwrap(),
-                self.val(blk.lin.w),
-                self.val(blk.lin.b),
-                &mut pre,
-                rows,
-                blk.lin.k,
-                n,
-            ),
+            Some(sp) => be.sparse_linear_fwd(sp, self.val(blk.lin.w), self.val(blk.lin.b), &mut pre, n),
+            None => be.linear_fwd(x.unwrap(), self.val(blk.lin.w), self.val(blk.lin.b), &mut pre, rows, blk.lin.k, n),
         }
         let mut ln = be.zeros(rows * n);
         let mut xhat = be.zeros(rows * n);
         let mut rstd = be.zeros(rows);
-        be.layernorm_fwd(
-            &pre,
-            self.val(blk.gamma),
-            self.val(blk.beta),
-            &mut ln,
-            &mut xhat,
-            &mut rstd,
-            n,
-        );
+        be.layernorm_fwd(&pre, self.val(blk.gamma), self.val(blk.beta), &mut ln, &mut xhat, &mut rstd, n);
         let mut relu = be.zeros(rows * n);
         let mut out = pre; // reuse the allocation
         be.relu_dropout_fwd(&ln, mask, &mut relu, &mut out);
-        BlockCache {
-            xhat,
-            rstd,
-            relu,
-            out,
-        }
+        BlockCache { xhat, rstd, relu, out }
     }
 
     /// One block backward: from d(out) to the parameter gradients and, for dense inputs, d(input).
@@ -497,17 +427,7 @@ impl<B: Backend> Model<B> {
         be.relu_dropout_bwd(d_out, &cache.relu, mask, &mut d_ln);
         let mut d_pre = be.zeros(rows * n);
         let (mut dg, mut db) = (be.zeros(n), be.zeros(n));
-        be.layernorm_bwd(
-            &d_ln,
-            &cache.xhat,
-            &cache.rstd,
-            &self.params[blk.gamma].value,
-            &mut d_pre,
-            &mut dg,
-            &mut db,
-            rows,
-            n,
-        );
+        be.layernorm_bwd(&d_ln, &cache.xhat, &cache.rstd, &self.params[blk.gamma].value, &mut d_pre, &mut dg, &mut db, rows, n);
         self.grads[blk.gamma] = dg;
         self.grads[blk.beta] = db;
         let (mut dw, mut dbias) = (be.zeros(blk.lin.k * n), be.zeros(n));
@@ -516,17 +436,7 @@ impl<B: Backend> Model<B> {
             Some(sp) => be.sparse_linear_bwd(sp, &d_pre, &mut dw, &mut dbias, n),
             None => {
                 let mut d = want_dx.then(|| be.zeros(rows * blk.lin.k));
-                be.linear_bwd(
-                    x.unwrap(),
-                    &self.params[blk.lin.w].value,
-                    &d_pre,
-                    d.as_mut(),
-                    &mut dw,
-                    &mut dbias,
-                    rows,
-                    blk.lin.k,
-                    n,
-                );
+                be.linear_bwd(x.unwrap(), &self.params[blk.lin.w].value, &d_pre, d.as_mut(), &mut dw, &mut dbias, rows, blk.lin.k, n);
                 dx = d;
             }
         }
@@ -574,23 +484,9 @@ impl<B: Backend> Model<B> {
     ) -> Option<B::Buf> {
         for i in (0..blocks.len()).rev() {
             let mask = masks.map(|m| &m[i]);
-            let (x, sp) = if i == 0 {
-                (input, sparse)
-            } else {
-                (Some(&caches[i - 1].out), None)
-            };
+            let (x, sp) = if i == 0 { (input, sparse) } else { (Some(&caches[i - 1].out), None) };
             let need = i > 0 || want_dx;
-            match self.block_bwd(
-                be,
-                &blocks[i],
-                &caches[i],
-                &d,
-                x,
-                sp,
-                rows,
-                mask,
-                need && sp.is_none(),
-            ) {
+            match self.block_bwd(be, &blocks[i], &caches[i], &d, x, sp, rows, mask, need && sp.is_none()) {
                 Some(dx) => d = dx,
                 None => return None,
             }
@@ -603,41 +499,26 @@ impl<B: Backend> Model<B> {
         let (a, b, c) = (self.outer.len(), self.inner.len(), self.library.len());
         match masks {
             None => [None, None, None, None],
-            Some(m) => [
-                Some(&m[..a]),
-                Some(&m[a..a + b]),
-                Some(&m[a + b..a + b + c]),
-                Some(&m[a + b + c..]),
-            ],
+            Some(m) => [Some(&m[..a]), Some(&m[a..a + b]), Some(&m[a + b..a + b + c]), Some(&m[a + b + c..])],
         }
     }
 
     /// The full forward pass (encoders, sampling, decoder, likelihood, KL terms).
     pub fn forward(&self, be: &B, batch: &Batch<B>, noise: &Noise<B>) -> Forward<B> {
+        self.forward_with(be, batch, noise, false)
+    }
+
+    /// The forward pass; with `lik_grads` the likelihood's gradients are computed in the same sweep.
+    pub fn forward_with(&self, be: &B, batch: &Batch<B>, noise: &Noise<B>, lik_grads: bool) -> Forward<B> {
         let rows = batch.rows;
         let (n, s, l) = (self.cfg.n_genes, self.cfg.n_batches, self.cfg.latent);
         let [mo, mi, ml, md] = self.module_masks(noise.masks.as_deref());
         let outer = self.stack_fwd(be, &self.outer, None, Some(&batch.sparse), rows, mo);
-        let inner = self.stack_fwd(
-            be,
-            &self.inner,
-            Some(&outer.last().unwrap().out),
-            None,
-            rows,
-            mi,
-        );
+        let inner = self.stack_fwd(be, &self.inner, Some(&outer.last().unwrap().out), None, rows, mi);
         let hi = &inner.last().unwrap().out;
         let lin = |lin: &Linear, x: &B::Buf| {
             let mut y = be.zeros(rows * lin.n);
-            be.linear_fwd(
-                x,
-                self.val(lin.w),
-                self.val(lin.b),
-                &mut y,
-                rows,
-                lin.k,
-                lin.n,
-            );
+            be.linear_fwd(x, self.val(lin.w), self.val(lin.b), &mut y, rows, lin.k, lin.n);
             y
         };
         let z_mu = lin(&self.z_mu, hi);
@@ -665,29 +546,20 @@ impl<B: Backend> Model<B> {
         let mut theta = be.zeros(rows * n);
         be.gather_exp_rows(self.val(self.log_alpha), &batch.batch, &mut theta, n);
         let mut nll = be.zeros(rows);
-        be.likelihood(
-            self.cfg.distribution,
-            &batch.x,
-            &rho,
-            &theta,
-            logit.as_ref(),
-            &lib,
-            n,
-            1.0 / rows as f64,
-            &mut nll,
-            None,
-        );
+        let lik_grads = if lik_grads {
+            let (mut d_rho, mut d_theta, mut d_lib) = (be.zeros(rows * n), be.zeros(rows * n), be.zeros(rows));
+            let mut d_logit = self.pi.map(|_| be.zeros(rows * n));
+            let g = Some((&mut d_rho, &mut d_theta, d_logit.as_mut(), &mut d_lib));
+            be.likelihood(self.cfg.distribution, &batch.x, &rho, &theta, logit.as_ref(), &lib, n, 1.0 / rows as f64, &mut nll, g);
+            Some(LikGrads { d_rho, d_theta, d_logit, d_lib })
+        } else {
+            be.likelihood(self.cfg.distribution, &batch.x, &rho, &theta, logit.as_ref(), &lib, n, 1.0 / rows as f64, &mut nll, None);
+            None
+        };
         let mut kl_z = be.zeros(rows);
         be.kl_normal(&z_mu, &z_ls, l, &mut kl_z, None);
         let mut kl_l = be.zeros(rows);
-        be.kl_library(
-            &l_mu,
-            &l_ls,
-            &batch.prior_mu,
-            &batch.prior_sig,
-            &mut kl_l,
-            None,
-        );
+        be.kl_library(&l_mu, &l_ls, &batch.prior_mu, &batch.prior_sig, &mut kl_l, None);
         Forward {
             outer,
             inner,
@@ -707,18 +579,35 @@ impl<B: Backend> Model<B> {
             nll,
             kl_z,
             kl_l,
+            lik_grads,
         }
+    }
+
+    /// Eval-mode encoders only (no dropout, no sampling): intermediate space, z and library heads.
+    pub fn encode(&self, be: &B, batch: &Batch<B>) -> Encoded<B> {
+        let rows = batch.rows;
+        let outer = self.stack_fwd(be, &self.outer, None, Some(&batch.sparse), rows, None);
+        let inner = self.stack_fwd(be, &self.inner, Some(&outer.last().unwrap().out), None, rows, None);
+        let hi = &inner.last().unwrap().out;
+        let lin = |lin: &Linear, x: &B::Buf| {
+            let mut y = be.zeros(rows * lin.n);
+            be.linear_fwd(x, self.val(lin.w), self.val(lin.b), &mut y, rows, lin.k, lin.n);
+            y
+        };
+        let (z_mu, z_ls) = (lin(&self.z_mu, hi), lin(&self.z_ls, hi));
+        let library = self.stack_fwd(be, &self.library, None, Some(&batch.sparse), rows, None);
+        let hl = &library.last().unwrap().out;
+        let mut l_mu = lin(&self.l_mu, hl);
+        be.axpy(self.cfg.lib_mu_add, &be.upload(&vec![1.0; rows]), &mut l_mu);
+        let l_ls = lin(&self.l_ls, hl);
+        let inter = outer.into_iter().last().unwrap().out;
+        Encoded { inter, z_mu, z_ls, l_mu, l_ls }
     }
 
     /// Mean loss terms of a forward pass (and the alignment term if targets are given).
     pub fn losses(&self, be: &B, f: &Forward<B>, align: Option<&InterTarget<B>>) -> Losses {
         let a = align.map(|t| self.align_value(be, f, t)).unwrap_or(0.0);
-        Losses {
-            nll: mean(&be.download(&f.nll)),
-            kl_z: mean(&be.download(&f.kl_z)),
-            kl_l: mean(&be.download(&f.kl_l)),
-            align: a,
-        }
+        Losses { nll: mean(&be.download(&f.nll)), kl_z: mean(&be.download(&f.kl_z)), kl_l: mean(&be.download(&f.kl_l)), align: a }
     }
 
     fn align_value(&self, be: &B, f: &Forward<B>, t: &InterTarget<B>) -> f64 {
@@ -738,39 +627,28 @@ impl<B: Backend> Model<B> {
 
     /// Gradients of L = mean nll + β(mean KL_z + mean KL_l) [+ η·Align] w.r.t. every parameter, into
     /// `self.grads`. The likelihood is re-evaluated here with its gradients.
-    pub fn backward(
-        &mut self,
-        be: &B,
-        batch: &Batch<B>,
-        noise: &Noise<B>,
-        f: &Forward<B>,
-        beta: f64,
-        align: Option<&InterTarget<B>>,
-    ) {
+    pub fn backward(&mut self, be: &B, batch: &Batch<B>, noise: &Noise<B>, f: &Forward<B>, beta: f64, align: Option<&InterTarget<B>>) {
         let rows = batch.rows;
         let (n, s, l) = (self.cfg.n_genes, self.cfg.n_batches, self.cfg.latent);
         let scale = 1.0 / rows as f64;
         let [mo, mi, ml, md] = self.module_masks(noise.masks.as_deref());
 
-        // likelihood → dρ, dθ, ds, dl
-        let mut nll = be.zeros(rows);
-        let (mut d_rho, mut d_theta, mut d_lib) =
-            (be.zeros(rows * n), be.zeros(rows * n), be.zeros(rows));
-        let mut d_logit = self.pi.map(|_| be.zeros(rows * n));
-        be.likelihood(
-            self.cfg.distribution,
-            &batch.x,
-            &f.rho,
-            &f.theta,
-            f.logit.as_ref(),
-            &f.lib,
-            n,
-            scale,
-            &mut nll,
-            Some((&mut d_rho, &mut d_theta, d_logit.as_mut(), &mut d_lib)),
-        );
+        // likelihood → dρ, dθ, ds, dl (from the forward pass when it computed them)
+        let computed;
+        let (mut d_rho, d_theta, d_logit, d_lib) = match &f.lik_grads {
+            Some(g) => (be.copy(&g.d_rho), &g.d_theta, g.d_logit.as_ref(), &g.d_lib),
+            None => {
+                let mut nll = be.zeros(rows);
+                let (mut d_rho, mut d_theta, mut d_lib) = (be.zeros(rows * n), be.zeros(rows * n), be.zeros(rows));
+                let mut d_logit = self.pi.map(|_| be.zeros(rows * n));
+                let g = Some((&mut d_rho, &mut d_theta, d_logit.as_mut(), &mut d_lib));
+                be.likelihood(self.cfg.distribution, &batch.x, &f.rho, &f.theta, f.logit.as_ref(), &f.lib, n, scale, &mut nll, g);
+                computed = (d_theta, d_logit, d_lib);
+                (d_rho, &computed.0, computed.1.as_ref(), &computed.2)
+            }
+        };
         let mut dla = be.zeros(s * n);
-        be.scatter_theta_grad(&d_theta, &f.theta, &batch.batch, &mut dla, n);
+        be.scatter_theta_grad(d_theta, &f.theta, &batch.batch, &mut dla, n);
         self.grads[self.log_alpha] = dla;
         be.split_softmax_bwd(&f.rho, &self.group, self.group_weight, &mut d_rho, n);
 
@@ -779,64 +657,26 @@ impl<B: Backend> Model<B> {
         let hdim = self.rho.k;
         let mut d_hd = be.zeros(rows * hdim);
         let (mut dw, mut db) = (be.zeros(hdim * n), be.zeros(n));
-        be.linear_bwd(
-            hd,
-            self.val(self.rho.w),
-            &d_rho,
-            Some(&mut d_hd),
-            &mut dw,
-            &mut db,
-            rows,
-            hdim,
-            n,
-        );
+        be.linear_bwd(hd, self.val(self.rho.w), &d_rho, Some(&mut d_hd), &mut dw, &mut db, rows, hdim, n);
         self.grads[self.rho.w] = dw;
         self.grads[self.rho.b] = db;
         if let (Some(pi), Some(dl)) = (self.pi, d_logit.as_ref()) {
             let mut d2 = be.zeros(rows * hdim);
             let (mut dw, mut db) = (be.zeros(hdim * n), be.zeros(n));
-            be.linear_bwd(
-                hd,
-                self.val(pi.w),
-                dl,
-                Some(&mut d2),
-                &mut dw,
-                &mut db,
-                rows,
-                hdim,
-                n,
-            );
+            be.linear_bwd(hd, self.val(pi.w), dl, Some(&mut d2), &mut dw, &mut db, rows, hdim, n);
             self.grads[pi.w] = dw;
             self.grads[pi.b] = db;
             be.axpy(1.0, &d2, &mut d_hd);
         }
         let dec = self.decoder.clone();
-        let d_in = self
-            .stack_bwd(
-                be,
-                &dec,
-                &f.decoder,
-                d_hd,
-                Some(&f.dec_in),
-                None,
-                rows,
-                md,
-                true,
-            )
-            .unwrap();
+        let d_in = self.stack_bwd(be, &dec, &f.decoder, d_hd, Some(&f.dec_in), None, rows, md, true).unwrap();
         let mut dz = be.zeros(rows * l);
         be.copy_cols(&d_in, l + s, 0, l, &mut dz);
 
         // z = μ + σε and KL_z → dμ, dls
         let mut kl = be.zeros(rows);
         let (mut d_mu, mut d_ls) = (be.zeros(rows * l), be.zeros(rows * l));
-        be.kl_normal(
-            &f.z_mu,
-            &f.z_ls,
-            l,
-            &mut kl,
-            Some((beta * scale, &mut d_mu, &mut d_ls)),
-        );
+        be.kl_normal(&f.z_mu, &f.z_ls, l, &mut kl, Some((beta * scale, &mut d_mu, &mut d_ls)));
         be.reparam_bwd(&dz, &f.z_ls, &noise.eps_z, &mut d_mu, &mut d_ls);
         let hi = &f.inner.last().unwrap().out;
         let hidim = self.z_mu.k;
@@ -844,36 +684,14 @@ impl<B: Backend> Model<B> {
         let mut tmp = be.zeros(rows * hidim);
         for (lin, d) in [(self.z_mu, &d_mu), (self.z_ls, &d_ls)] {
             let (mut dw, mut db) = (be.zeros(hidim * l), be.zeros(l));
-            be.linear_bwd(
-                hi,
-                self.val(lin.w),
-                d,
-                Some(&mut tmp),
-                &mut dw,
-                &mut db,
-                rows,
-                hidim,
-                l,
-            );
+            be.linear_bwd(hi, self.val(lin.w), d, Some(&mut tmp), &mut dw, &mut db, rows, hidim, l);
             self.grads[lin.w] = dw;
             self.grads[lin.b] = db;
             be.axpy(1.0, &tmp, &mut d_hi);
         }
         let inner = self.inner.clone();
         let inter = &f.outer.last().unwrap().out;
-        let mut d_inter = self
-            .stack_bwd(
-                be,
-                &inner,
-                &f.inner,
-                d_hi,
-                Some(inter),
-                None,
-                rows,
-                mi,
-                true,
-            )
-            .unwrap();
+        let mut d_inter = self.stack_bwd(be, &inner, &f.inner, d_hi, Some(inter), None, rows, mi, true).unwrap();
 
         // alignment of the intermediate space: η·2(h − c)/|S| on the aligned rows
         if let Some(t) = align {
@@ -891,31 +709,14 @@ impl<B: Backend> Model<B> {
             }
         }
         let outer = self.outer.clone();
-        self.stack_bwd(
-            be,
-            &outer,
-            &f.outer,
-            d_inter,
-            None,
-            Some(&batch.sparse),
-            rows,
-            mo,
-            false,
-        );
+        self.stack_bwd(be, &outer, &f.outer, d_inter, None, Some(&batch.sparse), rows, mo, false);
 
         // library: l = exp(m + σ_l ε) → d log l = dl·l; KL_l
         let mut d_log_lib = be.zeros(rows);
         be.mul(&d_lib, &f.lib, &mut d_log_lib);
         let (mut d_m, mut d_lls) = (be.zeros(rows), be.zeros(rows));
         let mut kll = be.zeros(rows);
-        be.kl_library(
-            &f.l_mu,
-            &f.l_ls,
-            &batch.prior_mu,
-            &batch.prior_sig,
-            &mut kll,
-            Some((beta * scale, &mut d_m, &mut d_lls)),
-        );
+        be.kl_library(&f.l_mu, &f.l_ls, &batch.prior_mu, &batch.prior_sig, &mut kll, Some((beta * scale, &mut d_m, &mut d_lls)));
         be.reparam_bwd(&d_log_lib, &f.l_ls, &noise.eps_l, &mut d_m, &mut d_lls);
         let hl = &f.library.last().unwrap().out;
         let hldim = self.l_mu.k;
@@ -923,33 +724,13 @@ impl<B: Backend> Model<B> {
         for (lin, d) in [(self.l_mu, &d_m), (self.l_ls, &d_lls)] {
             let (mut dw, mut db) = (be.zeros(hldim), be.zeros(1));
             let mut t = be.zeros(rows * hldim);
-            be.linear_bwd(
-                hl,
-                self.val(lin.w),
-                d,
-                Some(&mut t),
-                &mut dw,
-                &mut db,
-                rows,
-                hldim,
-                1,
-            );
+            be.linear_bwd(hl, self.val(lin.w), d, Some(&mut t), &mut dw, &mut db, rows, hldim, 1);
             self.grads[lin.w] = dw;
             self.grads[lin.b] = db;
             be.axpy(1.0, &t, &mut d_hl);
         }
         let lib_blocks = self.library.clone();
-        self.stack_bwd(
-            be,
-            &lib_blocks,
-            &f.library,
-            d_hl,
-            None,
-            Some(&batch.sparse),
-            rows,
-            ml,
-            false,
-        );
+        self.stack_bwd(be, &lib_blocks, &f.library, d_hl, None, Some(&batch.sparse), rows, ml, false);
     }
 
     /// Adam on the parameters selected by `trainable` (all others keep their values and moments).

@@ -43,10 +43,7 @@ pub struct AnnData {
 }
 
 fn enc(ty: &str, ver: &str) -> [(&'static str, AttrValue); 2] {
-    [
-        ("encoding-type", AttrValue::String(ty.into())),
-        ("encoding-version", AttrValue::String(ver.into())),
-    ]
+    [("encoding-type", AttrValue::String(ty.into())), ("encoding-version", AttrValue::String(ver.into()))]
 }
 
 type GB = hdf5_pure::GroupBuilder;
@@ -76,11 +73,7 @@ fn write_values(g: &mut GB, name: &str, v: &Values) {
             let mut cg = g.create_group(name);
             set_enc(&mut cg, "categorical", "0.2.0");
             cg.set_attr("ordered", AttrValue::U8(0));
-            let codes: Vec<i32> = c
-                .codes
-                .iter()
-                .map(|x| x.map(|v| v as i32).unwrap_or(-1))
-                .collect();
+            let codes: Vec<i32> = c.codes.iter().map(|x| x.map(|v| v as i32).unwrap_or(-1)).collect();
             cg.create_dataset("codes").with_i32_data(&codes);
             write_strings(&mut cg, "categories", &c.categories);
             g.add_group(cg.finish());
@@ -102,14 +95,7 @@ fn dataframe(b: &mut FileBuilder, name: &str, index: &[String], cols: &[(String,
     set_enc(&mut g, "dataframe", "0.2.0");
     g.set_attr("_index", AttrValue::String("_index".into()));
     let order: Vec<String> = cols.iter().map(|c| c.0.clone()).collect();
-    g.set_attr(
-        "column-order",
-        if order.is_empty() {
-            AttrValue::F64Array(vec![])
-        } else {
-            AttrValue::StringArray(order)
-        },
-    );
+    g.set_attr("column-order", if order.is_empty() { AttrValue::F64Array(vec![]) } else { AttrValue::StringArray(order) });
     write_strings(&mut g, "_index", index);
     for (k, v) in cols {
         write_values(&mut g, k, v);
@@ -160,33 +146,21 @@ impl AnnData {
         if let Some(x) = &self.x
             && (x.n_rows != n || x.n_cols != g)
         {
-            return Err(format!(
-                "X is {} x {} but there are {n} obs and {g} var names",
-                x.n_rows, x.n_cols
-            ));
+            return Err(format!("X is {} x {} but there are {n} obs and {g} var names", x.n_rows, x.n_cols));
         }
         for (k, v) in &self.obs {
             if values_len(v) != n {
-                return Err(format!(
-                    "obs column '{k}' has {} values for {n} cells",
-                    values_len(v)
-                ));
+                return Err(format!("obs column '{k}' has {} values for {n} cells", values_len(v)));
             }
         }
         for (k, v) in &self.var {
             if values_len(v) != g {
-                return Err(format!(
-                    "var column '{k}' has {} values for {g} genes",
-                    values_len(v)
-                ));
+                return Err(format!("var column '{k}' has {} values for {g} genes", values_len(v)));
             }
         }
         for (k, c, v) in &self.obsm {
             if v.len() != n * c {
-                return Err(format!(
-                    "obsm '{k}' has {} values, expected {n} x {c}",
-                    v.len()
-                ));
+                return Err(format!("obsm '{k}' has {} values, expected {n} x {c}", v.len()));
             }
         }
         Ok(())
@@ -202,10 +176,7 @@ impl AnnData {
         if let Some(x) = &self.x {
             let mut g = b.create_group("X");
             set_enc(&mut g, "csr_matrix", "0.1.0");
-            g.set_attr(
-                "shape",
-                AttrValue::I64Array(vec![x.n_rows as i64, x.n_cols as i64]),
-            );
+            g.set_attr("shape", AttrValue::I64Array(vec![x.n_rows as i64, x.n_cols as i64]));
             g.create_dataset("data").with_f32_data(&x.data);
             let idx: Vec<i32> = x.indices.iter().map(|&i| i as i32).collect();
             g.create_dataset("indices").with_i32_data(&idx);
@@ -219,8 +190,7 @@ impl AnnData {
         set_enc(&mut obsm, "dict", "0.1.0");
         for (k, c, v) in &self.obsm {
             let d = obsm.create_dataset(k);
-            d.with_f32_data(v)
-                .with_shape(&[self.obs_names.len() as u64, *c as u64]);
+            d.with_f32_data(v).with_shape(&[self.obs_names.len() as u64, *c as u64]);
             array(d);
         }
         b.add_group(obsm.finish());
@@ -240,9 +210,7 @@ impl AnnData {
 
     /// Write atomically to `path`.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = self
-            .to_bytes()
-            .map_err(|m| Error::format(path, format!("cannot build .h5ad: {m}")))?;
+        let bytes = self.to_bytes().map_err(|m| Error::format(path, format!("cannot build .h5ad: {m}")))?;
         super::write_bytes_atomic(path, &bytes)
     }
 }

@@ -10,19 +10,13 @@ use std::path::{Path, PathBuf};
 
 /// The temporary sibling of `path` used while it is written.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
+    let name = path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
 /// Write a file atomically: `fill` writes into a buffered temporary file, which is renamed onto `path`
 /// only if everything succeeded; on error the temporary file is removed.
-pub fn write_atomic(
-    path: &Path,
-    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<()> {
+pub fn write_atomic(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     let tmp = temp_path(path);
     let res = (|| {
         let f = std::fs::File::create(&tmp)?;
@@ -46,25 +40,17 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Write a JSON value atomically (pretty-printed, newline-terminated).
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::write(path, std::io::Error::other(e)))?;
+    let mut s = serde_json::to_string_pretty(value).map_err(|e| Error::write(path, std::io::Error::other(e)))?;
     s.push('\n');
     write_bytes_atomic(path, s.as_bytes())
 }
 
 /// Write a TSV table atomically. Tabs and newlines inside fields are replaced by spaces.
-pub fn write_tsv(
-    path: &Path,
-    header: &[&str],
-    rows: impl IntoIterator<Item = Vec<String>>,
-) -> Result<()> {
+pub fn write_tsv(path: &Path, header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Result<()> {
     write_atomic(path, |w| {
         writeln!(w, "{}", header.join("\t"))?;
         for r in rows {
-            let clean: Vec<String> = r
-                .into_iter()
-                .map(|f| f.replace(['\t', '\n', '\r'], " "))
-                .collect();
+            let clean: Vec<String> = r.into_iter().map(|f| f.replace(['\t', '\n', '\r'], " ")).collect();
             writeln!(w, "{}", clean.join("\t"))?;
         }
         Ok(())

@@ -19,9 +19,7 @@ pub fn seurat_v3(counts: &Csr, batch: &[u32], n_batches: usize, n_top: usize) ->
     }
     let mut norm_vars: Vec<Vec<f64>> = Vec::with_capacity(n_batches);
     for b in 0..n_batches {
-        let rows: Vec<usize> = (0..counts.n_rows)
-            .filter(|&i| batch[i] as usize == b)
-            .collect();
+        let rows: Vec<usize> = (0..counts.n_rows).filter(|&i| batch[i] as usize == b).collect();
         if rows.len() < 2 {
             continue;
         }
@@ -39,22 +37,14 @@ pub fn seurat_v3(counts: &Csr, batch: &[u32], n_batches: usize, n_top: usize) ->
     }
     let mut key: Vec<(f64, usize, usize)> = (0..g)
         .map(|gene| {
-            let mut top: Vec<f64> = (0..nb)
-                .map(|b| ranks[b][gene])
-                .filter(|&r| r < n_top)
-                .map(|r| r as f64)
-                .collect();
+            let mut top: Vec<f64> = (0..nb).map(|b| ranks[b][gene]).filter(|&r| r < n_top).map(|r| r as f64).collect();
             let n_high = top.len();
             let median = if top.is_empty() {
                 f64::NAN
             } else {
                 top.sort_by(|a, b| a.partial_cmp(b).unwrap());
                 let m = top.len();
-                if m % 2 == 1 {
-                    top[m / 2]
-                } else {
-                    0.5 * (top[m / 2 - 1] + top[m / 2])
-                }
+                if m % 2 == 1 { top[m / 2] } else { 0.5 * (top[m / 2 - 1] + top[m / 2]) }
             };
             (median, n_high, gene)
         })
@@ -98,9 +88,7 @@ pub fn batch_normalized_variance(counts: &Csr, rows: &[usize]) -> Vec<f64> {
         }
     }
     let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-    let var: Vec<f64> = (0..g)
-        .map(|j| ((sq[j] - n * mean[j] * mean[j]) / (n - 1.0)).max(0.0))
-        .collect();
+    let var: Vec<f64> = (0..g).map(|j| ((sq[j] - n * mean[j] * mean[j]) / (n - 1.0)).max(0.0)).collect();
     let not_const: Vec<usize> = (0..g).filter(|&j| var[j] > 0.0).collect();
     let mut est = vec![0f64; g]; // log10 of the fitted variance; 0 (variance 1) for constant genes, as scanpy
     if !not_const.is_empty() {
@@ -124,12 +112,7 @@ pub fn batch_normalized_variance(counts: &Csr, rows: &[usize]) -> Vec<f64> {
             csq[c] += v * v;
         }
     }
-    (0..g)
-        .map(|j| {
-            (n * mean[j] * mean[j] + csq[j] - 2.0 * csum[j] * mean[j])
-                / ((n - 1.0) * reg_std[j] * reg_std[j])
-        })
-        .collect()
+    (0..g).map(|j| (n * mean[j] * mean[j] + csq[j] - 2.0 * csum[j] * mean[j]) / ((n - 1.0) * reg_std[j] * reg_std[j])).collect()
 }
 
 /// Loess with degree 2 and tricube weights over the `floor(span·n)` nearest points, evaluated at every x.
@@ -187,8 +170,7 @@ pub fn loess_quadratic(x: &[f64], y: &[f64], span: f64) -> Vec<f64> {
 fn solve3_intercept(s: &[f64; 5], t: &[f64; 3]) -> Option<f64> {
     let m = [[s[0], s[1], s[2]], [s[1], s[2], s[3]], [s[2], s[3], s[4]]];
     let det = |a: &[[f64; 3]; 3]| {
-        a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
-            - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+        a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
             + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
     };
     let d = det(&m);

@@ -71,15 +71,10 @@ impl PreprocessReport {
             ));
         }
         for (b, n) in &self.small_batches_dropped {
-            m.push(format!(
-                "{name}: dropped batch '{b}' with {n} cells (below min_batch_size)"
-            ));
+            m.push(format!("{name}: dropped batch '{b}' with {n} cells (below min_batch_size)"));
         }
         if let Some(h) = self.hvg_selected {
-            m.push(format!(
-                "{name}: kept {h} highly variable genes of {}",
-                self.genes_in
-            ));
+            m.push(format!("{name}: kept {h} highly variable genes of {}", self.genes_in));
         }
         if self.cells_below_min_genes > 0 {
             m.push(format!(
@@ -88,9 +83,7 @@ impl PreprocessReport {
             ));
         }
         for (t, n) in &self.rare_cell_types_removed {
-            m.push(format!(
-                "{name}: removed cell type '{t}' with {n} cells (not more than min_cell_type_size)"
-            ));
+            m.push(format!("{name}: removed cell type '{t}' with {n} cells (not more than min_cell_type_size)"));
         }
         m
     }
@@ -150,10 +143,7 @@ impl Prepared {
             .iter()
             .enumerate()
             .map(|(k, name)| {
-                let bs = (0..self.n_batches())
-                    .filter(|&b| n[k][b] > 3)
-                    .map(|b| self.batch_names[b].clone())
-                    .collect();
+                let bs = (0..self.n_batches()).filter(|&b| n[k][b] > 3).map(|b| self.batch_names[b].clone()).collect();
                 (name.clone(), bs)
             })
             .collect()
@@ -169,11 +159,7 @@ fn sorted_categorical(c: &Categorical) -> Categorical {
         remap[old] = new as u32;
     }
     Categorical {
-        codes: c
-            .codes
-            .iter()
-            .map(|x| x.map(|v| remap[v as usize]))
-            .collect(),
+        codes: c.codes.iter().map(|x| x.map(|v| remap[v as usize])).collect(),
         categories: order.iter().map(|&o| c.categories[o].clone()).collect(),
     }
 }
@@ -187,35 +173,18 @@ fn compact(c: &Categorical) -> Categorical {
         remap[old] = new as u32;
     }
     Categorical {
-        codes: c
-            .codes
-            .iter()
-            .map(|x| x.map(|v| remap[v as usize]))
-            .collect(),
+        codes: c.codes.iter().map(|x| x.map(|v| remap[v as usize])).collect(),
         categories: keep.iter().map(|&k| c.categories[k].clone()).collect(),
     }
 }
 
 /// Run the steps above on one dataset. `label_key` is required for the context and optional for the target.
-pub fn preprocess(
-    ds: &Dataset,
-    name: &str,
-    batch_key: &str,
-    label_key: Option<&str>,
-    cfg: &PreprocessConfig,
-) -> Result<Prepared> {
+pub fn preprocess(ds: &Dataset, name: &str, batch_key: &str, label_key: Option<&str>, cfg: &PreprocessConfig) -> Result<Prepared> {
     if !(0.0..1.0).contains(&cfg.min_non_zero_genes) {
-        return Err(Error::Config(format!(
-            "min_non_zero_genes must be in [0, 1), got {}",
-            cfg.min_non_zero_genes
-        )));
+        return Err(Error::Config(format!("min_non_zero_genes must be in [0, 1), got {}", cfg.min_non_zero_genes)));
     }
     let src = ds.source.display().to_string();
-    let mut report = PreprocessReport {
-        cells_in: ds.n_cells(),
-        genes_in: ds.n_genes(),
-        ..Default::default()
-    };
+    let mut report = PreprocessReport { cells_in: ds.n_cells(), genes_in: ds.n_genes(), ..Default::default() };
     // Resolve the keys first, so a typo fails before any work.
     let batch_col = ds.labels(batch_key)?;
     let label_col = match label_key {
@@ -227,25 +196,16 @@ pub fn preprocess(
     let lib = ds.counts.row_sums();
     let mut keep: Vec<usize> = (0..ds.n_cells()).filter(|&i| lib[i] > 0.0).collect();
     report.zero_count_cells_removed = ds.n_cells() - keep.len();
-    report.zero_count_cells_examples = (0..ds.n_cells())
-        .filter(|&i| lib[i] <= 0.0)
-        .take(10)
-        .map(|i| ds.cells[i].clone())
-        .collect();
+    report.zero_count_cells_examples = (0..ds.n_cells()).filter(|&i| lib[i] <= 0.0).take(10).map(|i| ds.cells[i].clone()).collect();
 
     // 2. batches
     let mut size = vec![0usize; batch_col.categories.len()];
     for &i in &keep {
         size[batch_col.codes[i].unwrap() as usize] += 1;
     }
-    let small: Vec<usize> = (0..size.len())
-        .filter(|&b| size[b] > 0 && size[b] < cfg.min_batch_size)
-        .collect();
+    let small: Vec<usize> = (0..size.len()).filter(|&b| size[b] > 0 && size[b] < cfg.min_batch_size).collect();
     if !small.is_empty() {
-        let list: Vec<String> = small
-            .iter()
-            .map(|&b| format!("'{}' ({} cells)", batch_col.categories[b], size[b]))
-            .collect();
+        let list: Vec<String> = small.iter().map(|&b| format!("'{}' ({} cells)", batch_col.categories[b], size[b])).collect();
         if !cfg.drop_small_batches {
             return Err(Error::Input(format!(
                 "{src}: batch {} in obs column '{batch_key}' has fewer than min_batch_size = {} cells; its library prior would be unreliable. Merge it with another batch, lower --min-batch-size, or pass --drop-small-batches to drop its cells",
@@ -254,17 +214,13 @@ pub fn preprocess(
             )));
         }
         for &b in &small {
-            report
-                .small_batches_dropped
-                .push((batch_col.categories[b].clone(), size[b]));
+            report.small_batches_dropped.push((batch_col.categories[b].clone(), size[b]));
             report.cells_in_small_batches += size[b];
         }
         keep.retain(|&i| !small.contains(&(batch_col.codes[i].unwrap() as usize)));
     }
     if keep.is_empty() {
-        return Err(Error::Input(format!(
-            "{src}: no cells left after removing zero-count cells and small batches"
-        )));
+        return Err(Error::Input(format!("{src}: no cells left after removing zero-count cells and small batches")));
     }
     let mut data = ds.select_cells(&keep);
     let batch_cat = sorted_categorical(&compact(&batch_col.select(&keep)));
@@ -276,10 +232,7 @@ pub fn preprocess(
     let log_lib: Vec<f64> = data.counts.row_sums().iter().map(|s| s.ln()).collect();
     let mut batch_prior = Vec::with_capacity(batch_names.len());
     for (b, bname) in batch_names.iter().enumerate() {
-        let v: Vec<f64> = (0..log_lib.len())
-            .filter(|&i| batch[i] as usize == b)
-            .map(|i| log_lib[i])
-            .collect();
+        let v: Vec<f64> = (0..log_lib.len()).filter(|&i| batch[i] as usize == b).map(|i| log_lib[i]).collect();
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         let var = v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / v.len() as f64;
         let std = var.sqrt();
@@ -291,14 +244,8 @@ pub fn preprocess(
         }
         batch_prior.push((mean, std));
     }
-    let mut library_log_mean: Vec<f32> = batch
-        .iter()
-        .map(|&b| batch_prior[b as usize].0 as f32)
-        .collect();
-    let mut library_log_std: Vec<f32> = batch
-        .iter()
-        .map(|&b| batch_prior[b as usize].1 as f32)
-        .collect();
+    let mut library_log_mean: Vec<f32> = batch.iter().map(|&b| batch_prior[b as usize].0 as f32).collect();
+    let mut library_log_std: Vec<f32> = batch.iter().map(|&b| batch_prior[b as usize].1 as f32).collect();
 
     // 4. highly variable genes
     if let Some(n_top) = cfg.n_top_genes {
@@ -314,9 +261,7 @@ pub fn preprocess(
     let min_genes = data.n_genes() as f64 * cfg.min_non_zero_genes;
     report.min_genes_threshold = min_genes;
     let n_expr = data.counts.row_nnz_positive();
-    let mut keep2: Vec<usize> = (0..data.n_cells())
-        .filter(|&i| n_expr[i] as f64 >= min_genes)
-        .collect();
+    let mut keep2: Vec<usize> = (0..data.n_cells()).filter(|&i| n_expr[i] as f64 >= min_genes).collect();
     report.cells_below_min_genes = data.n_cells() - keep2.len();
 
     // 6. rare cell types (counted after the cell filter)
@@ -325,21 +270,15 @@ pub fn preprocess(
         for &i in &keep2 {
             n[l.codes[i].unwrap() as usize] += 1;
         }
-        let rare: Vec<usize> = (0..n.len())
-            .filter(|&k| n[k] > 0 && n[k] <= cfg.min_cell_type_size)
-            .collect();
+        let rare: Vec<usize> = (0..n.len()).filter(|&k| n[k] > 0 && n[k] <= cfg.min_cell_type_size).collect();
         for &k in &rare {
-            report
-                .rare_cell_types_removed
-                .push((l.categories[k].clone(), n[k]));
+            report.rare_cell_types_removed.push((l.categories[k].clone(), n[k]));
             report.cells_in_rare_types += n[k];
         }
         keep2.retain(|&i| !rare.contains(&(l.codes[i].unwrap() as usize)));
     }
     if keep2.is_empty() {
-        return Err(Error::Input(format!(
-            "{src}: no cells left after filtering (see the filters above)"
-        )));
+        return Err(Error::Input(format!("{src}: no cells left after filtering (see the filters above)")));
     }
     if keep2.len() < data.n_cells() {
         data = data.select_cells(&keep2);
@@ -350,8 +289,7 @@ pub fn preprocess(
     }
     let n_genes = keep2.iter().map(|&i| n_expr[i]).collect();
     let labels = labels.map(|l| sorted_categorical(&compact(&l)));
-    let mean_prior =
-        library_log_mean.iter().map(|&x| x as f64).sum::<f64>() / library_log_mean.len() as f64;
+    let mean_prior = library_log_mean.iter().map(|&x| x as f64).sum::<f64>() / library_log_mean.len() as f64;
     // numpy rounds half to even.
     let lib_mu_add = (mean_prior * 1e5).round_ties_even() / 1e5;
     report.cells_out = data.n_cells();

@@ -12,34 +12,22 @@ pub fn bundled() -> PathBuf {
 /// `../shared/data/baron-pancreas` (or `$SCSPECIES_SHARED/data/baron-pancreas`). In CI (`CI` set) it
 /// must exist; elsewhere a test that needs it is skipped with a message saying so.
 pub fn shared_data(test: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("SCSPECIES_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let root =
+        std::env::var_os("SCSPECIES_SHARED").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
     let p = root.join("data/baron-pancreas");
     if p.is_dir() {
         return Some(p);
     }
     if std::env::var_os("CI").is_some() {
-        panic!(
-            "{test}: {} is missing, and CI must run this test on the real data",
-            p.display()
-        );
+        panic!("{test}: {} is missing, and CI must run this test on the real data", p.display());
     }
-    eprintln!(
-        "SKIPPED {test}: {} not found (set SCSPECIES_SHARED)",
-        p.display()
-    );
+    eprintln!("SKIPPED {test}: {} not found (set SCSPECIES_SHARED)", p.display());
     None
 }
 
 /// Decompress a shared `.h5ad.gz` once per test process into a temp folder.
 pub fn gunzip_to(src: &Path, dir: &Path) -> PathBuf {
-    let name = src
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .trim_end_matches(".gz")
-        .to_string();
+    let name = src.file_name().unwrap().to_string_lossy().trim_end_matches(".gz").to_string();
     let dst = dir.join(name);
     let mut d = flate2::read::GzDecoder::new(std::fs::File::open(src).unwrap());
     let mut out = std::fs::File::create(&dst).unwrap();
@@ -48,18 +36,9 @@ pub fn gunzip_to(src: &Path, dir: &Path) -> PathBuf {
 }
 
 /// A small cells x genes dataset in our folder format. `obs` columns are (name, values).
-pub fn write_folder(
-    dir: &Path,
-    dense: &[Vec<f64>],
-    genes: &[&str],
-    cells: &[&str],
-    obs: &[(&str, Vec<&str>)],
-) {
+pub fn write_folder(dir: &Path, dense: &[Vec<f64>], genes: &[&str], cells: &[&str], obs: &[(&str, Vec<&str>)]) {
     std::fs::create_dir_all(dir).unwrap();
-    let nnz: usize = dense
-        .iter()
-        .map(|r| r.iter().filter(|&&v| v != 0.0).count())
-        .sum();
+    let nnz: usize = dense.iter().map(|r| r.iter().filter(|&&v| v != 0.0).count()).sum();
     let mut m = String::from("%%MatrixMarket matrix coordinate real general\n");
     m += &format!("{} {} {}\n", dense.len(), genes.len(), nnz);
     for (i, r) in dense.iter().enumerate() {
@@ -70,11 +49,7 @@ pub fn write_folder(
         }
     }
     std::fs::write(dir.join("counts.mtx"), m).unwrap();
-    std::fs::write(
-        dir.join("genes.tsv"),
-        format!("gene\n{}\n", genes.join("\n")),
-    )
-    .unwrap();
+    std::fs::write(dir.join("genes.tsv"), format!("gene\n{}\n", genes.join("\n"))).unwrap();
     let mut c = String::from("barcode");
     for (k, _) in obs {
         c += &format!("\t{k}");
@@ -92,32 +67,19 @@ pub fn write_folder(
 
 pub fn gzip_file(src: &Path, dst: &Path) {
     let data = std::fs::read(src).unwrap();
-    let mut e = flate2::write::GzEncoder::new(
-        std::fs::File::create(dst).unwrap(),
-        flate2::Compression::default(),
-    );
+    let mut e = flate2::write::GzEncoder::new(std::fs::File::create(dst).unwrap(), flate2::Compression::default());
     e.write_all(&data).unwrap();
     e.finish().unwrap();
 }
 
 /// Dense counts, gene names, cell names, batches and labels.
-pub type Synthetic = (
-    Vec<Vec<f64>>,
-    Vec<String>,
-    Vec<String>,
-    Vec<String>,
-    Vec<String>,
-);
+pub type Synthetic = (Vec<Vec<f64>>, Vec<String>, Vec<String>, Vec<String>, Vec<String>);
 
 /// `n` cells in batches of `per_batch`, with labels cycling through `types`; counts from a simple formula.
 pub fn synthetic(n: usize, genes: usize, per_batch: usize, types: &[&str]) -> Synthetic {
     let mut dense = Vec::new();
     for i in 0..n {
-        dense.push(
-            (0..genes)
-                .map(|j| (((i * 7 + j * 13) % 11) as f64 - 5.0).max(0.0))
-                .collect(),
-        );
+        dense.push((0..genes).map(|j| (((i * 7 + j * 13) % 11) as f64 - 5.0).max(0.0)).collect());
     }
     let g = (0..genes).map(|j| format!("G{j}")).collect();
     let c = (0..n).map(|i| format!("cell{i}")).collect();

@@ -1,0 +1,265 @@
+//! Training (spec §6): minibatches of 128, floor(n/128) steps per epoch over a fresh permutation,
+//! β raised per epoch (f64), Adam on every parameter every step; and eval-mode representations.
+//!
+//! Randomness: every (epoch, purpose, step) gets its own ChaCha8 stream derived from the seed, and all
+//! noise is drawn on the host in a fixed order, so a CPU run is bit-for-bit reproducible for a seed and
+//! thread count (the kernels themselves are order-deterministic).
+
+use crate::data::Csr;
+use crate::engine::Backend;
+use crate::engine::ops::AdamConfig;
+use crate::error::{Error, Result};
+use crate::model::{Batch, Losses, Model, Noise};
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// splitmix64: decorrelates the derived seeds.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The RNG stream for one (purpose, epoch, step) of a run.
+pub fn stream(seed: u64, purpose: u64, epoch: u64, step: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(mix(mix(mix(seed) ^ purpose) ^ epoch.wrapping_mul(0x1000_0001)) ^ step)
+}
+
+pub const STREAM_PERMUTATION: u64 = 1;
+pub const STREAM_STEP: u64 = 2;
+
+/// A per-epoch linear schedule: the start value in epoch 0, +Δ after each epoch, capped (f64).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Schedule {
+    pub start: f64,
+    pub max: f64,
+    pub epochs_raise: usize,
+}
+
+impl Schedule {
+    /// The value during `epoch` (0-based), accumulated in f64 as the reference does.
+    pub fn at(&self, epoch: usize) -> f64 {
+        let delta = if self.epochs_raise == 0 { self.max - self.start } else { (self.max - self.start) / self.epochs_raise as f64 };
+        let mut v = self.start;
+        for _ in 0..epoch {
+            v = (v + delta).min(self.max);
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub beta: Schedule,
+    pub adam: AdamConfig,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// The paper's defaults: 60 epochs below 10,000 cells, else 30; β 0.1 → 1 over 10 epochs.
+    pub fn default_for(n_cells: usize, seed: u64) -> Self {
+        TrainConfig {
+            epochs: if n_cells < 10_000 { 60 } else { 30 },
+            batch_size: 128,
+            beta: Schedule { start: 0.1, max: 1.0, epochs_raise: 10 },
+            adam: AdamConfig::default(),
+            seed,
+        }
+    }
+}
+
+/// The cells a model trains on.
+pub struct TrainData<'a> {
+    pub counts: &'a Csr,
+    pub batch: &'a [u32],
+    pub prior_mu: &'a [f64],
+    pub prior_sig: &'a [f64],
+    pub n_batches: usize,
+}
+
+impl TrainData<'_> {
+    pub fn n_cells(&self) -> usize {
+        self.counts.n_rows
+    }
+
+    /// Upload the given cells as a minibatch.
+    pub fn batch<B: Backend>(&self, be: &B, rows: &[usize]) -> Batch<B> {
+        let mut indptr = Vec::with_capacity(rows.len() + 1);
+        let mut genes = Vec::new();
+        let mut vals = Vec::new();
+        indptr.push(0);
+        for &r in rows {
+            let (i, v) = self.counts.row(r);
+            genes.extend_from_slice(i);
+            vals.extend_from_slice(v);
+            indptr.push(genes.len());
+        }
+        let batch: Vec<u32> = rows.iter().map(|&r| self.batch[r]).collect();
+        let pm: Vec<f64> = rows.iter().map(|&r| self.prior_mu[r]).collect();
+        let ps: Vec<f64> = rows.iter().map(|&r| self.prior_sig[r]).collect();
+        Batch::new(be, self.counts.n_cols, self.n_batches, &indptr, &genes, &vals, batch, &pm, &ps)
+    }
+}
+
+/// Per-epoch means, as the reference's progress bar reports them.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochStats {
+    pub epoch: usize,
+    pub beta: f64,
+    pub nelbo: f64,
+    pub nll: f64,
+    pub kl_z: f64,
+    pub kl_l: f64,
+    pub ms_per_step: f64,
+}
+
+/// What the progress callback sees after each step.
+pub struct Progress<'a> {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub step: usize,
+    pub steps: usize,
+    pub ms_per_step: f64,
+    /// Running means over the last 100 steps: nELBO, NLL, β·KL_z, β·KL_l.
+    pub running: [f64; 4],
+    pub finished_epoch: Option<&'a EpochStats>,
+}
+
+/// A fresh permutation of 0..n for an epoch (Fisher–Yates).
+pub fn permutation(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    use rand::RngExt;
+    let mut rng = stream(seed, STREAM_PERMUTATION, epoch as u64, 0);
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.random_range(0..=i);
+        p.swap(i, j);
+    }
+    p
+}
+
+/// Which loss term is not finite, if any.
+fn non_finite(l: &Losses) -> Option<&'static str> {
+    [("NLL", l.nll), ("KL_z", l.kl_z), ("KL_l", l.kl_l), ("alignment", l.align)].into_iter().find(|(_, v)| !v.is_finite()).map(|(k, _)| k)
+}
+
+/// Train every parameter of a context model (spec §6.2).
+pub fn train_context<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    data: &TrainData,
+    cfg: &TrainConfig,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Vec<EpochStats>> {
+    let n = data.n_cells();
+    if n == 0 {
+        return Err(Error::Input("no cells to train on".into()));
+    }
+    let bs = cfg.batch_size.min(n);
+    let steps = (n / bs).max(1);
+    let mut history = Vec::with_capacity(cfg.epochs);
+    let mut window: std::collections::VecDeque<[f64; 4]> = std::collections::VecDeque::with_capacity(100);
+    for epoch in 0..cfg.epochs {
+        let beta = cfg.beta.at(epoch);
+        let perm = permutation(n, cfg.seed, epoch);
+        let t0 = std::time::Instant::now();
+        let mut sums = [0f64; 4];
+        for step in 0..steps {
+            let rows = &perm[step * bs..(step + 1) * bs];
+            let batch = data.batch(be, rows);
+            let mut rng = stream(cfg.seed, STREAM_STEP, epoch as u64, step as u64);
+            let noise = Noise::sample(be, model, rows.len(), true, &mut rng);
+            let f = model.forward_with(be, &batch, &noise, true);
+            let l = model.losses(be, &f, None);
+            if let Some(term) = non_finite(&l) {
+                return Err(Error::Input(format!(
+                    "training diverged: the {term} term is not finite at epoch {} step {} (of {steps}); nothing was saved. Try another --seed or check the input counts",
+                    epoch + 1,
+                    step + 1
+                )));
+            }
+            model.backward(be, &batch, &noise, &f, beta, None);
+            model.adam_step(be, &cfg.adam, |_| true);
+            let vals = [l.total(beta, 0.0), l.nll, beta * l.kl_z, beta * l.kl_l];
+            for k in 0..4 {
+                sums[k] += [l.total(beta, 0.0), l.nll, l.kl_z, l.kl_l][k];
+            }
+            if window.len() == 100 {
+                window.pop_front();
+            }
+            window.push_back(vals);
+            let mut running = [0f64; 4];
+            for w in &window {
+                for k in 0..4 {
+                    running[k] += w[k] / window.len() as f64;
+                }
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1000.0 / (step + 1) as f64;
+            let done = step + 1 == steps;
+            if done {
+                let st = steps as f64;
+                history.push(EpochStats {
+                    epoch: epoch + 1,
+                    beta,
+                    nelbo: sums[0] / st,
+                    nll: sums[1] / st,
+                    kl_z: sums[2] / st,
+                    kl_l: sums[3] / st,
+                    ms_per_step: ms,
+                });
+            }
+            progress(&Progress {
+                epoch,
+                epochs: cfg.epochs,
+                step,
+                steps,
+                ms_per_step: ms,
+                running,
+                finished_epoch: if done { history.last() } else { None },
+            });
+        }
+    }
+    Ok(history)
+}
+
+/// Eval-mode representations of every cell (spec §7): z mean and σ, the intermediate space, library
+/// mean and σ. Row-major, f32.
+#[derive(Debug, Clone)]
+pub struct Representation {
+    pub latent: usize,
+    pub inter_dim: usize,
+    pub z_mu: Vec<f32>,
+    pub z_sig: Vec<f32>,
+    pub inter: Vec<f32>,
+    pub l_mu: Vec<f32>,
+    pub l_sig: Vec<f32>,
+}
+
+pub fn represent<B: Backend>(be: &B, model: &Model<B>, data: &TrainData, chunk: usize) -> Representation {
+    let n = data.n_cells();
+    let (l, d) = (model.cfg.latent, model.cfg.inter_dim());
+    let mut r = Representation {
+        latent: l,
+        inter_dim: d,
+        z_mu: Vec::with_capacity(n * l),
+        z_sig: Vec::with_capacity(n * l),
+        inter: Vec::with_capacity(n * d),
+        l_mu: Vec::with_capacity(n),
+        l_sig: Vec::with_capacity(n),
+    };
+    let rows: Vec<usize> = (0..n).collect();
+    for c in rows.chunks(chunk.max(1)) {
+        let batch = data.batch(be, c);
+        let e = model.encode(be, &batch);
+        let f32s = |b: &B::Buf| be.download(b).into_iter().map(|x| x as f32);
+        r.z_mu.extend(f32s(&e.z_mu));
+        r.z_sig.extend(f32s(&e.z_ls).map(|x| x.exp()));
+        r.inter.extend(f32s(&e.inter));
+        r.l_mu.extend(f32s(&e.l_mu));
+        r.l_sig.extend(f32s(&e.l_ls).map(|x| x.exp()));
+    }
+    r
+}
