@@ -75,6 +75,24 @@ pub fn prepare(inputs: &Inputs, cfg: &PreprocessConfig, log: &mut dyn FnMut(&str
     Ok(PreparedPair { context, target, homology, timings })
 }
 
+/// Inputs for a folder laid out like the bundled demo data (`mouse/`, `human/`, `homology.tsv`, with
+/// `batch` and `cell_type` columns).
+pub fn demo_like_inputs(dir: &Path) -> Inputs {
+    Inputs {
+        context: dir.join("mouse"),
+        target: dir.join("human"),
+        context_batch_key: "batch".into(),
+        context_label_key: "cell_type".into(),
+        target_batch_key: "batch".into(),
+        target_label_key: Some("cell_type".into()),
+        homology: Some(dir.join("homology.tsv")),
+        context_name: "mouse".into(),
+        target_name: "human".into(),
+        context_layer: None,
+        target_layer: None,
+    }
+}
+
 /// Read a dataset and check that the keys exist, for `inspect`.
 pub fn read_checked(path: &Path, layer: Option<&str>, keys: &[Option<&str>]) -> Result<Dataset> {
     let ds = read_dataset_layer(path, layer)?;

@@ -219,19 +219,7 @@ pub fn demo_inputs(data: Option<&Path>) -> Result<Inputs> {
     if !dir.is_dir() {
         return Err(Error::io(&dir, std::io::Error::new(std::io::ErrorKind::NotFound, "demo data folder not found (pass --data)")));
     }
-    Ok(Inputs {
-        context: dir.join("mouse"),
-        target: dir.join("human"),
-        context_batch_key: "batch".into(),
-        context_label_key: "cell_type".into(),
-        target_batch_key: "batch".into(),
-        target_label_key: Some("cell_type".into()),
-        homology: Some(dir.join("homology.tsv")),
-        context_name: "mouse".into(),
-        target_name: "human".into(),
-        context_layer: None,
-        target_layer: None,
-    })
+    Ok(crate::pipeline::demo_like_inputs(&dir))
 }
 
 /// A spinner on stderr for long work (hidden when quiet or when stderr is not a terminal) and a log

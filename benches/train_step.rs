@@ -1,0 +1,48 @@
+//! One context training step at batch 128 on the Baron mouse shape (1,855 cells x 14,860 genes,
+//! 2 batches, 11,312 homologous genes), split into its parts. `cargo bench --bench train_step`.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use scspecies::engine::Cpu;
+use scspecies::model::{Model, ModelConfig, Noise};
+use scspecies::pipeline::{context_data, demo_like_inputs, prepare};
+use scspecies::preprocess::PreprocessConfig;
+use scspecies::train::{TrainData, stream};
+use std::hint::black_box;
+use std::path::Path;
+
+fn train_step(c: &mut Criterion) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/baron-pancreas");
+    let pair = prepare(&demo_like_inputs(&dir), &PreprocessConfig::default(), &mut |_| {}).unwrap();
+    let ctx = &pair.context;
+    let be = Cpu::<f32>::new();
+    let mut hom = pair.homology.context.clone();
+    hom.sort_unstable();
+    let cfg = ModelConfig::scspecies(ctx.data.n_genes(), ctx.n_batches(), hom, ctx.lib_mu_add);
+    let mut model = Model::new(&be, cfg, &mut stream(1, 0, 0, 0));
+    let (pm, ps) = context_data(ctx);
+    let data = TrainData { counts: &ctx.data.counts, batch: &ctx.batch, prior_mu: &pm, prior_sig: &ps, n_batches: ctx.n_batches() };
+    let rows: Vec<usize> = (0..128).map(|i| i * 13 % ctx.n_cells()).collect();
+    let batch = data.batch(&be, &rows);
+    let noise = Noise::sample(&be, &model, 128, true, &mut stream(1, 2, 0, 0));
+    let adam = Default::default();
+    let mut g = c.benchmark_group("context_step_b128_baron_mouse");
+    g.sample_size(10);
+    g.bench_function("upload_batch", |b| b.iter(|| black_box(data.batch(&be, &rows))));
+    g.bench_function("forward_with_likelihood_grads", |b| b.iter(|| black_box(model.forward_with(&be, &batch, &noise, true))));
+    let f = model.forward_with(&be, &batch, &noise, true);
+    g.bench_function("backward", |b| b.iter(|| model.backward(&be, &batch, &noise, &f, 0.5, None)));
+    g.bench_function("adam_all_parameters", |b| b.iter(|| model.adam_step(&be, &adam, |_| true)));
+    g.bench_function("full_step", |b| {
+        b.iter(|| {
+            let batch = data.batch(&be, &rows);
+            let noise = Noise::sample(&be, &model, 128, true, &mut stream(1, 2, 0, 0));
+            let f = model.forward_with(&be, &batch, &noise, true);
+            model.backward(&be, &batch, &noise, &f, 0.5, None);
+            model.adam_step(&be, &adam, |_| true);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, train_step);
+criterion_main!(benches);
