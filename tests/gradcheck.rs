@@ -143,7 +143,7 @@ fn relu_dropout() {
 
 fn split_softmax_case(rows: usize, n: usize, seed: u64) {
     let r: Vec<f64> = vals(rows * n, seed).iter().map(|v| v * 4.0).collect();
-    let group: Vec<u8> = (0..n).map(|g| ((g * 7 + seed as usize) % 3 == 0) as u8).collect();
+    let group: Vec<u8> = (0..n).map(|g| (g * 7 + seed as usize).is_multiple_of(3) as u8).collect();
     let nh = group.iter().filter(|&&g| g == 0).count() as f64;
     let w = [nh / n as f64, 1.0 - nh / n as f64];
     let proj = vals(rows * n, seed + 1);
@@ -178,6 +178,9 @@ fn richardson(f: &dyn Fn(f64) -> f64, at: f64, h: f64) -> f64 {
     (4.0 * d(h / 2.0) - d(h)) / 3.0
 }
 
+/// (name, analytic derivative, point, function of that coordinate)
+type Check<'a> = (&'static str, f64, f64, &'a dyn Fn(f64) -> f64);
+
 /// ZINB/NB gradients at the edges named by the issue.
 #[test]
 fn likelihood_edge_values() {
@@ -195,7 +198,7 @@ fn likelihood_edge_values() {
                         let z = zinb(x, t, r, l, s);
                         // A relative step: θ and ρ sit right above their clamps.
                         let rel = |v: f64| 1e-4 * v.abs();
-                        let checks: [(&str, f64, f64, &dyn Fn(f64) -> f64); 4] = [
+                        let checks: [Check; 4] = [
                             ("theta", z.d_theta, t, &|v| zinb(x, v, r, l, s).ll),
                             ("rho", z.d_rho, r, &|v| zinb(x, t, v, l, s).ll),
                             ("lib", z.d_lib, l, &|v| zinb(x, t, r, v, s).ll),
@@ -211,7 +214,7 @@ fn likelihood_edge_values() {
                             );
                         }
                         let b = nb(x, t, r, l);
-                        let checks: [(&str, f64, f64, &dyn Fn(f64) -> f64); 3] = [
+                        let checks: [Check; 3] = [
                             ("theta", b.d_theta, t, &|v| nb(x, v, r, l).ll),
                             ("rho", b.d_rho, r, &|v| nb(x, t, v, l).ll),
                             ("lib", b.d_lib, l, &|v| nb(x, t, r, v).ll),

@@ -5,6 +5,10 @@
 use super::likelihood::Distribution;
 use super::ops::AdamConfig;
 
+/// Where the likelihood writes its gradients: ρ, θ, logit (ZINB) [B×N] and library [B].
+pub type LikGradsMut<'a, B> =
+    (&'a mut <B as Backend>::Buf, &'a mut <B as Backend>::Buf, Option<&'a mut <B as Backend>::Buf>, &'a mut <B as Backend>::Buf);
+
 pub trait Backend: Send + Sync {
     /// A device buffer of the backend's float type.
     type Buf: Send + Sync;
@@ -90,7 +94,7 @@ pub trait Backend: Send + Sync {
         n: usize,
         scale: f64,
         nll: &mut Self::Buf,
-        grads: Option<(&mut Self::Buf, &mut Self::Buf, Option<&mut Self::Buf>, &mut Self::Buf)>,
+        grads: Option<LikGradsMut<'_, Self>>,
     );
 
     // latent terms

@@ -1,7 +1,7 @@
 //! The CPU backend: rayon + matrixmultiply, generic over the float type (f32 for work, f64 for checks).
 
 use super::Real;
-use super::backend::Backend;
+use super::backend::{Backend, LikGradsMut};
 use super::likelihood::Distribution;
 use super::ops::{self, AdamConfig, LikelihoodGrads, SparseBatch};
 use std::marker::PhantomData;
@@ -121,7 +121,7 @@ impl<F: Real> Backend for Cpu<F> {
         n: usize,
         scale: f64,
         nll: &mut Vec<F>,
-        grads: Option<(&mut Vec<F>, &mut Vec<F>, Option<&mut Vec<F>>, &mut Vec<F>)>,
+        grads: Option<LikGradsMut<'_, Self>>,
     ) {
         let g = grads.map(|(d_rho, d_theta, d_logit, d_lib)| LikelihoodGrads {
             d_rho: d_rho.as_mut_slice(),

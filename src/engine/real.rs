@@ -4,6 +4,9 @@ use num_traits::Float;
 
 pub trait Real: Float + Send + Sync + Default + std::fmt::Debug + std::iter::Sum + 'static {
     /// C = alpha·A·B + beta·C with arbitrary strides (matrixmultiply).
+    ///
+    /// # Safety
+    /// The pointers with their strides must address valid m×k, k×n and m×n matrices.
     #[allow(clippy::too_many_arguments)]
     unsafe fn gemm(
         m: usize,

@@ -1,11 +1,13 @@
 //! The scVI-style conditional VAE of scSpecies (spec §2), written once against the [`Backend`] interface.
 //!
 //! Block = Linear → LayerNorm → ReLU → Dropout. Modules, with N genes, S batches:
+//!
 //! - outer encoder: [N+S → 300] on raw counts + batch one-hot (sparse input); its output is `inter`;
 //! - inner encoder: [300 → 200] + heads μ_z, logσ_z (10-d), no batch input;
 //! - library encoder: [N+S → 200] + heads m (+ `lib_mu_add`), logσ_l;
 //! - decoder: [10+S → 200 → 300] + heads ρ-logits (split softmax over homologous / other genes) and
 //!   non-dropout logits (ZINB), dispersion θ = exp(log_alpha[batch]).
+//!
 //! Weights are stored input-major (PyTorch's `weight` transposed) so the sparse input layer reads and
 //! writes whole rows; files use PyTorch's layout and names.
 
@@ -694,26 +696,26 @@ impl<B: Backend> Model<B> {
         let mut d_inter = self.stack_bwd(be, &inner, &f.inner, d_hi, Some(inter), None, rows, mi, true).unwrap();
 
         // alignment of the intermediate space: η·2(h − c)/|S| on the aligned rows
-        if let Some(t) = align {
-            if !t.rows.is_empty() {
-                let d = self.cfg.inter_dim();
-                let h = be.download(inter);
-                let mut g = vec![0f64; rows * d];
-                let c = t.eta * 2.0 / t.rows.len() as f64;
-                for (k, &r) in t.rows.iter().enumerate() {
-                    for j in 0..d {
-                        g[r * d + j] = c * (h[r * d + j] - t.targets[k][j]);
-                    }
+        if let Some(t) = align
+            && !t.rows.is_empty()
+        {
+            let d = self.cfg.inter_dim();
+            let h = be.download(inter);
+            let mut g = vec![0f64; rows * d];
+            let c = t.eta * 2.0 / t.rows.len() as f64;
+            for (k, &r) in t.rows.iter().enumerate() {
+                for j in 0..d {
+                    g[r * d + j] = c * (h[r * d + j] - t.targets[k][j]);
                 }
-                be.axpy(1.0, &be.upload(&g), &mut d_inter);
             }
+            be.axpy(1.0, &be.upload(&g), &mut d_inter);
         }
         let outer = self.outer.clone();
         self.stack_bwd(be, &outer, &f.outer, d_inter, None, Some(&batch.sparse), rows, mo, false);
 
         // library: l = exp(m + σ_l ε) → d log l = dl·l; KL_l
         let mut d_log_lib = be.zeros(rows);
-        be.mul(&d_lib, &f.lib, &mut d_log_lib);
+        be.mul(d_lib, &f.lib, &mut d_log_lib);
         let (mut d_m, mut d_lls) = (be.zeros(rows), be.zeros(rows));
         let mut kll = be.zeros(rows);
         be.kl_library(&f.l_mu, &f.l_ls, &batch.prior_mu, &batch.prior_sig, &mut kll, Some((beta * scale, &mut d_m, &mut d_lls)));
