@@ -1,8 +1,10 @@
 //! scspecies: cross-species alignment of single-cell RNA-seq data.
 //!
-//! The pipeline, one module per stage: [`data`] in, [`preprocess`], [`homology`], then (later)
-//! model, training, alignment and analysis, and [`out`] for the files we write.
+//! The pipeline, one module per stage: [`data`] in, [`preprocess`], [`homology`], the numerical
+//! [`engine`], the [`model`], [`train`]ing, [`align`]ment and [`transfer`] of labels, and [`out`] for
+//! the files we write. [`pipeline`] strings them together; `cli` is the command line.
 
+pub mod align;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod data;
