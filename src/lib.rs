@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod summary;
 pub mod train;
+pub mod transfer;
 
 pub use error::{Error, Result};
 

@@ -51,7 +51,9 @@ pub fn prepare(inputs: &Inputs, cfg: &PreprocessConfig, log: &mut dyn FnMut(&str
 
     let t = Instant::now();
     let context = preprocess(&ctx, &inputs.context_name, &inputs.context_batch_key, Some(&inputs.context_label_key), cfg)?;
-    let target = preprocess(&tgt, &inputs.target_name, &inputs.target_batch_key, inputs.target_label_key.as_deref(), cfg)?;
+    // The target's labels are for evaluation only: they must not decide which target cells are kept.
+    let target_cfg = PreprocessConfig { min_cell_type_size: 0, ..cfg.clone() };
+    let target = preprocess(&tgt, &inputs.target_name, &inputs.target_batch_key, inputs.target_label_key.as_deref(), &target_cfg)?;
     for p in [&context, &target] {
         for m in p.report.messages(&p.name) {
             log(&m);
@@ -152,4 +154,122 @@ pub fn pretrain<B: crate::engine::Backend>(
         training: serde_json::json!({ "config": tcfg, "history": history, "backend": be.name(), "train_seconds": train_seconds }),
     };
     Ok(ContextRun { model, history, repr, meta, train_seconds })
+}
+
+/// Everything after pre-training: the data-level kNN and agreement, the aligned target model, its
+/// representations and the transferred labels.
+pub struct AlignRun<B: crate::engine::Backend> {
+    pub knn: Vec<u32>,
+    pub knn_stored: usize,
+    /// Data-level kNN label (context label index) and agreement count per target cell.
+    pub knn_label: Vec<u32>,
+    pub agreement: Vec<u32>,
+    pub top_percent: Vec<f64>,
+    pub aligned: Vec<bool>,
+    pub model: crate::model::Model<B>,
+    pub history: Vec<crate::align::AlignEpoch>,
+    pub repr: crate::train::Representation,
+    pub transfer: crate::transfer::Transfer,
+    pub meta: crate::model::io::ModelFile,
+    /// (phase, seconds)
+    pub timings: Vec<(String, f64)>,
+}
+
+/// Context label codes (sorted categories) of the prepared context.
+pub fn context_label_codes(p: &Prepared) -> Result<(Vec<u32>, Vec<String>)> {
+    let l = p.labels.as_ref().ok_or_else(|| Error::Input("the context needs cell-type labels".into()))?;
+    Ok((l.codes.iter().map(|c| c.unwrap()).collect(), l.categories.clone()))
+}
+
+/// Data-level kNN, target fine-tuning against the context model, representations and label transfer.
+pub fn align_and_transfer<B: crate::engine::Backend>(
+    be: &B,
+    pair: &PreparedPair,
+    ctx_model: &crate::model::Model<B>,
+    ctx_repr: &crate::train::Representation,
+    acfg: &crate::align::AlignConfig,
+    tcfg: &crate::transfer::TransferConfig,
+    trained_target: Option<(crate::model::Model<B>, crate::model::io::ModelFile)>,
+    progress: &mut dyn FnMut(&crate::train::Progress),
+    log: &mut dyn FnMut(&str),
+) -> Result<AlignRun<B>> {
+    use crate::align::{agreement, knn::cosine_knn, train_target};
+    use crate::model::{Model, ModelConfig, io::ModelFile};
+    let (ctx, tgt) = (&pair.context, &pair.target);
+    let (ctx_labels, label_names) = context_label_codes(ctx)?;
+    let mut timings = Vec::new();
+    if tgt.n_cells() < acfg.k {
+        log(&format!("warning: the target has only {} cells, fewer than k = {}", tgt.n_cells(), acfg.k));
+    }
+    let t = Instant::now();
+    let stored = 250.min(ctx.n_cells());
+    let (knn, _) = cosine_knn(&ctx.data.counts, &pair.homology.context, &tgt.data.counts, &pair.homology.target, stored);
+    let (knn_label, agreement) = agreement::predict(&knn, stored, 25, &ctx_labels, label_names.len());
+    let top_percent = agreement::top_percent(&knn_label, &agreement, label_names.len());
+    let aligned = agreement::aligned(&top_percent, acfg.top_percent);
+    timings.push(("data_knn".to_string(), t.elapsed().as_secs_f64()));
+    log(&format!(
+        "data-level kNN: {} neighbours per target cell on {} homologous genes; {} of {} target cells selected for alignment (top {} %)",
+        stored,
+        pair.homology.len(),
+        aligned.iter().filter(|&&a| a).count(),
+        tgt.n_cells(),
+        acfg.top_percent
+    ));
+
+    let mut hom = pair.homology.target.clone();
+    hom.sort_unstable();
+    let mut cfg = ModelConfig::scspecies(tgt.data.n_genes(), tgt.n_batches(), hom, tgt.lib_mu_add);
+    cfg.inner_dims = ctx_model.cfg.inner_dims.clone();
+    cfg.outer_dims = ctx_model.cfg.outer_dims.clone();
+    cfg.latent = ctx_model.cfg.latent;
+    let trained = trained_target.is_some();
+    let (mut model, saved_meta) = match trained_target {
+        Some((m, meta)) => (m, Some(meta)),
+        None => {
+            let mut rng = crate::train::stream(acfg.seed, 0, 1, 0);
+            let mut m = Model::new(be, cfg.clone(), &mut rng);
+            m.copy_params_from(be, ctx_model, "inner.");
+            (m, None)
+        }
+    };
+    let (pm, ps) = context_data(tgt);
+    let data =
+        crate::train::TrainData { counts: &tgt.data.counts, batch: &tgt.batch, prior_mu: &pm, prior_sig: &ps, n_batches: tgt.n_batches() };
+    let t = Instant::now();
+    let history = if trained { Vec::new() } else { train_target(be, &mut model, &data, ctx_repr, &knn, stored, &aligned, acfg, progress)? };
+    timings.push(("align".to_string(), t.elapsed().as_secs_f64()));
+    let t = Instant::now();
+    let repr = crate::train::represent(be, &model, &data, 1024);
+    let transfer = crate::transfer::transfer(be, &model, &data, &repr, ctx_repr, &ctx_labels, label_names.len(), tcfg);
+    timings.push(("transfer".to_string(), t.elapsed().as_secs_f64()));
+    let meta = saved_meta.unwrap_or_else(|| ModelFile {
+        format: "scspecies".into(),
+        format_version: crate::model::io::FORMAT_VERSION,
+        scspecies_version: env!("CARGO_PKG_VERSION").into(),
+        model: cfg,
+        genes: tgt.data.genes.clone(),
+        batches: tgt.batch_names.clone(),
+        homologous_names: pair.homology.names.clone(),
+        labels: label_names,
+        training: serde_json::json!({ "config": acfg, "history": history, "backend": be.name() }),
+    });
+    Ok(AlignRun { knn, knn_stored: stored, knn_label, agreement, top_percent, aligned, model, history, repr, transfer, meta, timings })
+}
+
+/// Balanced accuracy (mean recall over the true classes that exist in the context) and per-type recall.
+/// `truth` holds target label names; `pred` context label indices into `names`.
+pub fn balanced_accuracy(truth: &[&str], pred: &[u32], names: &[String]) -> (f64, Vec<(String, usize, f64)>) {
+    let mut per = Vec::new();
+    let mut types: Vec<&str> = truth.to_vec();
+    types.sort_unstable();
+    types.dedup();
+    for t in types {
+        let Some(ci) = names.iter().position(|n| n == t) else { continue };
+        let cells: Vec<usize> = (0..truth.len()).filter(|&i| truth[i] == t).collect();
+        let hit = cells.iter().filter(|&&i| pred[i] as usize == ci).count();
+        per.push((t.to_string(), cells.len(), hit as f64 / cells.len() as f64));
+    }
+    let bas = if per.is_empty() { f64::NAN } else { per.iter().map(|p| p.2).sum::<f64>() / per.len() as f64 };
+    (bas, per)
 }

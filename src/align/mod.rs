@@ -2,4 +2,184 @@
 //! ranking that selects the cells to align, and the target fine-tuning with argmax-likelihood candidates.
 
 pub mod agreement;
+pub mod candidates;
 pub mod knn;
+
+use crate::data::Csr;
+use crate::engine::Backend;
+use crate::error::{Error, Result};
+use crate::model::{InterTarget, Model, Noise};
+use crate::train::{EpochStats, Progress, Representation, Schedule, TrainData, permutation, stream};
+use candidates::{Query, choose};
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+
+/// Target fine-tuning settings (spec §6.3, decisions.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlignConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub beta: Schedule,
+    pub eta: Schedule,
+    /// Context neighbours considered per aligned cell.
+    pub k: usize,
+    /// Align the top p % of each predicted label by agreement.
+    pub top_percent: f64,
+    pub adam: crate::engine::ops::AdamConfig,
+    pub seed: u64,
+    /// Dropout in the frozen inner encoder (the package's behaviour); off by default (the publication's).
+    pub inner_dropout: bool,
+    /// Decode candidates with decoder dropout (the reference's train mode).
+    pub candidate_dropout: bool,
+}
+
+impl AlignConfig {
+    /// The paper's defaults: 60 epochs below 10,000 target cells (else 30), k = 25, p = 50 below 10,000
+    /// cells (else 20), β 0.1 → 1 and η 10 → 25 over 10 epochs.
+    pub fn default_for(n_target: usize, seed: u64) -> Self {
+        let small = n_target < 10_000;
+        AlignConfig {
+            epochs: if small { 60 } else { 30 },
+            batch_size: 128,
+            beta: Schedule { start: 0.1, max: 1.0, epochs_raise: 10 },
+            eta: Schedule { start: 10.0, max: 25.0, epochs_raise: 10 },
+            k: 25,
+            top_percent: if small { 50.0 } else { 20.0 },
+            adam: Default::default(),
+            seed,
+            inner_dropout: false,
+            candidate_dropout: true,
+        }
+    }
+}
+
+/// Per-epoch means of target training.
+#[derive(Debug, Clone, Serialize)]
+pub struct AlignEpoch {
+    pub stats: EpochStats,
+    pub eta: f64,
+    pub align: f64,
+    pub aligned_per_step: f64,
+}
+
+const STREAM_ALIGN_FALLBACK: u64 = 3;
+
+/// Fine-tune a target model whose inner encoder is the (frozen) context one, aligning the intermediate
+/// space of the selected cells to their best context candidates.
+#[allow(clippy::too_many_arguments)]
+pub fn train_target<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    data: &TrainData,
+    ctx: &Representation,
+    knn: &[u32],
+    knn_stored: usize,
+    aligned: &[bool],
+    cfg: &AlignConfig,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Vec<AlignEpoch>> {
+    let n = data.n_cells();
+    let k = cfg.k.min(knn_stored);
+    if n == 0 {
+        return Err(Error::Input("no target cells to train on".into()));
+    }
+    let bs = cfg.batch_size.min(n);
+    let steps = (n / bs).max(1);
+    let d = model.cfg.inter_dim();
+    let mut history = Vec::new();
+    for epoch in 0..cfg.epochs {
+        let (beta, eta) = (cfg.beta.at(epoch), cfg.eta.at(epoch));
+        let perm = permutation(n, cfg.seed, epoch);
+        let t0 = std::time::Instant::now();
+        let mut sums = [0f64; 6];
+        for step in 0..steps {
+            let rows = &perm[step * bs..(step + 1) * bs];
+            let batch = data.batch(be, rows);
+            let mut rng = stream(cfg.seed, crate::train::STREAM_STEP, epoch as u64, step as u64);
+            let noise = Noise::sample_modes(be, model, rows.len(), true, cfg.inner_dropout, &mut rng);
+            let f = model.forward_with(be, &batch, &noise, true);
+            // Aligned cells of this minibatch; if none, one random cell (the reference's fallback).
+            let mut sel: Vec<usize> = (0..rows.len()).filter(|&i| aligned[rows[i]]).collect();
+            if sel.is_empty() {
+                let mut r = stream(cfg.seed, STREAM_ALIGN_FALLBACK, epoch as u64, step as u64);
+                sel.push(r.random_range(0..rows.len()));
+            }
+            let lib = be.download(&f.lib);
+            let queries: Vec<Query> = sel
+                .iter()
+                .map(|&i| Query {
+                    cell: rows[i],
+                    batch: data.batch[rows[i]],
+                    lib: lib[i],
+                    neighbours: &knn[rows[i] * knn_stored..rows[i] * knn_stored + k],
+                })
+                .collect();
+            let (chosen, _) = choose(be, model, ctx, data.counts, &queries, cfg.candidate_dropout, &mut rng);
+            let targets: Vec<Vec<f64>> = queries
+                .iter()
+                .zip(&chosen)
+                .map(|(q, &j)| {
+                    let c = q.neighbours[j] as usize;
+                    ctx.inter[c * d..(c + 1) * d].iter().map(|&v| v as f64).collect()
+                })
+                .collect();
+            let t = InterTarget::new(&sel, &targets, eta);
+            let l = model.losses(be, &f, Some(&t));
+            if let Some(term) = [("NLL", l.nll), ("KL_z", l.kl_z), ("KL_l", l.kl_l), ("alignment", l.align)]
+                .into_iter()
+                .find(|(_, v)| !v.is_finite())
+                .map(|(k, _)| k)
+            {
+                return Err(Error::Input(format!(
+                    "target training diverged: the {term} term is not finite at epoch {} step {} (of {steps})",
+                    epoch + 1,
+                    step + 1
+                )));
+            }
+            model.backward(be, &batch, &noise, &f, beta, Some(&t));
+            model.adam_step(be, &cfg.adam, |name| !name.starts_with("inner."));
+            let vals = [l.total(beta, eta), l.nll, l.kl_z, l.kl_l, l.align, sel.len() as f64];
+            for (s, v) in sums.iter_mut().zip(vals) {
+                *s += v;
+            }
+            let ms = t0.elapsed().as_secs_f64() * 1000.0 / (step + 1) as f64;
+            let done = step + 1 == steps;
+            if done {
+                let st = steps as f64;
+                history.push(AlignEpoch {
+                    stats: EpochStats {
+                        epoch: epoch + 1,
+                        beta,
+                        nelbo: sums[0] / st,
+                        nll: sums[1] / st,
+                        kl_z: sums[2] / st,
+                        kl_l: sums[3] / st,
+                        ms_per_step: ms,
+                    },
+                    eta,
+                    align: sums[4] / st,
+                    aligned_per_step: sums[5] / st,
+                });
+            }
+            let running = [l.total(beta, eta), l.nll, beta * l.kl_z, eta * l.align];
+            progress(&Progress {
+                epoch,
+                epochs: cfg.epochs,
+                step,
+                steps,
+                ms_per_step: ms,
+                running,
+                finished_epoch: if done { history.last().map(|h| &h.stats) } else { None },
+            });
+        }
+    }
+    Ok(history)
+}
+
+/// Check that the kNN input fits: every target cell has `stored` neighbours.
+pub fn check_knn(knn: &[u32], stored: usize, counts: &Csr) -> Result<()> {
+    if stored == 0 || knn.len() != stored * counts.n_rows {
+        return Err(Error::Input(format!("the data-level kNN has {} entries for {} target cells x {stored}", knn.len(), counts.n_rows)));
+    }
+    Ok(())
+}

@@ -244,11 +244,11 @@ fn progress(quiet: bool, what: &str) -> (indicatif::ProgressBar, impl FnMut(&str
 /// Entry point used by `main`.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run(a) | Command::Pretrain(a) => run_pipeline(&a.inputs(), &a.out, &a.opts),
-        Command::Demo(a) => run_pipeline(&demo_inputs(a.data.as_deref())?, &a.out, &a.opts),
-        Command::Align(_) | Command::Transfer(_) => Err(Error::Input(
-            "this build has no alignment or label transfer yet: `run`, `demo` and `pretrain` do the data stages and pre-train the context model".into(),
-        )),
+        Command::Run(a) => run_pipeline(&a.inputs(), &a.out, &a.opts, Stages::All),
+        Command::Pretrain(a) => run_pipeline(&a.inputs(), &a.out, &a.opts, Stages::Pretrain),
+        Command::Align(a) => run_pipeline(&a.inputs(), &a.out, &a.opts, Stages::Align),
+        Command::Transfer(a) => run_pipeline(&a.inputs(), &a.out, &a.opts, Stages::Transfer),
+        Command::Demo(a) => run_pipeline(&demo_inputs(a.data.as_deref())?, &a.out, &a.opts, Stages::All),
         Command::Bench(a) => bench(&a),
         Command::Inspect(a) => inspect(&a),
     }
@@ -281,7 +281,12 @@ fn training_bar(quiet: bool, total: u64) -> indicatif::ProgressBar {
 }
 
 /// Pre-train the context model with a progress bar, and write its files.
-fn pretrain_stage(pair: &PreparedPair, out_dir: &Path, o: &RunOptions, log: &mut dyn FnMut(&str)) -> Result<serde_json::Value> {
+fn pretrain_stage(
+    pair: &PreparedPair,
+    out_dir: &Path,
+    o: &RunOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<(crate::pipeline::ContextRun<crate::engine::Cpu<f32>>, serde_json::Value)> {
     use crate::engine::{Backend, Cpu};
     let n = pair.context.n_cells();
     let mut tcfg = crate::train::TrainConfig::default_for(n, o.seed);
@@ -338,22 +343,8 @@ fn pretrain_stage(pair: &PreparedPair, out_dir: &Path, o: &RunOptions, log: &mut
             ]
         }),
     )?;
-    let l = run.repr.latent;
-    let mut header: Vec<String> = vec!["cell".into(), "dataset".into()];
-    header.extend((1..=l).map(|k| format!("z_{k}")));
-    let header_ref: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
-    let ctx = &pair.context;
-    out::write_tsv(
-        &out_dir.join("latent.tsv"),
-        &header_ref,
-        (0..ctx.n_cells()).map(|i| {
-            let mut r = vec![ctx.data.cells[i].clone(), ctx.name.clone()];
-            r.extend(run.repr.z_mu[i * l..(i + 1) * l].iter().map(|v| format!("{v}")));
-            r
-        }),
-    )?;
     let last = run.history.last();
-    Ok(json!({
+    let summary = json!({
         "backend": be.name(),
         "epochs": tcfg.epochs,
         "steps_per_epoch": steps,
@@ -362,11 +353,26 @@ fn pretrain_stage(pair: &PreparedPair, out_dir: &Path, o: &RunOptions, log: &mut
         "final_nelbo": last.map(|e| e.nelbo),
         "final_nll": last.map(|e| e.nll),
         "parameters": run.model.n_params(&be),
-    }))
+    });
+    Ok((run, summary))
 }
 
-/// The stages that exist today, with their outputs. Nothing is written unless preprocessing succeeded.
-fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions) -> Result<()> {
+/// Which stages a command runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stages {
+    /// Everything: preprocess, pre-train, kNN, align, transfer.
+    All,
+    /// Stop after saving the context model.
+    Pretrain,
+    /// Load the context model from `--out`, then kNN, align, transfer.
+    Align,
+    /// Load both models from `--out`, then kNN (for its labels) and transfer.
+    Transfer,
+}
+
+/// Run the requested stages and write their outputs. Nothing is written unless preprocessing succeeded.
+fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages) -> Result<()> {
+    use crate::engine::Cpu;
     check_options(o)?;
     let cfg = o.preprocess_config();
     let (bar, mut log) = progress(o.quiet, "reading and preprocessing");
@@ -374,25 +380,31 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions) -> Result<()> {
     let pair = prepare(inputs, &cfg, &mut log);
     bar.finish_and_clear();
     let pair = pair?;
+    let be = Cpu::<f32>::new();
+    let ctx_stem = out_dir.join("context_model");
+    let tgt_stem = out_dir.join("target_model");
+    for (needed, stem) in [(stages != Stages::All && stages != Stages::Pretrain, &ctx_stem), (stages == Stages::Transfer, &tgt_stem)] {
+        if needed && !stem.with_extension("json").is_file() {
+            return Err(Error::io(
+                stem.with_extension("json"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no saved model here: run `scspecies pretrain` (and `align`) with this --out first",
+                ),
+            ));
+        }
+    }
     let t_write = std::time::Instant::now();
     out::create_out_dir(out_dir)?;
     write_pair_outputs(&pair, out_dir, o.write_h5ad)?;
     let mut timings = pair.timings.clone();
     timings.push(("write".into(), t_write.elapsed().as_secs_f64()));
-    let t_train = std::time::Instant::now();
-    let pretrain = pretrain_stage(&pair, out_dir, o, &mut log)?;
-    timings.push(("pretrain".into(), t_train.elapsed().as_secs_f64()));
-    let metrics = json!({
+    let mut metrics = json!({
         "scspecies_version": env!("CARGO_PKG_VERSION"),
         "inputs": inputs,
         "preprocess_config": cfg,
         "seed": o.seed,
         "device": o.device,
-        "stages_done": ["read", "preprocess", "homology", "pretrain"],
-        "stages_pending": ["data_knn", "align", "transfer"],
-        "pretrain": pretrain,
-        "timings_s": timings.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "total_s": t0.elapsed().as_secs_f64(),
         "preprocessing": { &pair.context.name: pair.context.report, &pair.target.name: pair.target.report },
         "library_prior": {
             &pair.context.name: prior_json(&pair.context),
@@ -400,10 +412,283 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions) -> Result<()> {
         },
         "homology": pair.homology.report,
     });
+    // Context model: trained here or loaded.
+    let t = std::time::Instant::now();
+    let (ctx_model, ctx_repr) = if matches!(stages, Stages::All | Stages::Pretrain) {
+        let (run, summary) = pretrain_stage(&pair, out_dir, o, &mut log)?;
+        metrics["pretrain"] = summary;
+        timings.push(("pretrain".into(), t.elapsed().as_secs_f64()));
+        (run.model, run.repr)
+    } else {
+        let (m, meta) = crate::model::io::load(&be, &ctx_stem)?;
+        check_model_genes(&meta, &pair.context, &ctx_stem)?;
+        let (pm, ps) = crate::pipeline::context_data(&pair.context);
+        let c = &pair.context;
+        let data =
+            crate::train::TrainData { counts: &c.data.counts, batch: &c.batch, prior_mu: &pm, prior_sig: &ps, n_batches: c.n_batches() };
+        let repr = crate::train::represent(&be, &m, &data, 1024);
+        (m, repr)
+    };
+    if stages == Stages::Pretrain {
+        write_latent(out_dir, &pair, &ctx_repr, None)?;
+        metrics["timings_s"] = timings_json(&timings, t0);
+        out::write_json(&out_dir.join("metrics.json"), &metrics)?;
+        log(&format!("wrote {}", out_dir.display()));
+        return Ok(());
+    }
+    let n_t = pair.target.n_cells();
+    let mut acfg = crate::align::AlignConfig::default_for(n_t, o.seed);
+    if let Some(e) = o.epochs_target {
+        acfg.epochs = e;
+    }
+    if stages == Stages::Transfer {
+        acfg.epochs = 0;
+    }
+    let tcfg = crate::transfer::TransferConfig::default();
+    let trained = if stages == Stages::Transfer {
+        let (m, meta) = crate::model::io::load(&be, &tgt_stem)?;
+        check_model_genes(&meta, &pair.target, &tgt_stem)?;
+        Some((m, meta))
+    } else {
+        None
+    };
+    let steps = (n_t / acfg.batch_size.min(n_t)).max(1);
+    let bar = training_bar(o.quiet, (acfg.epochs * steps) as u64);
+    bar.set_prefix(format!("align {}", pair.target.name));
+    let run = crate::pipeline::align_and_transfer(
+        &be,
+        &pair,
+        &ctx_model,
+        &ctx_repr,
+        &acfg,
+        &tcfg,
+        trained,
+        &mut |p| {
+            bar.inc(1);
+            bar.set_message(format!(
+                "epoch {}/{} step {}/{} | {:.1} ms/step | loss {:.1} NLL {:.1} KL_z {:.2} eta*Align {:.1}",
+                p.epoch + 1,
+                p.epochs,
+                p.step + 1,
+                p.steps,
+                p.ms_per_step,
+                p.running[0],
+                p.running[1],
+                p.running[2],
+                p.running[3]
+            ));
+        },
+        &mut log,
+    );
+    bar.finish_and_clear();
+    let run = run?;
+    timings.extend(run.timings.iter().cloned());
+    if stages != Stages::Transfer {
+        crate::model::io::save(&run.model, &be, &run.meta, &tgt_stem)?;
+    }
+    let eval = write_alignment_outputs(out_dir, &pair, &ctx_repr, &run, inputs)?;
+    if let Some(last) = run.history.last() {
+        log(&format!(
+            "target epoch {:>3}: loss {:.2} NLL {:.2} KL_z {:.3} align {:.3} ({:.0} aligned cells per step, {:.1} ms/step)",
+            last.stats.epoch, last.stats.nelbo, last.stats.nll, last.stats.kl_z, last.align, last.aligned_per_step, last.stats.ms_per_step
+        ));
+    }
+    let flagged = run.transfer.unassigned.iter().filter(|&&u| u).count();
+    log(&format!("label transfer: {} of {} target cells flagged unassigned", flagged, n_t));
+    if let Some(e) = &eval {
+        log(&format!(
+            "balanced accuracy on target cells of shared types: latent transfer {:.3}, data-level kNN {:.3}",
+            e["balanced_accuracy"]["latent_transfer"].as_f64().unwrap_or(f64::NAN),
+            e["balanced_accuracy"]["data_level_knn"].as_f64().unwrap_or(f64::NAN)
+        ));
+        metrics["evaluation"] = e.clone();
+    }
+    metrics["align"] = json!({
+        "epochs": acfg.epochs,
+        "config": acfg,
+        "history": run.history,
+        "aligned_cells": run.aligned.iter().filter(|&&a| a).count(),
+        "unassigned_cells": flagged,
+        "transfer_config": tcfg,
+    });
+    metrics["timings_s"] = timings_json(&timings, t0);
     out::write_json(&out_dir.join("metrics.json"), &metrics)?;
     log(&format!("wrote {}", out_dir.display()));
-    log("note: this build stops after pre-training the context model; alignment and label transfer are not built yet");
     Ok(())
+}
+
+fn timings_json(timings: &[(String, f64)], t0: std::time::Instant) -> serde_json::Value {
+    let mut m: serde_json::Map<String, serde_json::Value> = timings.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    m.insert("total".into(), json!(t0.elapsed().as_secs_f64()));
+    serde_json::Value::Object(m)
+}
+
+/// A saved model must have been trained on exactly these genes and batches.
+fn check_model_genes(meta: &crate::model::io::ModelFile, p: &crate::preprocess::Prepared, stem: &Path) -> Result<()> {
+    if meta.genes != p.data.genes || meta.batches != p.batch_names {
+        return Err(Error::format(
+            stem.with_extension("json"),
+            format!(
+                "this model was trained on {} genes and batches {:?}, but the preprocessed {} data have {} genes and batches {:?}: use the same inputs and options as for training",
+                meta.genes.len(),
+                meta.batches,
+                p.name,
+                p.data.n_genes(),
+                p.batch_names
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `latent.tsv`: cell, dataset, z_1..z_L for the context and (if given) the target.
+fn write_latent(
+    out_dir: &Path,
+    pair: &PreparedPair,
+    ctx: &crate::train::Representation,
+    tgt: Option<&crate::train::Representation>,
+) -> Result<()> {
+    let l = ctx.latent;
+    let mut header: Vec<String> = vec!["cell".into(), "dataset".into()];
+    header.extend((1..=l).map(|k| format!("z_{k}")));
+    let header_ref: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
+    let mut rows = Vec::new();
+    for (p, r) in [(&pair.context, Some(ctx)), (&pair.target, tgt)] {
+        let Some(r) = r else { continue };
+        for i in 0..p.n_cells() {
+            let mut row = vec![p.data.cells[i].clone(), p.name.clone()];
+            row.extend(r.z_mu[i * l..(i + 1) * l].iter().map(|v| format!("{v}")));
+            rows.push(row);
+        }
+    }
+    out::write_tsv(&out_dir.join("latent.tsv"), &header_ref, rows)
+}
+
+/// Predictions, latent spaces, results.h5ad; returns the evaluation when target labels are known.
+fn write_alignment_outputs(
+    out_dir: &Path,
+    pair: &PreparedPair,
+    ctx_repr: &crate::train::Representation,
+    run: &crate::pipeline::AlignRun<crate::engine::Cpu<f32>>,
+    inputs: &Inputs,
+) -> Result<Option<serde_json::Value>> {
+    use crate::out::h5ad::{AnnData, Uns, Values};
+    let (ctx, tgt) = (&pair.context, &pair.target);
+    let names = &run.meta.labels;
+    let tr = &run.transfer;
+    let truth: Option<Vec<&str>> = tgt.labels.as_ref().map(|l| (0..tgt.n_cells()).map(|i| l.value(i).unwrap_or("unknown")).collect());
+    let mut header = vec![
+        "cell",
+        "predicted_label",
+        "vote_share",
+        "best_similarity",
+        "best_similarity_per_count",
+        "unassigned",
+        "knn_label",
+        "agreement",
+        "top_percent",
+        "aligned",
+    ];
+    if truth.is_some() {
+        header.push("true_label");
+    }
+    out::write_tsv(
+        &out_dir.join("target_predictions.tsv"),
+        &header,
+        (0..tgt.n_cells()).map(|i| {
+            let mut r = vec![
+                tgt.data.cells[i].clone(),
+                names[tr.pred[i] as usize].clone(),
+                format!("{:.2}", tr.vote_share[i]),
+                format!("{:.4}", tr.best_similarity[i]),
+                format!("{:.6}", tr.best_per_count[i]),
+                tr.unassigned[i].to_string(),
+                names[run.knn_label[i] as usize].clone(),
+                run.agreement[i].to_string(),
+                format!("{}", run.top_percent[i]),
+                run.aligned[i].to_string(),
+            ];
+            if let Some(t) = &truth {
+                r.push(t[i].to_string());
+            }
+            r
+        }),
+    )?;
+    write_latent(out_dir, pair, ctx_repr, Some(&run.repr))?;
+    // results.h5ad: both species, latent means in obsm, predictions in obs; var = homologous genes.
+    let l = ctx_repr.latent;
+    let nc = ctx.n_cells();
+    let nt = tgt.n_cells();
+    let mut obs_names: Vec<String> = ctx.data.cells.iter().map(|c| format!("{c}_{}", ctx.name)).collect();
+    obs_names.extend(tgt.data.cells.iter().map(|c| format!("{c}_{}", tgt.name)));
+    let mut dataset = vec![ctx.name.clone(); nc];
+    dataset.extend(vec![tgt.name.clone(); nt]);
+    let mut batch: Vec<String> = ctx.batch.iter().map(|&b| ctx.batch_names[b as usize].clone()).collect();
+    batch.extend(tgt.batch.iter().map(|&b| tgt.batch_names[b as usize].clone()));
+    let ctx_l = ctx.labels.as_ref().unwrap();
+    let mut label: Vec<String> = (0..nc).map(|i| ctx_l.value(i).unwrap().to_string()).collect();
+    label.extend((0..nt).map(|i| names[tr.pred[i] as usize].clone()));
+    let mut z = ctx_repr.z_mu.clone();
+    z.extend_from_slice(&run.repr.z_mu);
+    let mut obs = vec![
+        ("dataset".to_string(), Values::Categorical(crate::data::Categorical::from_strings(&dataset))),
+        ("batch".to_string(), Values::Categorical(crate::data::Categorical::from_strings(&batch))),
+        ("cell_type".to_string(), Values::Categorical(crate::data::Categorical::from_strings(&label))),
+    ];
+    let pad = |v: Vec<f64>| -> Vec<f64> {
+        let mut o = vec![f64::NAN; nc];
+        o.extend(v);
+        o
+    };
+    obs.push(("vote_share".into(), Values::F64(pad(tr.vote_share.clone()))));
+    obs.push(("best_similarity".into(), Values::F64(pad(tr.best_similarity.clone()))));
+    let mut un = vec![String::new(); nc];
+    un.extend(tr.unassigned.iter().map(|u| u.to_string()));
+    obs.push(("unassigned".into(), Values::Categorical(crate::data::Categorical::from_strings(&un))));
+    let mut knn_l = vec![String::new(); nc];
+    knn_l.extend(run.knn_label.iter().map(|&k| names[k as usize].clone()));
+    obs.push(("knn_label".into(), Values::Categorical(crate::data::Categorical::from_strings(&knn_l))));
+    if let Some(t) = &truth {
+        let mut tl: Vec<String> = (0..nc).map(|i| ctx_l.value(i).unwrap().to_string()).collect();
+        tl.extend(t.iter().map(|s| s.to_string()));
+        obs.push(("true_label".into(), Values::Categorical(crate::data::Categorical::from_strings(&tl))));
+    }
+    let ad = AnnData {
+        x: None,
+        obs_names,
+        obs,
+        var_names: pair.homology.names.clone(),
+        var: vec![],
+        obsm: vec![("X_scspecies".into(), l, z)],
+        uns: vec![(
+            "scspecies".into(),
+            Uns::Dict(vec![
+                ("version".into(), Uns::Str(env!("CARGO_PKG_VERSION").into())),
+                ("context".into(), Uns::Str(inputs.context.display().to_string())),
+                ("target".into(), Uns::Str(inputs.target.display().to_string())),
+                ("context_labels".into(), Uns::Strings(names.clone())),
+            ]),
+        )],
+    };
+    ad.write(&out_dir.join("results.h5ad"))?;
+    let Some(t) = truth else { return Ok(None) };
+    let (bas, per) = crate::pipeline::balanced_accuracy(&t, &tr.pred, names);
+    let (bas_knn, per_knn) = crate::pipeline::balanced_accuracy(&t, &run.knn_label, names);
+    if per.is_empty() {
+        eprintln!("warning: no target label (--target-label-key) matches a context label, so no balanced accuracy can be computed");
+    }
+    // Unassigned rates on shared and unshared true types.
+    let shared: Vec<bool> = t.iter().map(|x| names.iter().any(|n| n == x)).collect();
+    let rate = |want: bool| {
+        let idx: Vec<usize> = (0..nt).filter(|&i| shared[i] == want).collect();
+        let f = idx.iter().filter(|&&i| tr.unassigned[i]).count();
+        json!({"cells": idx.len(), "unassigned": f, "rate": if idx.is_empty() { f64::NAN } else { f as f64 / idx.len() as f64 }})
+    };
+    Ok(Some(json!({
+        "balanced_accuracy": {"latent_transfer": bas, "data_level_knn": bas_knn},
+        "recall_per_type": per.iter().zip(&per_knn).map(|(a, b)| json!({"type": a.0, "cells": a.1, "latent_transfer": a.2, "data_level_knn": b.2})).collect::<Vec<_>>(),
+        "unassigned": {"shared_types": rate(true), "types_absent_from_context": rate(false)},
+    })))
 }
 
 fn prior_json(p: &crate::preprocess::Prepared) -> serde_json::Value {

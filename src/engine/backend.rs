@@ -9,6 +9,29 @@ use super::ops::AdamConfig;
 pub type LikGradsMut<'a, B> =
     (&'a mut <B as Backend>::Buf, &'a mut <B as Backend>::Buf, Option<&'a mut <B as Backend>::Buf>, &'a mut <B as Backend>::Buf);
 
+/// Sparse count rows kept on the host (CSR), for the scoring kernel.
+#[derive(Debug, Clone, Default)]
+pub struct HostRows {
+    pub ptr: Vec<usize>,
+    pub idx: Vec<u32>,
+    pub val: Vec<f32>,
+}
+
+impl HostRows {
+    /// Rows `cells` of a CSR matrix, in that order (repeats allowed).
+    pub fn gather(m: &crate::data::Csr, cells: &[usize]) -> Self {
+        let mut h = HostRows { ptr: Vec::with_capacity(cells.len() + 1), idx: Vec::new(), val: Vec::new() };
+        h.ptr.push(0);
+        for &c in cells {
+            let (i, v) = m.row(c);
+            h.idx.extend_from_slice(i);
+            h.val.extend_from_slice(v);
+            h.ptr.push(h.idx.len());
+        }
+        h
+    }
+}
+
 pub trait Backend: Send + Sync {
     /// A device buffer of the backend's float type.
     type Buf: Send + Sync;
@@ -97,6 +120,20 @@ pub trait Backend: Send + Sync {
         grads: Option<LikGradsMut<'_, Self>>,
     );
 
+    /// Forward-only NLL per row for ranking (fast f32 zero-count term, exact correction on the counts).
+    #[allow(clippy::too_many_arguments)]
+    fn likelihood_score(
+        &self,
+        dist: Distribution,
+        x: &HostRows,
+        rho: &Self::Buf,
+        theta: &Self::Buf,
+        logit: Option<&Self::Buf>,
+        lib: &Self::Buf,
+        n: usize,
+        nll: &mut Self::Buf,
+    );
+
     // latent terms
     fn reparam_fwd(&self, mu: &Self::Buf, ls: &Self::Buf, eps: &Self::Buf, z: &mut Self::Buf);
     fn reparam_bwd(&self, dz: &Self::Buf, ls: &Self::Buf, eps: &Self::Buf, dmu: &mut Self::Buf, dls: &mut Self::Buf);
@@ -119,6 +156,8 @@ pub trait Backend: Send + Sync {
     fn axpy(&self, alpha: f64, x: &Self::Buf, y: &mut Self::Buf);
     /// y = x ⊙ z.
     fn mul(&self, x: &Self::Buf, z: &Self::Buf, y: &mut Self::Buf);
+    /// dst[r, :] = src[rows[r], :] for [·×n] matrices.
+    fn gather_rows(&self, src: &Self::Buf, rows: &[u32], n: usize, dst: &mut Self::Buf);
     /// Copy columns [c0, c0+w) of a [rows×cols] matrix into a [rows×w] one.
     fn copy_cols(&self, src: &Self::Buf, cols: usize, c0: usize, w: usize, dst: &mut Self::Buf);
     /// Write a [rows×w] matrix into columns [c0, c0+w) of a [rows×cols] one.

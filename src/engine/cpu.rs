@@ -1,7 +1,7 @@
 //! The CPU backend: rayon + matrixmultiply, generic over the float type (f32 for work, f64 for checks).
 
 use super::Real;
-use super::backend::{Backend, LikGradsMut};
+use super::backend::{Backend, HostRows, LikGradsMut};
 use super::likelihood::Distribution;
 use super::ops::{self, AdamConfig, LikelihoodGrads, SparseBatch};
 use std::marker::PhantomData;
@@ -131,6 +131,19 @@ impl<F: Real> Backend for Cpu<F> {
         });
         ops::likelihood(dist, x, rho, theta, logit.map(|l| l.as_slice()), lib, n, scale, nll, g)
     }
+    fn likelihood_score(
+        &self,
+        dist: Distribution,
+        x: &HostRows,
+        rho: &Vec<F>,
+        theta: &Vec<F>,
+        logit: Option<&Vec<F>>,
+        lib: &Vec<F>,
+        n: usize,
+        nll: &mut Vec<F>,
+    ) {
+        ops::likelihood_score(dist, &x.ptr, &x.idx, &x.val, rho, theta, logit.map(|l| l.as_slice()), lib, n, nll)
+    }
     fn reparam_fwd(&self, mu: &Vec<F>, ls: &Vec<F>, eps: &Vec<F>, z: &mut Vec<F>) {
         ops::reparam_fwd(mu, ls, eps, z)
     }
@@ -161,6 +174,10 @@ impl<F: Real> Backend for Cpu<F> {
     }
     fn mul(&self, x: &Vec<F>, z: &Vec<F>, y: &mut Vec<F>) {
         y.iter_mut().zip(x.iter().zip(z)).for_each(|(o, (&a, &b))| *o = a * b);
+    }
+    fn gather_rows(&self, src: &Vec<F>, rows: &[u32], n: usize, dst: &mut Vec<F>) {
+        use rayon::prelude::*;
+        dst.par_chunks_mut(n).zip(rows.par_iter()).for_each(|(d, &r)| d.copy_from_slice(&src[r as usize * n..][..n]));
     }
     fn copy_cols(&self, src: &Vec<F>, cols: usize, c0: usize, w: usize, dst: &mut Vec<F>) {
         for (r, out) in dst.chunks_mut(w).enumerate() {

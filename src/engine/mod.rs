@@ -5,6 +5,7 @@
 //! finite-difference checks). `likelihood` holds the per-count ZINB/NB terms, `special` lgamma/digamma.
 pub mod backend;
 pub mod cpu;
+pub mod fastmath;
 pub mod likelihood;
 pub mod ops;
 pub mod real;

@@ -349,6 +349,72 @@ pub fn likelihood<F: Real>(
     }
 }
 
+/// Forward-only NLL per row for ranking (candidate choice, label transfer): the zero-count term is
+/// evaluated for every gene in f32 fast math (vectorised), then the genes with counts (the sparse row of
+/// `x`: `nz_idx`, `nz_val` per row via `nz_ptr`) are corrected exactly in f64. Same value as
+/// `likelihood` to ~1e-6 relative; no gradients.
+#[allow(clippy::too_many_arguments)]
+pub fn likelihood_score<F: Real>(
+    dist: Distribution,
+    nz_ptr: &[usize],
+    nz_idx: &[u32],
+    nz_val: &[f32],
+    rho: &[F],
+    theta: &[F],
+    logit: Option<&[F]>,
+    lib: &[F],
+    n: usize,
+    nll: &mut [F],
+) {
+    use super::fastmath as fm;
+    use super::likelihood::{RHO_MAX, RHO_MIN, THETA_MIN};
+    nll.par_iter_mut().enumerate().for_each(|(i, out)| {
+        let l = lib[i].d() as f32;
+        let (ro, th) = (&rho[i * n..][..n], &theta[i * n..][..n]);
+        let mut zero_sum = 0f64;
+        let mut block = 0f32;
+        for g in 0..n {
+            let t = th[g].d() as f32;
+            let t = t.max(THETA_MIN as f32);
+            let r = (ro[g].d() as f32).clamp(RHO_MIN as f32, RHO_MAX as f32);
+            let mu = r * l;
+            let tl = -t * fm::ln_1p(mu / t);
+            let ll = match dist {
+                Distribution::Zinb => {
+                    let s = logit.unwrap()[i * n + g].d() as f32;
+                    fm::softplus(s + tl) - fm::softplus(s)
+                }
+                Distribution::Nb => tl,
+            };
+            block += ll;
+            if g % 256 == 255 {
+                zero_sum += block as f64;
+                block = 0.0;
+            }
+        }
+        zero_sum += block as f64;
+        // Genes with counts: swap the zero-count term for the exact one.
+        let mut corr = 0f64;
+        for p in nz_ptr[i]..nz_ptr[i + 1] {
+            let g = nz_idx[p] as usize;
+            let x = nz_val[p] as f64;
+            if x < 1e-7 {
+                continue;
+            }
+            let (t, r) = (th[g].d(), ro[g].d());
+            let (exact, zero) = match dist {
+                Distribution::Zinb => {
+                    let s = logit.unwrap()[i * n + g].d();
+                    (super::likelihood::zinb(x, t, r, l as f64, s).ll, super::likelihood::zinb(0.0, t, r, l as f64, s).ll)
+                }
+                Distribution::Nb => (super::likelihood::nb(x, t, r, l as f64).ll, super::likelihood::nb(0.0, t, r, l as f64).ll),
+            };
+            corr += exact - zero;
+        }
+        *out = F::f(-(zero_sum + corr));
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Gaussian posterior terms.
 

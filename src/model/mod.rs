@@ -180,13 +180,27 @@ pub struct Noise<B: Backend> {
 impl<B: Backend> Noise<B> {
     /// Draw masks (train mode) and noise from `rng` in a fixed order.
     pub fn sample(be: &B, model: &Model<B>, rows: usize, train: bool, rng: &mut impl Rng) -> Self {
+        Self::sample_modes(be, model, rows, train, train, rng)
+    }
+
+    /// Like [`Noise::sample`], with the inner encoder's mode chosen separately: target fine-tuning runs
+    /// the frozen, shared inner encoder in eval mode (all-ones masks) by default.
+    pub fn sample_modes(be: &B, model: &Model<B>, rows: usize, train: bool, inner_train: bool, rng: &mut impl Rng) -> Self {
         let masks = train.then(|| {
             let keep = 1.0 - model.cfg.dropout;
             let scale = 1.0 / keep;
+            let n_outer = model.outer.len();
+            let n_inner = model.inner.len();
             model
                 .blocks_in_order()
-                .map(|b| {
-                    let m: Vec<f64> = (0..rows * b.lin.n).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect();
+                .enumerate()
+                .map(|(i, b)| {
+                    let is_inner = i >= n_outer && i < n_outer + n_inner;
+                    let m: Vec<f64> = if is_inner && !inner_train {
+                        vec![1.0; rows * b.lin.n]
+                    } else {
+                        (0..rows * b.lin.n).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect()
+                    };
                     be.upload(&m)
                 })
                 .collect()
@@ -604,6 +618,102 @@ impl<B: Backend> Model<B> {
         let l_ls = lin(&self.l_ls, hl);
         let inter = outer.into_iter().last().unwrap().out;
         Encoded { inter, z_mu, z_ls, l_mu, l_ls }
+    }
+
+    /// Decode latents and score counts: the per-row NLL of the count rows `x` under the decoder at
+    /// `z` [rows×L] with the given batches and library sizes, with the fast scoring kernel (ranking).
+    /// `masks` (decoder blocks only) for train mode.
+    pub fn decode_nll(
+        &self,
+        be: &B,
+        z: &B::Buf,
+        batch: &[u32],
+        lib: &B::Buf,
+        x: &crate::engine::backend::HostRows,
+        masks: Option<&[B::Buf]>,
+    ) -> B::Buf {
+        let rows = batch.len();
+        let (n, s, l) = (self.cfg.n_genes, self.cfg.n_batches, self.cfg.latent);
+        let mut onehot = vec![0f64; rows * s];
+        for (i, &b) in batch.iter().enumerate() {
+            onehot[i * s + b as usize] = 1.0;
+        }
+        let mut dec_in = be.zeros(rows * (l + s));
+        be.set_cols(z, l + s, 0, l, &mut dec_in);
+        be.set_cols(&be.upload(&onehot), l + s, l, s, &mut dec_in);
+        let decoder = self.stack_fwd(be, &self.decoder, Some(&dec_in), None, rows, masks);
+        let hd = &decoder.last().unwrap().out;
+        let lin = |lin: &Linear| {
+            let mut y = be.zeros(rows * lin.n);
+            be.linear_fwd(hd, self.val(lin.w), self.val(lin.b), &mut y, rows, lin.k, lin.n);
+            y
+        };
+        let r = lin(&self.rho);
+        let mut rho = be.zeros(rows * n);
+        be.split_softmax_fwd(&r, &self.group, self.group_weight, &mut rho, n);
+        let logit = self.pi.as_ref().map(lin);
+        let mut theta = be.zeros(rows * n);
+        be.gather_exp_rows(self.val(self.log_alpha), batch, &mut theta, n);
+        let mut nll = be.zeros(rows);
+        be.likelihood_score(self.cfg.distribution, x, &rho, &theta, logit.as_ref(), lib, n, &mut nll);
+        nll
+    }
+
+    /// Eval-mode decoder outputs for latents `z` [rows×L] with one batch for all rows: ρ [rows×N] and
+    /// the non-dropout logits (ZINB).
+    pub fn decode(&self, be: &B, z: &B::Buf, batch: u32, rows: usize) -> (B::Buf, Option<B::Buf>) {
+        let (n, s, l) = (self.cfg.n_genes, self.cfg.n_batches, self.cfg.latent);
+        let mut onehot = vec![0f64; rows * s];
+        for i in 0..rows {
+            onehot[i * s + batch as usize] = 1.0;
+        }
+        let mut dec_in = be.zeros(rows * (l + s));
+        be.set_cols(z, l + s, 0, l, &mut dec_in);
+        be.set_cols(&be.upload(&onehot), l + s, l, s, &mut dec_in);
+        let decoder = self.stack_fwd(be, &self.decoder, Some(&dec_in), None, rows, None);
+        let hd = &decoder.last().unwrap().out;
+        let lin = |lin: &Linear| {
+            let mut y = be.zeros(rows * lin.n);
+            be.linear_fwd(hd, self.val(lin.w), self.val(lin.b), &mut y, rows, lin.k, lin.n);
+            y
+        };
+        let r = lin(&self.rho);
+        let mut rho = be.zeros(rows * n);
+        be.split_softmax_fwd(&r, &self.group, self.group_weight, &mut rho, n);
+        (rho, self.pi.as_ref().map(lin))
+    }
+
+    /// θ rows [rows×N] for the given batches.
+    pub fn theta_rows(&self, be: &B, batch: &[u32]) -> B::Buf {
+        let n = self.cfg.n_genes;
+        let mut theta = be.zeros(batch.len() * n);
+        be.gather_exp_rows(self.val(self.log_alpha), batch, &mut theta, n);
+        theta
+    }
+
+    /// Fresh dropout masks for the decoder blocks only, `rows` rows.
+    pub fn decoder_masks(&self, be: &B, rows: usize, rng: &mut impl Rng) -> Vec<B::Buf> {
+        let keep = 1.0 - self.cfg.dropout;
+        self.decoder
+            .iter()
+            .map(|b| {
+                be.upload(&(0..rows * b.lin.n).map(|_| if rng.random::<f64>() < keep { 1.0 / keep } else { 0.0 }).collect::<Vec<f64>>())
+            })
+            .collect()
+    }
+
+    /// Copy every parameter whose name starts with `prefix` from `other` (same shapes), e.g. the shared
+    /// inner encoder from the context model into the target model.
+    pub fn copy_params_from(&mut self, be: &B, other: &Model<B>, prefix: &str) -> usize {
+        let mut n = 0;
+        for i in 0..self.params.len() {
+            if self.params[i].name.starts_with(prefix) {
+                let j = other.param_index(&self.params[i].name).expect("same architecture");
+                self.params[i].value = be.copy(&other.params[j].value);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Mean loss terms of a forward pass (and the alignment term if targets are given).

@@ -1,0 +1,195 @@
+//! Latent label transfer (spec §8.1-8.2) and the flag for target cells of unknown type.
+//!
+//! For target cell j and context cell i, with the target decoder in eval mode, j's batch and library
+//! l̂_j = exp(l_mu_j): d(j, i) = NLL(x_j | z_mu_ctx[i]) − NLL(x_j | z_mu_tgt[j]) (lower = more similar).
+//! Candidates are the 250 context cells nearest to j in z_mu (Euclidean); the 25 with the smallest d
+//! vote, ties to the smallest label. Context cells are decoded once per (chunk, target batch), and pairs
+//! are scored through the backend in bounded groups.
+
+use crate::engine::Backend;
+use crate::engine::backend::HostRows;
+use crate::model::Model;
+use crate::train::{Representation, TrainData};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransferConfig {
+    /// Euclidean latent candidates per target cell.
+    pub candidates: usize,
+    /// Candidates with the best likelihood similarity that vote.
+    pub top: usize,
+    /// Robust z-score above which a cell's best match is "far worse than typical" for its predicted type.
+    pub unassigned_threshold: f64,
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig { candidates: 250, top: 25, unassigned_threshold: 3.0 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    /// Predicted context label index per target cell.
+    pub pred: Vec<u32>,
+    /// Share of the `top` votes the predicted label got.
+    pub vote_share: Vec<f64>,
+    /// The smallest d(j, ·): the NLL difference to the best context match.
+    pub best_similarity: Vec<f64>,
+    /// best_similarity per observed count (comparable across library sizes); the flag uses it.
+    pub best_per_count: Vec<f64>,
+    pub unassigned: Vec<bool>,
+}
+
+/// The `k` nearest context cells of every target cell in latent space (Euclidean), ascending.
+pub fn latent_knn(ctx: &[f32], tgt: &[f32], dim: usize, k: usize) -> Vec<u32> {
+    let nc = ctx.len() / dim;
+    let k = k.min(nc);
+    tgt.par_chunks(dim)
+        .flat_map_iter(|t| {
+            let mut d: Vec<(f32, u32)> = ctx
+                .chunks(dim)
+                .enumerate()
+                .map(|(i, c)| (t.iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum::<f32>(), i as u32))
+                .collect();
+            let cmp = |a: &(f32, u32), b: &(f32, u32)| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1));
+            if k < d.len() {
+                d.select_nth_unstable_by(k, cmp);
+                d.truncate(k);
+            }
+            d.sort_by(cmp);
+            d.into_iter().map(|x| x.1)
+        })
+        .collect()
+}
+
+/// Pairs scored per backend call.
+const PAIR_GROUP: usize = 512;
+/// Context cells decoded at a time.
+const CONTEXT_CHUNK: usize = 256;
+
+/// Label transfer. `data` is the target (counts, batches), `tgt`/`ctx` the eval-mode representations.
+pub fn transfer<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    data: &TrainData,
+    tgt: &Representation,
+    ctx: &Representation,
+    ctx_labels: &[u32],
+    n_labels: usize,
+    cfg: &TransferConfig,
+) -> Transfer {
+    let (l, n) = (tgt.latent, model.cfg.n_genes);
+    let nt = data.n_cells();
+    let nc = ctx.z_mu.len() / l;
+    let nk = cfg.candidates.min(nc);
+    let cand = latent_knn(&ctx.z_mu, &tgt.z_mu, l, nk);
+    let lib_hat: Vec<f64> = tgt.l_mu.iter().map(|&m| (m as f64).exp()).collect();
+    // NLL at the cell's own latent mean.
+    let mut self_nll = vec![0f64; nt];
+    for c0 in (0..nt).step_by(PAIR_GROUP) {
+        let cells: Vec<usize> = (c0..(c0 + PAIR_GROUP).min(nt)).collect();
+        let z: Vec<f64> = cells.iter().flat_map(|&c| tgt.z_mu[c * l..(c + 1) * l].iter().map(|&v| v as f64)).collect();
+        let batch: Vec<u32> = cells.iter().map(|&c| data.batch[c]).collect();
+        let lib: Vec<f64> = cells.iter().map(|&c| lib_hat[c]).collect();
+        let nll =
+            be.download(&model.decode_nll(be, &be.upload(&z), &batch, &be.upload(&lib), &HostRows::gather(data.counts, &cells), None));
+        self_nll[c0..c0 + cells.len()].copy_from_slice(&nll);
+    }
+    // d(j, slot) for every candidate.
+    let mut d = vec![f64::NAN; nt * nk];
+    let n_batches = model.cfg.n_batches as u32;
+    for b in 0..n_batches {
+        let in_batch: Vec<usize> = (0..nt).filter(|&j| data.batch[j] == b).collect();
+        if in_batch.is_empty() {
+            continue;
+        }
+        let theta_row = model.theta_rows(be, &[b]);
+        for c0 in (0..nc).step_by(CONTEXT_CHUNK) {
+            let c1 = (c0 + CONTEXT_CHUNK).min(nc);
+            // Pairs (target j, slot) whose candidate lies in this chunk.
+            let cand = &cand;
+            let pairs: Vec<(usize, usize)> = in_batch
+                .iter()
+                .flat_map(|&j| (0..nk).filter(move |&s| (c0..c1).contains(&(cand[j * nk + s] as usize))).map(move |s| (j, s)))
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let z: Vec<f64> = ctx.z_mu[c0 * l..c1 * l].iter().map(|&v| v as f64).collect();
+            let (rho, logit) = model.decode(be, &be.upload(&z), b, c1 - c0);
+            for group in pairs.chunks(PAIR_GROUP) {
+                let g = group.len();
+                let local: Vec<u32> = group.iter().map(|&(j, s)| cand[j * nk + s] - c0 as u32).collect();
+                let mut rho_g = be.zeros(g * n);
+                be.gather_rows(&rho, &local, n, &mut rho_g);
+                let logit_g = logit.as_ref().map(|lg| {
+                    let mut o = be.zeros(g * n);
+                    be.gather_rows(lg, &local, n, &mut o);
+                    o
+                });
+                let mut theta_g = be.zeros(g * n);
+                be.gather_rows(&theta_row, &vec![0; g], n, &mut theta_g);
+                let cells: Vec<usize> = group.iter().map(|&(j, _)| j).collect();
+                let lib: Vec<f64> = cells.iter().map(|&j| lib_hat[j]).collect();
+                let mut nll = be.zeros(g);
+                let x = HostRows::gather(data.counts, &cells);
+                be.likelihood_score(model.cfg.distribution, &x, &rho_g, &theta_g, logit_g.as_ref(), &be.upload(&lib), n, &mut nll);
+                for (&(j, s), v) in group.iter().zip(be.download(&nll)) {
+                    d[j * nk + s] = v - self_nll[j];
+                }
+            }
+        }
+    }
+    // Vote among the `top` most similar candidates.
+    let top = cfg.top.min(nk).max(1);
+    let mut pred = vec![0u32; nt];
+    let mut share = vec![0f64; nt];
+    let mut best = vec![0f64; nt];
+    for j in 0..nt {
+        let mut order: Vec<usize> = (0..nk).collect();
+        order.sort_by(|&a, &b| d[j * nk + a].partial_cmp(&d[j * nk + b]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+        let mut votes = vec![0usize; n_labels];
+        for &s in &order[..top] {
+            votes[ctx_labels[cand[j * nk + s] as usize] as usize] += 1;
+        }
+        let max = *votes.iter().max().unwrap();
+        let label = votes.iter().position(|&v| v == max).unwrap(); // ties: smallest label
+        pred[j] = label as u32;
+        share[j] = max as f64 / top as f64;
+        best[j] = d[j * nk + order[0]];
+    }
+    let totals = data.counts.row_sums();
+    let per_count: Vec<f64> = best.iter().zip(&totals).map(|(b, t)| b / t.max(1.0)).collect();
+    let unassigned = flag_unassigned(&per_count, &pred, n_labels, cfg.unassigned_threshold);
+    Transfer { pred, vote_share: share, best_similarity: best, best_per_count: per_count, unassigned }
+}
+
+/// Flag cells whose score is above median + t·1.4826·MAD of the cells predicted as the same type
+/// (a robust z-score; types with fewer than 10 cells are not flagged).
+pub fn flag_unassigned(score: &[f64], pred: &[u32], n_labels: usize, t: f64) -> Vec<bool> {
+    let median = |v: &mut Vec<f64>| -> f64 {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let m = v.len();
+        if m % 2 == 1 { v[m / 2] } else { 0.5 * (v[m / 2 - 1] + v[m / 2]) }
+    };
+    let mut out = vec![false; score.len()];
+    for lab in 0..n_labels as u32 {
+        let idx: Vec<usize> = (0..score.len()).filter(|&i| pred[i] == lab).collect();
+        if idx.len() < 10 {
+            continue;
+        }
+        let mut v: Vec<f64> = idx.iter().map(|&i| score[i]).collect();
+        let med = median(&mut v);
+        let mut dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
+        let mad = 1.4826 * median(&mut dev);
+        if mad <= 0.0 {
+            continue;
+        }
+        for &i in &idx {
+            out[i] = (score[i] - med) / mad > t;
+        }
+    }
+    out
+}

@@ -1,0 +1,134 @@
+//! The fast scoring path against the exact likelihood, fast exp/log against std, and the candidate
+//! choice against a naive one-candidate-at-a-time implementation.
+
+use scspecies::align::candidates::{Query, choose};
+use scspecies::data::Csr;
+use scspecies::engine::backend::HostRows;
+use scspecies::engine::likelihood::Distribution;
+use scspecies::engine::{Backend, Cpu, fastmath, ops};
+use scspecies::model::{Model, ModelConfig};
+use scspecies::train::Representation;
+
+fn lcg(s: &mut u64) -> f64 {
+    *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (*s >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[test]
+fn fast_math_accuracy() {
+    let mut s = 3u64;
+    for _ in 0..200_000 {
+        let x = (lcg(&mut s) * 160.0 - 80.0) as f32;
+        let e = fastmath::exp(x) as f64;
+        let want = (x as f64).exp();
+        assert!((e - want).abs() <= 5e-7 * want, "exp({x}) = {e} vs {want}");
+        let y = (lcg(&mut s) * 30.0 - 15.0).exp() as f32;
+        assert!((fastmath::ln(y) as f64 - (y as f64).ln()).abs() <= 3e-7 * (y as f64).ln().abs().max(1.0), "ln({y})");
+        let z = (lcg(&mut s) * 20.0 - 18.0).exp() as f32;
+        let l1 = fastmath::ln_1p(z) as f64;
+        let w = (z as f64).ln_1p();
+        assert!((l1 - w).abs() <= 5e-7 * w, "ln_1p({z}) = {l1} vs {w}");
+    }
+}
+
+#[test]
+fn scoring_kernel_matches_exact_likelihood() {
+    for dist in [Distribution::Zinb, Distribution::Nb] {
+        let (rows, n) = (7, 3000);
+        let mut s = 11u64;
+        let mut dense = vec![0f32; rows * n];
+        for v in dense.iter_mut() {
+            if lcg(&mut s) < 0.1 {
+                *v = (lcg(&mut s) * 30.0).floor() as f32 + 1.0;
+            }
+        }
+        let x = Csr::from_dense(rows, n, &dense);
+        let mut rho: Vec<f64> = (0..rows * n).map(|_| lcg(&mut s).powi(3) + 1e-9).collect();
+        for r in 0..rows {
+            let t: f64 = rho[r * n..(r + 1) * n].iter().sum();
+            rho[r * n..(r + 1) * n].iter_mut().for_each(|v| *v /= t);
+        }
+        let theta: Vec<f64> = (0..rows * n).map(|_| (lcg(&mut s) * 8.0 - 4.0).exp()).collect();
+        let logit: Vec<f64> = (0..rows * n).map(|_| lcg(&mut s) * 10.0 - 5.0).collect();
+        let lib: Vec<f64> = (0..rows).map(|r| 500.0 * (r + 1) as f64).collect();
+        let dx: Vec<f64> = dense.iter().map(|&v| v as f64).collect();
+        let mut exact = vec![0f64; rows];
+        ops::likelihood(dist, &dx, &rho, &theta, Some(&logit), &lib, n, 1.0, &mut exact, None);
+        let hr = HostRows::gather(&x, &(0..rows).collect::<Vec<_>>());
+        let mut fast = vec![0f64; rows];
+        ops::likelihood_score(dist, &hr.ptr, &hr.idx, &hr.val, &rho, &theta, Some(&logit), &lib, n, &mut fast);
+        for r in 0..rows {
+            assert!((fast[r] - exact[r]).abs() <= 2e-6 * exact[r].abs(), "{dist:?} row {r}: {} vs {}", fast[r], exact[r]);
+        }
+    }
+}
+
+#[test]
+fn candidate_choice_matches_naive_scoring() {
+    let be = Cpu::<f32>::new();
+    let (n, s, l) = (40, 2, 3);
+    let cfg = ModelConfig {
+        n_genes: n,
+        n_batches: s,
+        outer_dims: vec![8],
+        inner_dims: vec![6],
+        latent: l,
+        library_dims: vec![5],
+        decoder_dims: vec![6, 8],
+        distribution: Distribution::Zinb,
+        dropout: 0.1,
+        lib_mu_add: 5.0,
+        homologous: (0..25).collect(),
+    };
+    let mut rng = <rand::rngs::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
+    let model = Model::new(&be, cfg, &mut rng);
+    let mut st = 5u64;
+    let nc = 30;
+    let ctx = Representation {
+        latent: l,
+        inter_dim: 8,
+        z_mu: (0..nc * l).map(|_| (lcg(&mut st) * 4.0 - 2.0) as f32).collect(),
+        z_sig: vec![1e-3; nc * l], // nearly deterministic samples so the naive path can reproduce them
+        inter: vec![0.0; nc * 8],
+        l_mu: vec![5.0; nc],
+        l_sig: vec![0.1; nc],
+    };
+    let dense: Vec<f32> = (0..6 * n).map(|_| if lcg(&mut st) < 0.3 { (lcg(&mut st) * 10.0).floor() as f32 + 1.0 } else { 0.0 }).collect();
+    let counts = Csr::from_dense(6, n, &dense);
+    let neigh: Vec<Vec<u32>> = (0..6).map(|c| (0..7).map(|j| ((c * 5 + j * 3) % nc) as u32).collect()).collect();
+    let queries: Vec<Query> =
+        (0..6).map(|c| Query { cell: c, batch: (c % 2) as u32, lib: 200.0 + 50.0 * c as f64, neighbours: &neigh[c] }).collect();
+    let (chosen, nlls) = choose(&be, &model, &ctx, &counts, &queries, false, &mut rng);
+    for (q, (&c, v)) in queries.iter().zip(chosen.iter().zip(&nlls)) {
+        // Naive: one candidate at a time at its latent mean, exact likelihood.
+        let naive: Vec<f64> = q
+            .neighbours
+            .iter()
+            .map(|&j| {
+                let z: Vec<f64> = ctx.z_mu[j as usize * l..(j as usize + 1) * l].iter().map(|&v| v as f64).collect();
+                let (rho, logit) = model.decode(&be, &be.upload(&z), q.batch, 1);
+                let theta = model.theta_rows(&be, &[q.batch]);
+                let x: Vec<f64> = counts.rows_dense(q.cell..q.cell + 1).iter().map(|&v| v as f64).collect();
+                let mut out = be.zeros(1);
+                be.likelihood(
+                    Distribution::Zinb,
+                    &be.upload(&x),
+                    &rho,
+                    &theta,
+                    logit.as_ref(),
+                    &be.upload(&[q.lib]),
+                    n,
+                    1.0,
+                    &mut out,
+                    None,
+                );
+                be.download(&out)[0]
+            })
+            .collect();
+        let best = (0..naive.len()).fold(0, |b, j| if naive[j] < naive[b] { j } else { b });
+        assert_eq!(c, best, "cell {}: chose {c} ({:?}) vs naive {best} ({naive:?})", q.cell, v);
+        for (a, b) in v.iter().zip(&naive) {
+            assert!((a - b).abs() < 1e-2 + 1e-4 * b.abs(), "{a} vs {b}");
+        }
+    }
+}
