@@ -105,7 +105,7 @@ pub fn transfer<B: Backend>(
         if in_batch.is_empty() {
             continue;
         }
-        let theta_row = model.theta_rows(be, &[b]);
+        let theta = model.theta_table(be);
         for c0 in (0..nc).step_by(CONTEXT_CHUNK) {
             let c1 = (c0 + CONTEXT_CHUNK).min(nc);
             // Pairs (target j, slot) whose candidate lies in this chunk.
@@ -119,23 +119,16 @@ pub fn transfer<B: Backend>(
             }
             let z: Vec<f64> = ctx.z_mu[c0 * l..c1 * l].iter().map(|&v| v as f64).collect();
             let (rho, logit) = model.decode(be, &be.upload(&z), b, c1 - c0);
+            let sp = logit.as_ref().map(|lg| be.softplus(lg));
+            let lg = logit.as_ref().zip(sp.as_ref());
             for group in pairs.chunks(PAIR_GROUP) {
                 let g = group.len();
                 let local: Vec<u32> = group.iter().map(|&(j, s)| cand[j * nk + s] - c0 as u32).collect();
-                let mut rho_g = be.zeros(g * n);
-                be.gather_rows(&rho, &local, n, &mut rho_g);
-                let logit_g = logit.as_ref().map(|lg| {
-                    let mut o = be.zeros(g * n);
-                    be.gather_rows(lg, &local, n, &mut o);
-                    o
-                });
-                let mut theta_g = be.zeros(g * n);
-                be.gather_rows(&theta_row, &vec![0; g], n, &mut theta_g);
                 let cells: Vec<usize> = group.iter().map(|&(j, _)| j).collect();
                 let lib: Vec<f64> = cells.iter().map(|&j| lib_hat[j]).collect();
                 let mut nll = be.zeros(g);
                 let x = HostRows::gather(data.counts, &cells);
-                be.likelihood_score(model.cfg.distribution, &x, &rho_g, &theta_g, logit_g.as_ref(), &be.upload(&lib), n, &mut nll);
+                be.likelihood_score(model.cfg.distribution, &x, &local, &vec![b; g], &rho, &theta, lg, &be.upload(&lib), n, &mut nll);
                 for (&(j, s), v) in group.iter().zip(be.download(&nll)) {
                     d[j * nk + s] = v - self_nll[j];
                 }

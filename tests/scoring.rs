@@ -55,8 +55,11 @@ fn scoring_kernel_matches_exact_likelihood() {
         let mut exact = vec![0f64; rows];
         ops::likelihood(dist, &dx, &rho, &theta, Some(&logit), &lib, n, 1.0, &mut exact, None);
         let hr = HostRows::gather(&x, &(0..rows).collect::<Vec<_>>());
+        // Row i against decoded row i and its own θ row (the θ "table" has one row per cell here).
+        let idx: Vec<u32> = (0..rows as u32).collect();
+        let sp = ops::softplus_all(&logit);
         let mut fast = vec![0f64; rows];
-        ops::likelihood_score(dist, &hr.ptr, &hr.idx, &hr.val, &rho, &theta, Some(&logit), &lib, n, &mut fast);
+        ops::likelihood_score(dist, &hr.ptr, &hr.idx, &hr.val, &idx, &idx, &rho, &theta, Some((&logit, &sp)), &lib, n, &mut fast);
         for r in 0..rows {
             assert!((fast[r] - exact[r]).abs() <= 2e-6 * exact[r].abs(), "{dist:?} row {r}: {} vs {}", fast[r], exact[r]);
         }

@@ -120,19 +120,25 @@ pub trait Backend: Send + Sync {
         grads: Option<LikGradsMut<'_, Self>>,
     );
 
-    /// Forward-only NLL per row for ranking (fast f32 zero-count term, exact correction on the counts).
+    /// Forward-only NLL per row for ranking: row i scores count row i of `x` against row `rows[i]` of
+    /// the decoded `rho`/`logit` (with `logit`'s softplus precomputed), θ row `batch[i]` of the
+    /// per-batch table [S×N] and library `lib[i]`. See `ops::likelihood_score`.
     #[allow(clippy::too_many_arguments)]
     fn likelihood_score(
         &self,
         dist: Distribution,
         x: &HostRows,
+        rows: &[u32],
+        batch: &[u32],
         rho: &Self::Buf,
         theta: &Self::Buf,
-        logit: Option<&Self::Buf>,
+        logit: Option<(&Self::Buf, &Self::Buf)>,
         lib: &Self::Buf,
         n: usize,
         nll: &mut Self::Buf,
     );
+    /// softplus element-wise.
+    fn softplus(&self, x: &Self::Buf) -> Self::Buf;
 
     // latent terms
     fn reparam_fwd(&self, mu: &Self::Buf, ls: &Self::Buf, eps: &Self::Buf, z: &mut Self::Buf);

@@ -135,14 +135,20 @@ impl<F: Real> Backend for Cpu<F> {
         &self,
         dist: Distribution,
         x: &HostRows,
+        rows: &[u32],
+        batch: &[u32],
         rho: &Vec<F>,
         theta: &Vec<F>,
-        logit: Option<&Vec<F>>,
+        logit: Option<(&Vec<F>, &Vec<F>)>,
         lib: &Vec<F>,
         n: usize,
         nll: &mut Vec<F>,
     ) {
-        ops::likelihood_score(dist, &x.ptr, &x.idx, &x.val, rho, theta, logit.map(|l| l.as_slice()), lib, n, nll)
+        let lg = logit.map(|(a, b)| (a.as_slice(), b.as_slice()));
+        ops::likelihood_score(dist, &x.ptr, &x.idx, &x.val, rows, batch, rho, theta, lg, lib, n, nll)
+    }
+    fn softplus(&self, x: &Vec<F>) -> Vec<F> {
+        ops::softplus_all(x)
     }
     fn reparam_fwd(&self, mu: &Vec<F>, ls: &Vec<F>, eps: &Vec<F>, z: &mut Vec<F>) {
         ops::reparam_fwd(mu, ls, eps, z)

@@ -4,7 +4,7 @@
 //! **non**-dropout probability. Clamps as the reference applies them, in order: θ ≥ 1e-7,
 //! ρ ∈ [1e-8, 1 − 1e-7]; where a clamp is active its gradient is 0.
 
-use super::special::{digamma, lgamma, sigmoid, softplus, softplus_sigmoid};
+use super::special::{digamma_diff, lgamma_ratio, ln_factorial, sigmoid, softplus, softplus_sigmoid};
 
 pub const THETA_MIN: f64 = 1e-7;
 pub const RHO_MIN: f64 = 1e-8;
@@ -53,9 +53,9 @@ pub fn zinb(x: f64, theta: f64, rho: f64, lib: f64, s: f64) -> LogLik {
         d_mu = -sa * th / tm;
     } else {
         // x(log μ − log(θ+μ)) = −x·log1p(θ/μ)
-        ll = -softplus(s) + s + th_log - x * (th / mu).ln_1p() + lgamma(x + th) - lgamma(th) - lgamma(x + 1.0);
+        ll = -softplus(s) + s + th_log - x * (th / mu).ln_1p() + lgamma_ratio(x, th) - ln_factorial(x);
         d_s = sigmoid(-s);
-        d_th = -(mu / th).ln_1p() + (mu - x) / tm + digamma(x + th) - digamma(th);
+        d_th = -(mu / th).ln_1p() + (mu - x) / tm + digamma_diff(x, th);
         d_mu = x / mu - (x + th) / tm;
     }
     LogLik {
@@ -77,8 +77,8 @@ pub fn nb(x: f64, theta: f64, rho: f64, lib: f64) -> LogLik {
     let mu = r * lib;
     let tm = th + mu;
     let p = mu / tm;
-    let lg = lgamma(x + th) - lgamma(th) - lgamma(x + 1.0);
-    let dlg = digamma(x + th) - digamma(th);
+    let lg = lgamma_ratio(x, th) - ln_factorial(x);
+    let dlg = digamma_diff(x, th);
     if (P_MIN..=P_MAX).contains(&p) {
         // x·log p + θ·log(1−p) with the logs written to keep precision at both ends.
         let ll = -x * (th / mu).ln_1p() - th * (mu / th).ln_1p() + lg;
@@ -97,4 +97,23 @@ pub fn nb(x: f64, theta: f64, rho: f64, lib: f64) -> LogLik {
         let ll = x * pc.ln() + th * (-pc).ln_1p() + lg;
         LogLik { ll, d_theta: if theta_free { (-pc).ln_1p() + dlg } else { 0.0 }, d_rho: 0.0, d_lib: 0.0, d_logit: 0.0 }
     }
+}
+
+/// The ZINB log-likelihood value only (no gradients), for scoring.
+#[inline]
+pub fn zinb_ll(x: f64, theta: f64, rho: f64, lib: f64, s: f64) -> f64 {
+    let th = theta.max(THETA_MIN);
+    let mu = rho.clamp(RHO_MIN, RHO_MAX) * lib;
+    let th_log = -th * (mu / th).ln_1p();
+    if x < 1e-7 {
+        softplus(s + th_log) - softplus(s)
+    } else {
+        -softplus(s) + s + th_log - x * (th / mu).ln_1p() + lgamma_ratio(x, th) - ln_factorial(x)
+    }
+}
+
+/// The NB log-likelihood value only, for scoring.
+#[inline]
+pub fn nb_ll(x: f64, theta: f64, rho: f64, lib: f64) -> f64 {
+    nb(x, theta, rho, lib).ll
 }

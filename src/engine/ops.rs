@@ -238,6 +238,11 @@ pub fn relu_dropout_bwd<F: Real>(dy: &[F], relu_out: &[F], mask: Option<&[F]>, d
 // ρ_G = w_G·softmax(r_G) with w_G = |G|/N, so Σ_g ρ_g = 1. `group[g]` is 0 or 1.
 
 pub fn split_softmax_fwd<F: Real>(r: &[F], group: &[u8], weight: [f64; 2], rho: &mut [F], n: usize) {
+    if let Some(out32) = F::as_f32_mut(rho) {
+        let r32 = F::as_f32(r);
+        out32.par_chunks_mut(n).zip(r32.par_chunks(n)).for_each(|(o, ri)| simd::split_softmax_row(ri, group, weight, o));
+        return;
+    }
     rho.par_chunks_mut(n).enumerate().for_each(|(i, out)| {
         let ri = &r[i * n..][..n];
         let mut mx = [f64::NEG_INFINITY; 2];
@@ -349,50 +354,242 @@ pub fn likelihood<F: Real>(
     }
 }
 
-/// Forward-only NLL per row for ranking (candidate choice, label transfer): the zero-count term is
-/// evaluated for every gene in f32 fast math (vectorised), then the genes with counts (the sparse row of
-/// `x`: `nz_idx`, `nz_val` per row via `nz_ptr`) are corrected exactly in f64. Same value as
-/// `likelihood` to ~1e-6 relative; no gradients.
+/// Sum of the zero-count log-likelihood terms over one block of genes (ZINB when `s` is given, else NB).
+/// `sp_s` holds softplus(s), precomputed once per decoded row.
+#[inline(always)]
+fn zero_block(ro: &[f32], th: &[f32], s: Option<(&[f32], &[f32])>, l: f32, buf: &mut [f32]) -> f32 {
+    use super::fastmath as fm;
+    use super::likelihood::{RHO_MAX, RHO_MIN, THETA_MIN};
+    let m = ro.len();
+    match s {
+        Some((s, sp)) => {
+            for k in 0..m {
+                let t = th[k].max(THETA_MIN as f32);
+                let mu = ro[k].clamp(RHO_MIN as f32, RHO_MAX as f32) * l;
+                let tl = -t * fm::ln_1p(mu / t);
+                buf[k] = fm::softplus(s[k] + tl) - sp[k];
+            }
+        }
+        None => {
+            for k in 0..m {
+                let t = th[k].max(THETA_MIN as f32);
+                let mu = ro[k].clamp(RHO_MIN as f32, RHO_MAX as f32) * l;
+                buf[k] = -t * fm::ln_1p(mu / t);
+            }
+        }
+    }
+    // Eight independent accumulators: a reduction LLVM may vectorise.
+    let mut a = [0f32; 8];
+    let mut it = buf[..m].chunks_exact(8);
+    for c in &mut it {
+        for q in 0..8 {
+            a[q] += c[q];
+        }
+    }
+    a.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
+}
+
+/// Σ over all genes of the zero-count terms, in blocks of 256 (f32 inside a block, f64 across).
+#[inline(always)]
+fn zero_sum_body(ro: &[f32], th: &[f32], s: Option<(&[f32], &[f32])>, l: f32) -> f64 {
+    let n = ro.len();
+    let mut buf = [0f32; 256];
+    let mut total = 0f64;
+    for b0 in (0..n).step_by(256) {
+        let b1 = (b0 + 256).min(n);
+        let ss = s.map(|(a, b)| (&a[b0..b1], &b[b0..b1]));
+        total += zero_block(&ro[b0..b1], &th[b0..b1], ss, l, &mut buf) as f64;
+    }
+    total
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn zero_sum_avx2(ro: &[f32], th: &[f32], s: Option<(&[f32], &[f32])>, l: f32) -> f64 {
+    zero_sum_body(ro, th, s, l)
+}
+
+/// The zero-count sum with the widest vector unit this CPU has (AVX2+FMA when present).
+fn zero_sum(ro: &[f32], th: &[f32], s: Option<(&[f32], &[f32])>, l: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            return unsafe { zero_sum_avx2(ro, th, s, l) };
+        }
+    }
+    zero_sum_body(ro, th, s, l)
+}
+
+/// softplus element-wise (precomputed for the scoring kernel).
+pub fn softplus_all<F: Real>(x: &[F]) -> Vec<F> {
+    let mut out = vec![F::zero(); x.len()];
+    if let Some(o) = F::as_f32_mut(&mut out) {
+        let xs = F::as_f32(x);
+        o.par_chunks_mut(4096).zip(xs.par_chunks(4096)).for_each(|(o, x)| simd::softplus(x, o));
+    } else {
+        out.par_iter_mut().zip(x.par_iter()).for_each(|(o, &v)| *o = F::f(super::special::softplus(v.d())));
+    }
+    out
+}
+
+/// f32 kernels compiled twice, for baseline x86-64 and for AVX2+FMA, chosen at run time.
+mod simd {
+    use super::super::fastmath as fm;
+
+    #[inline(always)]
+    fn softplus_body(x: &[f32], out: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = fm::softplus(v);
+        }
+    }
+
+    /// exp(r − m[group]) into `out`, and the two group sums.
+    #[inline(always)]
+    fn grouped_exp_body(r: &[f32], group: &[u8], m: [f32; 2], out: &mut [f32]) -> [f64; 2] {
+        for ((o, &v), &g) in out.iter_mut().zip(r).zip(group) {
+            let mm = if g == 0 { m[0] } else { m[1] };
+            *o = fm::exp(v - mm);
+        }
+        let mut s0 = [0f32; 8];
+        let mut s1 = [0f32; 8];
+        let mut total = [0f64; 2];
+        for (oc, gc) in out.chunks(2048).zip(group.chunks(2048)) {
+            let mut it = oc.chunks_exact(8).zip(gc.chunks_exact(8));
+            for (o8, g8) in &mut it {
+                for q in 0..8 {
+                    let is0 = g8[q] == 0;
+                    s0[q] += if is0 { o8[q] } else { 0.0 };
+                    s1[q] += if is0 { 0.0 } else { o8[q] };
+                }
+            }
+            let rem = oc.len() - oc.len() % 8;
+            for k in rem..oc.len() {
+                if gc[k] == 0 {
+                    s0[0] += oc[k];
+                } else {
+                    s1[0] += oc[k];
+                }
+            }
+            total[0] += s0.iter().map(|&v| v as f64).sum::<f64>();
+            total[1] += s1.iter().map(|&v| v as f64).sum::<f64>();
+            s0 = [0.0; 8];
+            s1 = [0.0; 8];
+        }
+        total
+    }
+
+    #[inline(always)]
+    fn scale_body(group: &[u8], scale: [f32; 2], out: &mut [f32]) {
+        for (o, &g) in out.iter_mut().zip(group) {
+            *o *= if g == 0 { scale[0] } else { scale[1] };
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn softplus_avx2(x: &[f32], out: &mut [f32]) {
+        softplus_body(x, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn grouped_exp_avx2(r: &[f32], group: &[u8], m: [f32; 2], out: &mut [f32]) -> [f64; 2] {
+        grouped_exp_body(r, group, m, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scale_avx2(group: &[u8], scale: [f32; 2], out: &mut [f32]) {
+        scale_body(group, scale, out)
+    }
+
+    fn avx2() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    pub fn softplus(x: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: features detected above.
+            return unsafe { softplus_avx2(x, out) };
+        }
+        softplus_body(x, out)
+    }
+
+    /// One row of the split softmax in f32 fast math.
+    pub fn split_softmax_row(r: &[f32], group: &[u8], weight: [f64; 2], out: &mut [f32]) {
+        let mut mx = [f32::NEG_INFINITY; 2];
+        for (&v, &g) in r.iter().zip(group) {
+            let k = g as usize;
+            mx[k] = mx[k].max(v);
+        }
+        #[cfg(target_arch = "x86_64")]
+        let fast = avx2();
+        #[cfg(not(target_arch = "x86_64"))]
+        let fast = false;
+        // SAFETY (both unsafe calls): the AVX2 variants run only when the features were detected.
+        let sum = if fast {
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                grouped_exp_avx2(r, group, mx, out)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!()
+        } else {
+            grouped_exp_body(r, group, mx, out)
+        };
+        let scale = [(weight[0] / sum[0]) as f32, (weight[1] / sum[1]) as f32];
+        if fast {
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                scale_avx2(group, scale, out)
+            }
+        } else {
+            scale_body(group, scale, out)
+        }
+    }
+}
+
+/// Forward-only NLL per output row, for ranking (candidate choice, label transfer). Row i scores the
+/// counts `x` row i against decoded row `rows[i]` of `rho` (and `logit`, with `sp_logit` =
+/// softplus(logit)) and θ row `batch[i]` of the per-batch table `theta` [S×N], library `lib[i]`.
+/// The zero-count term of every gene runs in f32 fast math (vectorised); the genes with counts are then
+/// corrected exactly in f64. Same value as `likelihood` to ~1e-6 relative; no gradients; no row copies.
 #[allow(clippy::too_many_arguments)]
 pub fn likelihood_score<F: Real>(
     dist: Distribution,
     nz_ptr: &[usize],
     nz_idx: &[u32],
     nz_val: &[f32],
+    rows: &[u32],
+    batch: &[u32],
     rho: &[F],
     theta: &[F],
-    logit: Option<&[F]>,
+    logit: Option<(&[F], &[F])>,
     lib: &[F],
     n: usize,
     nll: &mut [F],
 ) {
-    use super::fastmath as fm;
-    use super::likelihood::{RHO_MAX, RHO_MIN, THETA_MIN};
+    let (rho32, theta32) = (F::as_f32(rho), F::as_f32(theta));
+    let logit32 = logit.map(|(a, b)| (F::as_f32(a), F::as_f32(b)));
     nll.par_iter_mut().enumerate().for_each(|(i, out)| {
         let l = lib[i].d() as f32;
-        let (ro, th) = (&rho[i * n..][..n], &theta[i * n..][..n]);
-        let mut zero_sum = 0f64;
-        let mut block = 0f32;
-        for g in 0..n {
-            let t = th[g].d() as f32;
-            let t = t.max(THETA_MIN as f32);
-            let r = (ro[g].d() as f32).clamp(RHO_MIN as f32, RHO_MAX as f32);
-            let mu = r * l;
-            let tl = -t * fm::ln_1p(mu / t);
-            let ll = match dist {
-                Distribution::Zinb => {
-                    let s = logit.unwrap()[i * n + g].d() as f32;
-                    fm::softplus(s + tl) - fm::softplus(s)
-                }
-                Distribution::Nb => tl,
-            };
-            block += ll;
-            if g % 256 == 255 {
-                zero_sum += block as f64;
-                block = 0.0;
-            }
-        }
-        zero_sum += block as f64;
+        let (r0, t0) = (rows[i] as usize * n, batch[i] as usize * n);
+        let ro = &rho32[r0..r0 + n];
+        let th = &theta32[t0..t0 + n];
+        let s = match (dist, &logit32) {
+            (Distribution::Zinb, Some((a, b))) => Some((&a[r0..r0 + n], &b[r0..r0 + n])),
+            _ => None,
+        };
+        let zero = zero_sum(ro, th, s, l);
+        use super::fastmath as fm;
+        use super::likelihood::{RHO_MAX, RHO_MIN, THETA_MIN};
         // Genes with counts: swap the zero-count term for the exact one.
         let mut corr = 0f64;
         for p in nz_ptr[i]..nz_ptr[i + 1] {
@@ -401,17 +598,22 @@ pub fn likelihood_score<F: Real>(
             if x < 1e-7 {
                 continue;
             }
-            let (t, r) = (th[g].d(), ro[g].d());
-            let (exact, zero) = match dist {
-                Distribution::Zinb => {
-                    let s = logit.unwrap()[i * n + g].d();
-                    (super::likelihood::zinb(x, t, r, l as f64, s).ll, super::likelihood::zinb(0.0, t, r, l as f64, s).ll)
+            let (t, r) = (th[g].max(THETA_MIN as f32), ro[g].clamp(RHO_MIN as f32, RHO_MAX as f32));
+            // exact(x) − zero term; softplus(s) cancels. The count-only part (lgamma ratio and ln x!) in
+            // f64, the rest in f32 fast math.
+            let mu = r * l;
+            let th_log = -t * fm::ln_1p(mu / t);
+            let count_part = (super::special::lgamma_ratio(x, t as f64) - super::special::ln_factorial(x)) as f32;
+            let xf = x as f32;
+            corr += match s {
+                Some((sv, _)) => {
+                    let sg = sv[g];
+                    sg + th_log - xf * fm::ln_1p(t / mu) + count_part - fm::softplus(sg + th_log)
                 }
-                Distribution::Nb => (super::likelihood::nb(x, t, r, l as f64).ll, super::likelihood::nb(0.0, t, r, l as f64).ll),
-            };
-            corr += exact - zero;
+                None => -xf * fm::ln_1p(t / mu) + count_part,
+            } as f64;
         }
-        *out = F::f(-(zero_sum + corr));
+        *out = F::f(-(zero + corr));
     });
 }
 

@@ -24,6 +24,12 @@ pub trait Real: Float + Send + Sync + Default + std::fmt::Debug + std::iter::Sum
         rsc: isize,
         csc: isize,
     );
+    /// True for f32: fast-math paths are used only there, so f64 runs (gradient checks) stay exact.
+    const IS_F32: bool;
+    /// The slice itself when it is f32 (mutable), else None.
+    fn as_f32_mut(s: &mut [Self]) -> Option<&mut [f32]>;
+    /// The slice as f32 (borrowed when it already is).
+    fn as_f32(s: &[Self]) -> std::borrow::Cow<'_, [f32]>;
     fn f(v: f64) -> Self {
         Self::from(v).unwrap()
     }
@@ -33,6 +39,13 @@ pub trait Real: Float + Send + Sync + Default + std::fmt::Debug + std::iter::Sum
 }
 
 impl Real for f32 {
+    const IS_F32: bool = true;
+    fn as_f32_mut(s: &mut [f32]) -> Option<&mut [f32]> {
+        Some(s)
+    }
+    fn as_f32(s: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+        std::borrow::Cow::Borrowed(s)
+    }
     unsafe fn gemm(
         m: usize,
         k: usize,
@@ -54,6 +67,13 @@ impl Real for f32 {
 }
 
 impl Real for f64 {
+    const IS_F32: bool = false;
+    fn as_f32_mut(_: &mut [f64]) -> Option<&mut [f32]> {
+        None
+    }
+    fn as_f32(s: &[f64]) -> std::borrow::Cow<'_, [f32]> {
+        std::borrow::Cow::Owned(s.iter().map(|&v| v as f32).collect())
+    }
     unsafe fn gemm(
         m: usize,
         k: usize,

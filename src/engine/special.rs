@@ -62,3 +62,57 @@ pub fn softplus_sigmoid(a: f64) -> (f64, f64) {
     let sg = if a >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
     (sp, sg)
 }
+
+/// Counts up to this use the finite sums below instead of lgamma/digamma.
+const SMALL_COUNT: f64 = 16.0;
+
+/// ln Γ(x+θ) − ln Γ(θ) for a count x ≥ 0: Σ_{k<x} ln(θ+k) for small integer x (exact and cheap),
+/// lgamma otherwise.
+#[inline]
+pub fn lgamma_ratio(x: f64, theta: f64) -> f64 {
+    if x <= SMALL_COUNT && x.fract() == 0.0 {
+        let mut s = 0.0;
+        let mut k = 0.0;
+        while k < x {
+            s += (theta + k).ln();
+            k += 1.0;
+        }
+        s
+    } else {
+        lgamma(x + theta) - lgamma(theta)
+    }
+}
+
+/// ψ(x+θ) − ψ(θ) for a count x ≥ 0: Σ_{k<x} 1/(θ+k) for small integer x.
+#[inline]
+pub fn digamma_diff(x: f64, theta: f64) -> f64 {
+    if x <= SMALL_COUNT && x.fract() == 0.0 {
+        let mut s = 0.0;
+        let mut k = 0.0;
+        while k < x {
+            s += 1.0 / (theta + k);
+            k += 1.0;
+        }
+        s
+    } else {
+        digamma(x + theta) - digamma(theta)
+    }
+}
+
+/// ln(x!) = ln Γ(x+1), tabulated for small integer counts.
+#[inline]
+pub fn ln_factorial(x: f64) -> f64 {
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    if x < 1024.0 && x.fract() == 0.0 {
+        let t = TABLE.get_or_init(|| {
+            let mut v = vec![0.0; 1024];
+            for k in 1..1024 {
+                v[k] = v[k - 1] + (k as f64).ln();
+            }
+            v
+        });
+        t[x as usize]
+    } else {
+        lgamma(x + 1.0)
+    }
+}

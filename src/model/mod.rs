@@ -652,11 +652,19 @@ impl<B: Backend> Model<B> {
         let mut rho = be.zeros(rows * n);
         be.split_softmax_fwd(&r, &self.group, self.group_weight, &mut rho, n);
         let logit = self.pi.as_ref().map(lin);
-        let mut theta = be.zeros(rows * n);
-        be.gather_exp_rows(self.val(self.log_alpha), batch, &mut theta, n);
+        let sp = logit.as_ref().map(|lg| be.softplus(lg));
+        let theta = self.theta_table(be);
+        let idx: Vec<u32> = (0..rows as u32).collect();
         let mut nll = be.zeros(rows);
-        be.likelihood_score(self.cfg.distribution, x, &rho, &theta, logit.as_ref(), lib, n, &mut nll);
+        let lg = logit.as_ref().zip(sp.as_ref());
+        be.likelihood_score(self.cfg.distribution, x, &idx, batch, &rho, &theta, lg, lib, n, &mut nll);
         nll
+    }
+
+    /// θ for every batch [S×N] = exp(log_alpha).
+    pub fn theta_table(&self, be: &B) -> B::Buf {
+        let s = self.cfg.n_batches as u32;
+        self.theta_rows(be, &(0..s).collect::<Vec<_>>())
     }
 
     /// Eval-mode decoder outputs for latents `z` [rows×L] with one batch for all rows: ρ [rows×N] and
