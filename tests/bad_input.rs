@@ -52,6 +52,8 @@ fn run_args<'a>(ctx: &'a str, tgt: &'a str, out: &'a str) -> Vec<&'a str> {
         "--quiet",
         "--epochs-context",
         "1",
+        "--epochs-target",
+        "1",
     ]
 }
 

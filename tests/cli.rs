@@ -159,12 +159,16 @@ fn inspect_identical_for_shared_folders_and_h5ad() {
 fn demo_runs_on_bundled_data() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("demo");
-    let (code, _, err) = bin(&["demo", "--out", out.to_str().unwrap(), "--write-h5ad", "--epochs-context", "2", "--seed", "5"]);
+    let (code, _, err) =
+        bin(&["demo", "--out", out.to_str().unwrap(), "--write-h5ad", "--epochs-context", "2", "--epochs-target", "1", "--seed", "5"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("mouse: 1855 cells"), "{err}");
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(m["homology"]["homologous_genes"], 11312);
-    assert_eq!(m["preprocessing"]["human"]["cells_out"], 2107);
+    // The target's labels are for evaluation: no target cell type is filtered out.
+    assert_eq!(m["preprocessing"]["human"]["cells_out"], 2142);
+    assert!(m["evaluation"]["balanced_accuracy"]["latent_transfer"].is_f64());
+    assert!(err.contains("balanced accuracy on target cells of shared types"), "{err}");
     assert_eq!(m["pretrain"]["epochs"], 2);
     assert_eq!(m["pretrain"]["steps_per_epoch"], 14);
     let p = scspecies::data::read_dataset(&out.join("mouse_preprocessed.h5ad")).unwrap();
@@ -176,29 +180,12 @@ fn demo_runs_on_bundled_data() {
     let hist = std::fs::read_to_string(out.join("context_training.tsv")).unwrap();
     assert_eq!(hist.lines().count(), 3);
     let latent = std::fs::read_to_string(out.join("latent.tsv")).unwrap();
-    assert_eq!(latent.lines().count(), 1855 + 1);
+    assert_eq!(latent.lines().count(), 1855 + 2142 + 1);
+    assert_eq!(std::fs::read_to_string(out.join("target_predictions.tsv")).unwrap().lines().count(), 2142 + 1);
     assert!(latent.starts_with("cell\tdataset\tz_1\t"));
     let be = scspecies::engine::Cpu::<f32>::new();
     let (model, meta) = scspecies::model::io::load(&be, &out.join("context_model")).unwrap();
     assert_eq!(meta.genes.len(), 14860);
     assert_eq!(meta.batches, vec!["mouse1", "mouse2"]);
     assert_eq!(model.cfg.homologous.len(), 11312);
-    // Commands not built yet say so plainly.
-    let (code, _, err) = bin(&[
-        "align",
-        "--context",
-        "a",
-        "--target",
-        "b",
-        "--context-batch-key",
-        "k",
-        "--context-label-key",
-        "l",
-        "--target-batch-key",
-        "k",
-        "--out",
-        "o",
-    ]);
-    assert_eq!(code, 1);
-    assert!(err.contains("no alignment or label transfer yet"), "{err}");
 }
