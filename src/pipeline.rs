@@ -241,7 +241,12 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
     timings.push(("align".to_string(), t.elapsed().as_secs_f64()));
     let t = Instant::now();
     let repr = crate::train::represent(be, &model, &data, 1024);
-    let transfer = crate::transfer::transfer(be, &model, &data, &repr, ctx_repr, &ctx_labels, label_names.len(), tcfg);
+    let hom = crate::transfer::HomologousCounts {
+        context: &ctx.data.counts,
+        context_cols: &pair.homology.context,
+        target_cols: &pair.homology.target,
+    };
+    let transfer = crate::transfer::transfer(be, &model, &data, &repr, ctx_repr, &ctx_labels, label_names.len(), &hom, tcfg);
     timings.push(("transfer".to_string(), t.elapsed().as_secs_f64()));
     let meta = saved_meta.unwrap_or_else(|| ModelFile {
         format: "scspecies".into(),

@@ -5,6 +5,12 @@
 //! Candidates are the 250 context cells nearest to j in z_mu (Euclidean); the 25 with the smallest d
 //! vote, ties to the smallest label. Context cells are decoded once per (chunk, target batch), and pairs
 //! are scored through the backend in bounded groups.
+//!
+//! Unassigned cells (beyond the reference): scSpecies always names a context type. The aligned model
+//! cannot tell a type the context lacks (alignment pulls such cells onto their nearest context type), so
+//! the flag compares counts directly: the KL divergence per count of the cell's homologous-gene profile
+//! from the pooled profile of its 25 nearest context cells, flagged above median + 2 robust SD over all
+//! target cells.
 
 use crate::engine::Backend;
 use crate::engine::backend::HostRows;
@@ -19,14 +25,23 @@ pub struct TransferConfig {
     pub candidates: usize,
     /// Candidates with the best likelihood similarity that vote.
     pub top: usize,
-    /// Robust z-score above which a cell's best match is "far worse than typical" for its predicted type.
+    /// Robust z-score (over all target cells) of the cross-species misfit above which a cell is flagged.
     pub unassigned_threshold: f64,
+    /// Nearest context cells (in latent space) pooled for the misfit.
+    pub novelty_neighbours: usize,
 }
 
 impl Default for TransferConfig {
     fn default() -> Self {
-        TransferConfig { candidates: 250, top: 25, unassigned_threshold: 3.0 }
+        TransferConfig { candidates: 250, top: 25, unassigned_threshold: 2.0, novelty_neighbours: 25 }
     }
+}
+
+/// Homologous-gene counts of both species, for the cross-species misfit behind the unassigned flag.
+pub struct HomologousCounts<'a> {
+    pub context: &'a crate::data::Csr,
+    pub context_cols: &'a [usize],
+    pub target_cols: &'a [usize],
 }
 
 #[derive(Debug, Clone)]
@@ -37,8 +52,11 @@ pub struct Transfer {
     pub vote_share: Vec<f64>,
     /// The smallest d(j, ·): the NLL difference to the best context match.
     pub best_similarity: Vec<f64>,
-    /// best_similarity per observed count (comparable across library sizes); the flag uses it.
+    /// best_similarity per observed count (comparable across library sizes).
     pub best_per_count: Vec<f64>,
+    /// Cross-species misfit: KL divergence (per count) of the cell's homologous-gene profile from the
+    /// pooled profile of its nearest context cells. High for cell types the context lacks.
+    pub novelty: Vec<f64>,
     pub unassigned: Vec<bool>,
 }
 
@@ -78,6 +96,7 @@ pub fn transfer<B: Backend>(
     ctx: &Representation,
     ctx_labels: &[u32],
     n_labels: usize,
+    hom: &HomologousCounts,
     cfg: &TransferConfig,
 ) -> Transfer {
     let (l, n) = (tgt.latent, model.cfg.n_genes);
@@ -155,34 +174,84 @@ pub fn transfer<B: Backend>(
     }
     let totals = data.counts.row_sums();
     let per_count: Vec<f64> = best.iter().zip(&totals).map(|(b, t)| b / t.max(1.0)).collect();
-    let unassigned = flag_unassigned(&per_count, &pred, n_labels, cfg.unassigned_threshold);
-    Transfer { pred, vote_share: share, best_similarity: best, best_per_count: per_count, unassigned }
+    let nn = cfg.novelty_neighbours.min(nk).max(1);
+    let novelty = cross_species_misfit(hom, data.counts, &cand, nk, nn);
+    let unassigned = flag_outliers(&novelty, cfg.unassigned_threshold);
+    Transfer { pred, vote_share: share, best_similarity: best, best_per_count: per_count, novelty, unassigned }
 }
 
-/// Flag cells whose score is above median + t·1.4826·MAD of the cells predicted as the same type
-/// (a robust z-score; types with fewer than 10 cells are not flagged).
-pub fn flag_unassigned(score: &[f64], pred: &[u32], n_labels: usize, t: f64) -> Vec<bool> {
+/// For each target cell: KL(q ‖ p) per count on the homologous genes, where q is the cell's own profile
+/// and p the mean profile of its `nn` nearest context cells (latent space), smoothed by 0.1 % uniform.
+/// The alignment cannot bend this: it compares counts of the two species directly.
+pub fn cross_species_misfit(hom: &HomologousCounts, target: &crate::data::Csr, cand: &[u32], stride: usize, nn: usize) -> Vec<f64> {
+    let h = hom.context_cols.len();
+    let mut cmap = vec![u32::MAX; hom.context.n_cols];
+    for (k, &c) in hom.context_cols.iter().enumerate() {
+        cmap[c] = k as u32;
+    }
+    let mut tmap = vec![u32::MAX; target.n_cols];
+    for (k, &c) in hom.target_cols.iter().enumerate() {
+        tmap[c] = k as u32;
+    }
+    // Normalised homologous profiles of the context cells (sparse).
+    let ctx_profiles: Vec<Vec<(u32, f64)>> = (0..hom.context.n_rows)
+        .into_par_iter()
+        .map(|r| {
+            let (i, v) = hom.context.row(r);
+            let mut p: Vec<(u32, f64)> =
+                i.iter().zip(v).filter(|(c, _)| cmap[**c as usize] != u32::MAX).map(|(c, &x)| (cmap[*c as usize], x as f64)).collect();
+            let t: f64 = p.iter().map(|x| x.1).sum();
+            if t > 0.0 {
+                p.iter_mut().for_each(|x| x.1 /= t);
+            }
+            p
+        })
+        .collect();
+    (0..target.n_rows)
+        .into_par_iter()
+        .map(|j| {
+            let mut pooled = vec![0f64; h];
+            for &c in &cand[j * stride..j * stride + nn] {
+                for &(g, v) in &ctx_profiles[c as usize] {
+                    pooled[g as usize] += v / nn as f64;
+                }
+            }
+            let (i, v) = target.row(j);
+            let x: Vec<(usize, f64)> = i
+                .iter()
+                .zip(v)
+                .filter(|(c, x)| tmap[**c as usize] != u32::MAX && **x > 0.0)
+                .map(|(c, &x)| (tmap[*c as usize] as usize, x as f64))
+                .collect();
+            let n: f64 = x.iter().map(|e| e.1).sum();
+            if n <= 0.0 {
+                return 0.0;
+            }
+            let floor = 0.001 / h as f64;
+            x.iter().map(|&(g, c)| c * ((c / n) / (0.999 * pooled[g] + floor)).ln()).sum::<f64>() / n
+        })
+        .collect()
+}
+
+/// Flag values more than `t` robust standard deviations (1.4826·MAD) above the median of all values.
+pub fn flag_outliers(score: &[f64], t: f64) -> Vec<bool> {
     let median = |v: &mut Vec<f64>| -> f64 {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let m = v.len();
-        if m % 2 == 1 { v[m / 2] } else { 0.5 * (v[m / 2 - 1] + v[m / 2]) }
+        if m == 0 {
+            0.0
+        } else if m % 2 == 1 {
+            v[m / 2]
+        } else {
+            0.5 * (v[m / 2 - 1] + v[m / 2])
+        }
     };
-    let mut out = vec![false; score.len()];
-    for lab in 0..n_labels as u32 {
-        let idx: Vec<usize> = (0..score.len()).filter(|&i| pred[i] == lab).collect();
-        if idx.len() < 10 {
-            continue;
-        }
-        let mut v: Vec<f64> = idx.iter().map(|&i| score[i]).collect();
-        let med = median(&mut v);
-        let mut dev: Vec<f64> = v.iter().map(|x| (x - med).abs()).collect();
-        let mad = 1.4826 * median(&mut dev);
-        if mad <= 0.0 {
-            continue;
-        }
-        for &i in &idx {
-            out[i] = (score[i] - med) / mad > t;
-        }
+    let mut v = score.to_vec();
+    let med = median(&mut v);
+    let mut dev: Vec<f64> = score.iter().map(|x| (x - med).abs()).collect();
+    let mad = 1.4826 * median(&mut dev);
+    if mad <= 0.0 {
+        return vec![false; score.len()];
     }
-    out
+    score.iter().map(|&x| (x - med) / mad > t).collect()
 }

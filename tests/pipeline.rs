@@ -102,7 +102,7 @@ fn run_writes_every_output_and_is_reproducible() {
         assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f} differs between two runs with the same seed");
     }
     let pred = std::fs::read_to_string(a.join("target_predictions.tsv")).unwrap();
-    assert!(pred.starts_with("cell\tpredicted_label\tvote_share\tbest_similarity\tbest_similarity_per_count\tunassigned\tknn_label\tagreement\ttop_percent\taligned\ttrue_label\n"));
+    assert!(pred.starts_with("cell\tpredicted_label\tvote_share\tbest_similarity\tbest_similarity_per_count\tnovelty\tunassigned\tknn_label\tagreement\ttop_percent\taligned\ttrue_label\n"));
     assert_eq!(pred.lines().count(), 91);
     assert_eq!(std::fs::read_to_string(a.join("latent.tsv")).unwrap().lines().count(), 181);
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("metrics.json")).unwrap()).unwrap();

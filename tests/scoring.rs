@@ -135,3 +135,27 @@ fn candidate_choice_matches_naive_scoring() {
         }
     }
 }
+
+#[test]
+fn unassigned_rule_and_cross_species_misfit() {
+    use scspecies::transfer::{HomologousCounts, cross_species_misfit, flag_outliers};
+    // Robust z over all cells: median 1, MAD 0.1 → threshold 1 + 2·0.14826 ≈ 1.297.
+    let s = [1.0, 1.0, 1.0, 0.9, 1.1, 1.3, 5.0];
+    assert_eq!(flag_outliers(&s, 2.0), vec![false, false, false, false, false, true, true]);
+    assert_eq!(flag_outliers(&[1.0; 4], 2.0), vec![false; 4]);
+    // Context: two cells with profiles over 3 homologous genes (columns 0, 2, 3 of 4).
+    let ctx = Csr::from_dense(2, 4, &[1., 9., 1., 2., 3., 0., 1., 0.]);
+    // Target columns 1, 0, 2 correspond to them.
+    let tgt = Csr::from_dense(2, 3, &[1., 2., 1., 0., 4., 0.]);
+    let hom = HomologousCounts { context: &ctx, context_cols: &[0, 2, 3], target_cols: &[1, 0, 2] };
+    let m = cross_species_misfit(&hom, &tgt, &[0, 1, 1, 0], 2, 1);
+    // Cell 0 against context cell 0: q = (1, 2, 1)/4 over (h0, h1, h2), p = (1, 1, 2)/4.
+    let (h, fl) = (3.0, 0.001 / 3.0);
+    let p = |v: f64| 0.999 * v + fl;
+    let want0 = (1.0 * ((0.25f64) / p(0.25)).ln() + 2.0 * (0.5 / p(0.25)).ln() + 1.0 * (0.25 / p(0.5)).ln()) / 4.0;
+    assert!((m[0] - want0).abs() < 1e-12, "{} vs {want0}", m[0]);
+    // Cell 1 (all counts on h0) against context cell 1 (profile (3, 1, 0)/4 → h0 = 0.75).
+    let want1 = (0.999f64 * 0.75 + fl).recip().ln();
+    assert!((m[1] - want1).abs() < 1e-12, "{} vs {want1}", m[1]);
+    let _ = h;
+}

@@ -602,6 +602,7 @@ fn write_alignment_outputs(
                 format!("{:.2}", tr.vote_share[i]),
                 format!("{:.4}", tr.best_similarity[i]),
                 format!("{:.6}", tr.best_per_count[i]),
+                format!("{:.5}", tr.novelty[i]),
                 tr.unassigned[i].to_string(),
                 names[run.knn_label[i] as usize].clone(),
                 run.agreement[i].to_string(),
@@ -642,6 +643,7 @@ fn write_alignment_outputs(
     };
     obs.push(("vote_share".into(), Values::F64(pad(tr.vote_share.clone()))));
     obs.push(("best_similarity".into(), Values::F64(pad(tr.best_similarity.clone()))));
+    obs.push(("novelty".into(), Values::F64(pad(tr.novelty.clone()))));
     let mut un = vec![String::new(); nc];
     un.extend(tr.unassigned.iter().map(|u| u.to_string()));
     obs.push(("unassigned".into(), Values::Categorical(crate::data::Categorical::from_strings(&un))));
