@@ -583,6 +583,7 @@ fn write_alignment_outputs(
         "vote_share",
         "best_similarity",
         "best_similarity_per_count",
+        "novelty",
         "unassigned",
         "knn_label",
         "agreement",
