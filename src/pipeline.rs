@@ -182,6 +182,7 @@ pub fn context_label_codes(p: &Prepared) -> Result<(Vec<u32>, Vec<String>)> {
 }
 
 /// Data-level kNN, target fine-tuning against the context model, representations and label transfer.
+#[allow(clippy::too_many_arguments)]
 pub fn align_and_transfer<B: crate::engine::Backend>(
     be: &B,
     pair: &PreparedPair,

@@ -88,6 +88,7 @@ const PAIR_GROUP: usize = 512;
 const CONTEXT_CHUNK: usize = 256;
 
 /// Label transfer. `data` is the target (counts, batches), `tgt`/`ctx` the eval-mode representations.
+#[allow(clippy::too_many_arguments)]
 pub fn transfer<B: Backend>(
     be: &B,
     model: &Model<B>,
