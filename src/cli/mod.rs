@@ -82,6 +82,21 @@ pub struct RunOptions {
     /// Also write each preprocessed dataset as <out>/<name>_preprocessed.h5ad.
     #[arg(long)]
     pub write_h5ad: bool,
+    /// Align the top p % of each data-level predicted type (default: 50 below 10,000 target cells, else 20).
+    #[arg(long)]
+    pub top_percent: Option<f64>,
+    /// Context neighbours per aligned cell among which the best candidate is chosen.
+    #[arg(long, default_value_t = 25)]
+    pub k_neighbours: usize,
+    /// Keep dropout on in the frozen inner encoder during alignment (the package's behaviour).
+    #[arg(long)]
+    pub inner_dropout: bool,
+    /// Decode alignment candidates without decoder dropout (the reference uses train mode).
+    #[arg(long)]
+    pub eval_candidates: bool,
+    /// Robust z-score of the cross-species misfit above which a target cell is flagged unassigned.
+    #[arg(long, default_value_t = 2.0)]
+    pub unassigned_threshold: f64,
 }
 
 impl RunOptions {
@@ -444,7 +459,19 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages)
     if stages == Stages::Transfer {
         acfg.epochs = 0;
     }
-    let tcfg = crate::transfer::TransferConfig::default();
+    if let Some(p) = o.top_percent {
+        if !(0.0..=100.0).contains(&p) {
+            return Err(Error::Config(format!("--top-percent must be in [0, 100], got {p}")));
+        }
+        acfg.top_percent = p;
+    }
+    if o.k_neighbours == 0 {
+        return Err(Error::Config("--k-neighbours must be at least 1".into()));
+    }
+    acfg.k = o.k_neighbours;
+    acfg.inner_dropout = o.inner_dropout;
+    acfg.candidate_dropout = !o.eval_candidates;
+    let tcfg = crate::transfer::TransferConfig { unassigned_threshold: o.unassigned_threshold, ..Default::default() };
     let trained = if stages == Stages::Transfer {
         let (m, meta) = crate::model::io::load(&be, &tgt_stem)?;
         check_model_genes(&meta, &pair.target, &tgt_stem)?;
