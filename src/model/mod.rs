@@ -620,18 +620,9 @@ impl<B: Backend> Model<B> {
         Encoded { inter, z_mu, z_ls, l_mu, l_ls }
     }
 
-    /// Decode latents and score counts: the per-row NLL of the count rows `x` under the decoder at
-    /// `z` [rows×L] with the given batches and library sizes, with the fast scoring kernel (ranking).
-    /// `masks` (decoder blocks only) for train mode.
-    pub fn decode_nll(
-        &self,
-        be: &B,
-        z: &B::Buf,
-        batch: &[u32],
-        lib: &B::Buf,
-        x: &crate::engine::backend::HostRows,
-        masks: Option<&[B::Buf]>,
-    ) -> B::Buf {
+    /// Decoder outputs for latents `z` [rows×L] with a batch per row: ρ [rows×N] and, for ZINB, the
+    /// non-dropout logits. `masks` (decoder blocks only) for train mode.
+    fn decode_rows(&self, be: &B, z: &B::Buf, batch: &[u32], masks: Option<&[B::Buf]>) -> (B::Buf, Option<B::Buf>) {
         let rows = batch.len();
         let (n, s, l) = (self.cfg.n_genes, self.cfg.n_batches, self.cfg.latent);
         let mut onehot = vec![0f64; rows * s];
@@ -651,44 +642,42 @@ impl<B: Backend> Model<B> {
         let r = lin(&self.rho);
         let mut rho = be.zeros(rows * n);
         be.split_softmax_fwd(&r, &self.group, self.group_weight, &mut rho, n);
-        let logit = self.pi.as_ref().map(lin);
+        (rho, self.pi.as_ref().map(lin))
+    }
+
+    /// Decode latents and score counts: the per-row NLL of the count rows `x` under the decoder at
+    /// `z` [rows×L] with the given batches and library sizes, with the fast scoring kernel (ranking).
+    /// `masks` (decoder blocks only) for train mode.
+    pub fn decode_nll(
+        &self,
+        be: &B,
+        z: &B::Buf,
+        batch: &[u32],
+        lib: &B::Buf,
+        x: &crate::engine::backend::HostRows,
+        masks: Option<&[B::Buf]>,
+    ) -> B::Buf {
+        let rows = batch.len();
+        let (rho, logit) = self.decode_rows(be, z, batch, masks);
         let sp = logit.as_ref().map(|lg| be.softplus(lg));
         let theta = self.theta_table(be);
         let idx: Vec<u32> = (0..rows as u32).collect();
         let mut nll = be.zeros(rows);
         let lg = logit.as_ref().zip(sp.as_ref());
-        be.likelihood_score(self.cfg.distribution, x, &idx, batch, &rho, &theta, lg, lib, n, &mut nll);
+        be.likelihood_score(self.cfg.distribution, x, &idx, batch, &rho, &theta, lg, lib, self.cfg.n_genes, &mut nll);
         nll
+    }
+
+    /// Eval-mode decoder outputs for latents `z` [rows×L] with one batch for all rows: ρ [rows×N] and
+    /// the non-dropout logits (ZINB).
+    pub fn decode(&self, be: &B, z: &B::Buf, batch: u32, rows: usize) -> (B::Buf, Option<B::Buf>) {
+        self.decode_rows(be, z, &vec![batch; rows], None)
     }
 
     /// θ for every batch [S×N] = exp(log_alpha).
     pub fn theta_table(&self, be: &B) -> B::Buf {
         let s = self.cfg.n_batches as u32;
         self.theta_rows(be, &(0..s).collect::<Vec<_>>())
-    }
-
-    /// Eval-mode decoder outputs for latents `z` [rows×L] with one batch for all rows: ρ [rows×N] and
-    /// the non-dropout logits (ZINB).
-    pub fn decode(&self, be: &B, z: &B::Buf, batch: u32, rows: usize) -> (B::Buf, Option<B::Buf>) {
-        let (n, s, l) = (self.cfg.n_genes, self.cfg.n_batches, self.cfg.latent);
-        let mut onehot = vec![0f64; rows * s];
-        for i in 0..rows {
-            onehot[i * s + batch as usize] = 1.0;
-        }
-        let mut dec_in = be.zeros(rows * (l + s));
-        be.set_cols(z, l + s, 0, l, &mut dec_in);
-        be.set_cols(&be.upload(&onehot), l + s, l, s, &mut dec_in);
-        let decoder = self.stack_fwd(be, &self.decoder, Some(&dec_in), None, rows, None);
-        let hd = &decoder.last().unwrap().out;
-        let lin = |lin: &Linear| {
-            let mut y = be.zeros(rows * lin.n);
-            be.linear_fwd(hd, self.val(lin.w), self.val(lin.b), &mut y, rows, lin.k, lin.n);
-            y
-        };
-        let r = lin(&self.rho);
-        let mut rho = be.zeros(rows * n);
-        be.split_softmax_fwd(&r, &self.group, self.group_weight, &mut rho, n);
-        (rho, self.pi.as_ref().map(lin))
     }
 
     /// θ rows [rows×N] for the given batches.
