@@ -125,11 +125,7 @@ pub fn train_target<B: Backend>(
                 .collect();
             let t = InterTarget::new(&sel, &targets, eta);
             let l = model.losses(be, &f, Some(&t));
-            if let Some(term) = [("NLL", l.nll), ("KL_z", l.kl_z), ("KL_l", l.kl_l), ("alignment", l.align)]
-                .into_iter()
-                .find(|(_, v)| !v.is_finite())
-                .map(|(k, _)| k)
-            {
+            if let Some(term) = crate::train::non_finite(&l) {
                 return Err(Error::Input(format!(
                     "target training diverged: the {term} term is not finite at epoch {} step {} (of {steps})",
                     epoch + 1,
@@ -147,15 +143,7 @@ pub fn train_target<B: Backend>(
             if done {
                 let st = steps as f64;
                 history.push(AlignEpoch {
-                    stats: EpochStats {
-                        epoch: epoch + 1,
-                        beta,
-                        nelbo: sums[0] / st,
-                        nll: sums[1] / st,
-                        kl_z: sums[2] / st,
-                        kl_l: sums[3] / st,
-                        ms_per_step: ms,
-                    },
+                    stats: EpochStats::from_sums(epoch, beta, &sums[..4], steps, ms),
                     eta,
                     align: sums[4] / st,
                     aligned_per_step: sums[5] / st,

@@ -141,8 +141,16 @@ pub fn permutation(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     p
 }
 
+impl EpochStats {
+    /// Epoch means from per-step sums of (nELBO, NLL, KL_z, KL_l).
+    pub fn from_sums(epoch: usize, beta: f64, sums: &[f64], steps: usize, ms_per_step: f64) -> Self {
+        let st = steps as f64;
+        EpochStats { epoch: epoch + 1, beta, nelbo: sums[0] / st, nll: sums[1] / st, kl_z: sums[2] / st, kl_l: sums[3] / st, ms_per_step }
+    }
+}
+
 /// Which loss term is not finite, if any.
-fn non_finite(l: &Losses) -> Option<&'static str> {
+pub fn non_finite(l: &Losses) -> Option<&'static str> {
     [("NLL", l.nll), ("KL_z", l.kl_z), ("KL_l", l.kl_l), ("alignment", l.align)].into_iter().find(|(_, v)| !v.is_finite()).map(|(k, _)| k)
 }
 
@@ -184,8 +192,8 @@ pub fn train_context<B: Backend>(
             model.backward(be, &batch, &noise, &f, beta, None);
             model.adam_step(be, &cfg.adam, |_| true);
             let vals = [l.total(beta, 0.0), l.nll, beta * l.kl_z, beta * l.kl_l];
-            for k in 0..4 {
-                sums[k] += [l.total(beta, 0.0), l.nll, l.kl_z, l.kl_l][k];
+            for (s, v) in sums.iter_mut().zip([l.total(beta, 0.0), l.nll, l.kl_z, l.kl_l]) {
+                *s += v;
             }
             if window.len() == 100 {
                 window.pop_front();
@@ -200,16 +208,7 @@ pub fn train_context<B: Backend>(
             let ms = t0.elapsed().as_secs_f64() * 1000.0 / (step + 1) as f64;
             let done = step + 1 == steps;
             if done {
-                let st = steps as f64;
-                history.push(EpochStats {
-                    epoch: epoch + 1,
-                    beta,
-                    nelbo: sums[0] / st,
-                    nll: sums[1] / st,
-                    kl_z: sums[2] / st,
-                    kl_l: sums[3] / st,
-                    ms_per_step: ms,
-                });
+                history.push(EpochStats::from_sums(epoch, beta, &sums, steps, ms));
             }
             progress(&Progress {
                 epoch,
