@@ -128,6 +128,36 @@ pub fn pretrain<B: crate::engine::Backend>(
     tcfg: &crate::train::TrainConfig,
     progress: &mut dyn FnMut(&crate::train::Progress),
 ) -> Result<ContextRun<B>> {
+    pretrain_guarded(be, pair, tcfg, &crate::train::Guard::default(), progress, &mut |_| {})
+}
+
+/// What a checkpoint of a phase must agree on with the run that resumes it.
+fn fingerprint(phase: &str, config: &impl serde::Serialize, model: &crate::model::ModelConfig, p: &Prepared) -> serde_json::Value {
+    let mut genes = crate::train::checkpoint::Fnv::default();
+    for g in &p.data.genes {
+        genes.bytes(g.as_bytes()).bytes(&[0]);
+    }
+    serde_json::json!({
+        "phase": phase,
+        "config": config,
+        "model": model,
+        "cells": p.n_cells(),
+        "genes": genes.hex(),
+        "counts": crate::train::checkpoint::hash_counts(&p.data.counts),
+        "batches": p.batch_names,
+        "batch_of_cell": crate::train::checkpoint::Fnv::default().u64s(p.batch.iter().map(|&b| b as u64)).hex(),
+    })
+}
+
+/// [`pretrain`] with checkpoints (the guard's fingerprint is filled in here) and a divergence policy.
+pub fn pretrain_guarded<B: crate::engine::Backend>(
+    be: &B,
+    pair: &PreparedPair,
+    tcfg: &crate::train::TrainConfig,
+    guard: &crate::train::Guard,
+    progress: &mut dyn FnMut(&crate::train::Progress),
+    log: &mut dyn FnMut(&str),
+) -> Result<ContextRun<B>> {
     use crate::model::{Model, ModelConfig, io::ModelFile};
     let ctx = &pair.context;
     let mut hom = pair.homology.context.clone();
@@ -138,8 +168,12 @@ pub fn pretrain<B: crate::engine::Backend>(
     let (pm, ps) = context_data(ctx);
     let data =
         crate::train::TrainData { counts: &ctx.data.counts, batch: &ctx.batch, prior_mu: &pm, prior_sig: &ps, n_batches: ctx.n_batches() };
+    let mut guard = guard.clone();
+    if let Some(c) = guard.checkpoint.as_mut() {
+        c.fingerprint = fingerprint("context", tcfg, &cfg, ctx);
+    }
     let t = Instant::now();
-    let history = crate::train::train_context(be, &mut model, &data, tcfg, progress)?;
+    let history = crate::train::train_context_guarded(be, &mut model, &data, tcfg, &guard, progress, log)?;
     let train_seconds = t.elapsed().as_secs_f64();
     let repr = crate::train::represent(be, &model, &data, 1024);
     let meta = ModelFile {
@@ -191,10 +225,11 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
     acfg: &crate::align::AlignConfig,
     tcfg: &crate::transfer::TransferConfig,
     trained_target: Option<(crate::model::Model<B>, crate::model::io::ModelFile)>,
+    guard: &crate::train::Guard,
     progress: &mut dyn FnMut(&crate::train::Progress),
     log: &mut dyn FnMut(&str),
 ) -> Result<AlignRun<B>> {
-    use crate::align::{agreement, knn::cosine_knn, train_target};
+    use crate::align::{Selection, agreement, knn::cosine_knn, train_target_guarded};
     use crate::model::{Model, ModelConfig, io::ModelFile};
     let (ctx, tgt) = (&pair.context, &pair.target);
     let (ctx_labels, label_names) = context_label_codes(ctx)?;
@@ -237,8 +272,22 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
     let (pm, ps) = context_data(tgt);
     let data =
         crate::train::TrainData { counts: &tgt.data.counts, batch: &tgt.batch, prior_mu: &pm, prior_sig: &ps, n_batches: tgt.n_batches() };
+    let mut guard = guard.clone();
+    if let Some(c) = guard.checkpoint.as_mut() {
+        let mut fp = fingerprint("target", acfg, &model.cfg, tgt);
+        let h = |v: &mut dyn Iterator<Item = u64>| crate::train::checkpoint::Fnv::default().u64s(v).hex();
+        fp["context_inter"] = h(&mut ctx_repr.inter.iter().map(|x| x.to_bits() as u64)).into();
+        fp["data_knn"] = h(&mut knn.iter().map(|&x| x as u64)).into();
+        fp["aligned"] = h(&mut aligned.iter().map(|&x| x as u64)).into();
+        c.fingerprint = fp;
+    }
     let t = Instant::now();
-    let history = if trained { Vec::new() } else { train_target(be, &mut model, &data, ctx_repr, &knn, stored, &aligned, acfg, progress)? };
+    let history = if trained {
+        Vec::new()
+    } else {
+        let sel = Selection { knn: &knn, knn_stored: stored, aligned: &aligned };
+        train_target_guarded(be, &mut model, &data, ctx_repr, &sel, acfg, &guard, progress, log)?
+    };
     timings.push(("align".to_string(), t.elapsed().as_secs_f64()));
     let t = Instant::now();
     let repr = crate::train::represent(be, &model, &data, 1024);

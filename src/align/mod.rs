@@ -7,9 +7,12 @@ pub mod knn;
 
 use crate::data::Csr;
 use crate::engine::Backend;
+use crate::engine::ops::AdamConfig;
 use crate::error::{Error, Result};
 use crate::model::{InterTarget, Model, Noise};
-use crate::train::{EpochStats, Progress, Representation, Schedule, TrainData, permutation, stream};
+use crate::train::{
+    Divergence, EpochStats, Guard, Progress, Representation, Schedule, TrainData, check_step, drive_epochs, permutation, stream,
+};
 use candidates::{Query, choose};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
@@ -54,7 +57,7 @@ impl AlignConfig {
 }
 
 /// Per-epoch means of target training.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AlignEpoch {
     pub stats: EpochStats,
     pub eta: f64,
@@ -78,6 +81,31 @@ pub fn train_target<B: Backend>(
     cfg: &AlignConfig,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<AlignEpoch>> {
+    let sel = Selection { knn, knn_stored, aligned };
+    train_target_guarded(be, model, data, ctx, &sel, cfg, &Guard::default(), progress, &mut |_| {})
+}
+
+/// The data-level neighbours and the cells selected for alignment.
+pub struct Selection<'a> {
+    pub knn: &'a [u32],
+    pub knn_stored: usize,
+    pub aligned: &'a [bool],
+}
+
+/// [`train_target`] with checkpoints, resume and a divergence policy.
+#[allow(clippy::too_many_arguments)]
+pub fn train_target_guarded<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    data: &TrainData,
+    ctx: &Representation,
+    sel_in: &Selection,
+    cfg: &AlignConfig,
+    guard: &Guard,
+    progress: &mut dyn FnMut(&Progress),
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<AlignEpoch>> {
+    let (knn, knn_stored, aligned) = (sel_in.knn, sel_in.knn_stored, sel_in.aligned);
     let n = data.n_cells();
     let k = cfg.k.min(knn_stored);
     if n == 0 {
@@ -86,8 +114,8 @@ pub fn train_target<B: Backend>(
     let bs = cfg.batch_size.min(n);
     let steps = (n / bs).max(1);
     let d = model.cfg.inter_dim();
-    let mut history = Vec::new();
-    for epoch in 0..cfg.epochs {
+    let trainable = |name: &str| !name.starts_with("inner.");
+    let mut one_epoch = |model: &mut Model<B>, epoch: usize, adam: &AdamConfig| -> std::result::Result<AlignEpoch, Divergence> {
         let (beta, eta) = (cfg.beta.at(epoch), cfg.eta.at(epoch));
         let perm = permutation(n, cfg.seed, epoch);
         let t0 = std::time::Instant::now();
@@ -126,29 +154,25 @@ pub fn train_target<B: Backend>(
             let t = InterTarget::new(&sel, &targets, eta);
             let l = model.losses(be, &f, Some(&t));
             if let Some(term) = crate::train::non_finite(&l) {
-                return Err(Error::Input(format!(
-                    "target training diverged: the {term} term is not finite at epoch {} step {} (of {steps})",
-                    epoch + 1,
-                    step + 1
-                )));
+                return Err(Divergence { epoch, step, steps, what: format!("the {term} term") });
             }
             model.backward(be, &batch, &noise, &f, beta, Some(&t));
-            model.adam_step(be, &cfg.adam, |name| !name.starts_with("inner."));
+            check_step(be, model, &l, &trainable, (epoch, step, steps))?;
+            model.adam_step(be, adam, trainable);
             let vals = [l.total(beta, eta), l.nll, l.kl_z, l.kl_l, l.align, sel.len() as f64];
             for (s, v) in sums.iter_mut().zip(vals) {
                 *s += v;
             }
             let ms = t0.elapsed().as_secs_f64() * 1000.0 / (step + 1) as f64;
-            let done = step + 1 == steps;
-            if done {
+            let done = (step + 1 == steps).then(|| {
                 let st = steps as f64;
-                history.push(AlignEpoch {
+                AlignEpoch {
                     stats: EpochStats::from_sums(epoch, beta, &sums[..4], steps, ms),
                     eta,
                     align: sums[4] / st,
                     aligned_per_step: sums[5] / st,
-                });
-            }
+                }
+            });
             let running = [l.total(beta, eta), l.nll, beta * l.kl_z, eta * l.align];
             progress(&Progress {
                 epoch,
@@ -157,11 +181,15 @@ pub fn train_target<B: Backend>(
                 steps,
                 ms_per_step: ms,
                 running,
-                finished_epoch: if done { history.last().map(|h| &h.stats) } else { None },
+                finished_epoch: done.as_ref().map(|h| &h.stats),
             });
+            if let Some(h) = done {
+                return Ok(h);
+            }
         }
-    }
-    Ok(history)
+        unreachable!("an epoch has at least one step")
+    };
+    drive_epochs(be, model, "target", cfg.epochs, &cfg.adam, guard, log, &mut one_epoch)
 }
 
 /// Check that the kNN input fits: every target cell has `stored` neighbours.

@@ -43,6 +43,15 @@ pub enum Device {
     Auto,
 }
 
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NanPolicy {
+    /// Stop with a message naming epoch, step, term and the last good checkpoint.
+    Stop,
+    /// Reload the last checkpoint and continue with a lower learning rate.
+    Rollback,
+}
+
 /// Options shared by every command that trains or analyses.
 #[derive(Args, Debug, Clone)]
 pub struct RunOptions {
@@ -97,9 +106,48 @@ pub struct RunOptions {
     /// Robust z-score of the cross-species misfit above which a target cell is flagged unassigned.
     #[arg(long, default_value_t = 2.0)]
     pub unassigned_threshold: f64,
+    /// Adam learning rate of both training phases.
+    #[arg(long, default_value_t = 1e-3)]
+    pub learning_rate: f64,
+    /// Continue an interrupted run from the checkpoints in DIR (the interrupted run's --out); the
+    /// result is the one the uninterrupted run would have given.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Write a checkpoint every N epochs (0: none) to <out>/checkpoints.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub checkpoint_every: usize,
+    /// Keep <out>/checkpoints after the run has finished (they are deleted by default).
+    #[arg(long)]
+    pub keep_checkpoints: bool,
+    /// What to do when a loss or gradient is not finite.
+    #[arg(long, value_enum, default_value = "stop")]
+    pub on_nan: NanPolicy,
+    /// With --on-nan rollback: factor applied to the learning rate at each rollback.
+    #[arg(long, default_value_t = 0.5)]
+    pub rollback_lr_factor: f64,
+    /// With --on-nan rollback: rollbacks allowed per training phase.
+    #[arg(long, default_value_t = 3)]
+    pub rollback_retries: usize,
 }
 
 impl RunOptions {
+    /// Checkpoints and divergence policy of one training phase (the fingerprint is set by the pipeline).
+    pub fn guard(&self, out_dir: &Path, phase: &str) -> crate::train::Guard {
+        use crate::train::{Checkpointing, Guard, OnNan};
+        let file = format!("{phase}.safetensors");
+        let checkpoint = (self.checkpoint_every > 0 || self.resume.is_some()).then(|| Checkpointing {
+            path: out_dir.join("checkpoints").join(&file),
+            resume_from: self.resume.as_ref().map(|d| d.join("checkpoints").join(&file)),
+            fingerprint: serde_json::Value::Null,
+            every: self.checkpoint_every,
+        });
+        let on_nan = match self.on_nan {
+            NanPolicy::Stop => OnNan::Stop,
+            NanPolicy::Rollback => OnNan::Rollback { lr_factor: self.rollback_lr_factor, max_retries: self.rollback_retries },
+        };
+        Guard { checkpoint, on_nan }
+    }
+
     pub fn preprocess_config(&self) -> PreprocessConfig {
         PreprocessConfig {
             min_batch_size: self.min_batch_size,
@@ -281,7 +329,37 @@ fn check_options(o: &RunOptions) -> Result<()> {
         }
         None => {}
     }
+    if !(o.learning_rate > 0.0 && o.learning_rate.is_finite()) {
+        return Err(Error::Config(format!("--learning-rate must be a positive number, got {}", o.learning_rate)));
+    }
+    if o.on_nan == NanPolicy::Rollback {
+        if !(o.rollback_lr_factor > 0.0 && o.rollback_lr_factor < 1.0) {
+            return Err(Error::Config(format!("--rollback-lr-factor must be in (0, 1), got {}", o.rollback_lr_factor)));
+        }
+        if o.checkpoint_every == 0 {
+            return Err(Error::Config("--on-nan rollback needs checkpoints: --checkpoint-every must be at least 1".into()));
+        }
+    }
+    if let Some(d) = &o.resume
+        && !d.is_dir()
+    {
+        return Err(Error::io(
+            d,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "--resume: no such folder (give the --out of the interrupted run)"),
+        ));
+    }
     Ok(())
+}
+
+/// After a successful command the checkpoints are no longer needed (unless kept).
+fn finish_checkpoints(out_dir: &Path, o: &RunOptions) {
+    if !o.keep_checkpoints {
+        let dir = out_dir.join("checkpoints");
+        for phase in ["context", "target"] {
+            let _ = std::fs::remove_file(dir.join(format!("{phase}.safetensors")));
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
 }
 
 /// A progress bar over all training steps, with the reference's running means.
@@ -293,6 +371,16 @@ fn training_bar(quiet: bool, total: u64) -> indicatif::ProgressBar {
             .progress_chars("=> "),
     );
     pb
+}
+
+/// A line above a progress bar (or on stderr when the bar is hidden), unless quiet.
+fn bar_log(bar: &indicatif::ProgressBar, quiet: bool, m: &str) {
+    if quiet {
+    } else if bar.is_hidden() {
+        eprintln!("{m}");
+    } else {
+        bar.println(m);
+    }
 }
 
 /// Pre-train the context model with a progress bar, and write its files.
@@ -308,32 +396,41 @@ fn pretrain_stage(
     if let Some(e) = o.epochs_context {
         tcfg.epochs = e;
     }
+    tcfg.adam.lr = o.learning_rate;
     let steps = (n / tcfg.batch_size.min(n)).max(1);
     let be = Cpu::<f32>::new();
     let bar = training_bar(o.quiet, (tcfg.epochs * steps) as u64);
     bar.set_prefix(format!("pretrain {}", pair.context.name));
     let mut lines = Vec::new();
-    let res = crate::pipeline::pretrain(&be, pair, &tcfg, &mut |p| {
-        bar.inc(1);
-        bar.set_message(format!(
-            "epoch {}/{} step {}/{} | {:.1} ms/step | nELBO {:.1} NLL {:.1} KL_z {:.2} KL_l {:.3}",
-            p.epoch + 1,
-            p.epochs,
-            p.step + 1,
-            p.steps,
-            p.ms_per_step,
-            p.running[0],
-            p.running[1],
-            p.running[2],
-            p.running[3]
-        ));
-        if let Some(e) = p.finished_epoch {
-            lines.push(format!(
-                "epoch {:>3}: nELBO {:.2} NLL {:.2} KL_z {:.3} KL_l {:.4} beta {:.2} ({:.1} ms/step)",
-                e.epoch, e.nelbo, e.nll, e.kl_z, e.kl_l, e.beta, e.ms_per_step
+    let guard = o.guard(out_dir, "context");
+    let res = crate::pipeline::pretrain_guarded(
+        &be,
+        pair,
+        &tcfg,
+        &guard,
+        &mut |p| {
+            bar.inc(1);
+            bar.set_message(format!(
+                "epoch {}/{} step {}/{} | {:.1} ms/step | nELBO {:.1} NLL {:.1} KL_z {:.2} KL_l {:.3}",
+                p.epoch + 1,
+                p.epochs,
+                p.step + 1,
+                p.steps,
+                p.ms_per_step,
+                p.running[0],
+                p.running[1],
+                p.running[2],
+                p.running[3]
             ));
-        }
-    });
+            if let Some(e) = p.finished_epoch {
+                lines.push(format!(
+                    "epoch {:>3}: nELBO {:.2} NLL {:.2} KL_z {:.3} KL_l {:.4} beta {:.2} ({:.1} ms/step)",
+                    e.epoch, e.nelbo, e.nll, e.kl_z, e.kl_l, e.beta, e.ms_per_step
+                ));
+            }
+        },
+        &mut |m| bar_log(&bar, o.quiet, m),
+    );
     bar.finish_and_clear();
     let run = res?;
     if let (Some(first), Some(last)) = (lines.first(), lines.last()) {
@@ -448,6 +545,7 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages)
         write_latent(out_dir, &pair, &ctx_repr, None)?;
         metrics["timings_s"] = timings_json(&timings, t0);
         out::write_json(&out_dir.join("metrics.json"), &metrics)?;
+        finish_checkpoints(out_dir, o);
         log(&format!("wrote {}", out_dir.display()));
         return Ok(());
     }
@@ -469,6 +567,7 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages)
         return Err(Error::Config("--k-neighbours must be at least 1".into()));
     }
     acfg.k = o.k_neighbours;
+    acfg.adam.lr = o.learning_rate;
     acfg.inner_dropout = o.inner_dropout;
     acfg.candidate_dropout = !o.eval_candidates;
     let tcfg = crate::transfer::TransferConfig { unassigned_threshold: o.unassigned_threshold, ..Default::default() };
@@ -490,6 +589,7 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages)
         &acfg,
         &tcfg,
         trained,
+        &o.guard(out_dir, "target"),
         &mut |p| {
             bar.inc(1);
             bar.set_message(format!(
@@ -540,6 +640,7 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages)
     });
     metrics["timings_s"] = timings_json(&timings, t0);
     out::write_json(&out_dir.join("metrics.json"), &metrics)?;
+    finish_checkpoints(out_dir, o);
     log(&format!("wrote {}", out_dir.display()));
     Ok(())
 }

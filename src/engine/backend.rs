@@ -170,4 +170,6 @@ pub trait Backend: Send + Sync {
     fn set_cols(&self, src: &Self::Buf, cols: usize, c0: usize, w: usize, dst: &mut Self::Buf);
 
     fn adam(&self, cfg: &AdamConfig, t: u64, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf);
+    /// No NaN or infinity in `b` (the divergence guard checks every gradient with it).
+    fn all_finite(&self, b: &Self::Buf) -> bool;
 }

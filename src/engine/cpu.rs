@@ -198,4 +198,8 @@ impl<F: Real> Backend for Cpu<F> {
     fn adam(&self, cfg: &AdamConfig, t: u64, p: &mut Vec<F>, g: &Vec<F>, m: &mut Vec<F>, v: &mut Vec<F>) {
         ops::adam_step(cfg, t, p, g, m, v)
     }
+    fn all_finite(&self, b: &Vec<F>) -> bool {
+        use rayon::prelude::*;
+        b.par_chunks(1 << 16).all(|c| c.iter().all(|x| x.d().is_finite()))
+    }
 }

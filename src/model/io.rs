@@ -76,9 +76,9 @@ pub fn save<B: Backend>(model: &Model<B>, be: &B, meta: &ModelFile, stem: &Path)
         .iter()
         .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
         .collect();
-    let mut md = std::collections::HashMap::new();
-    md.insert("format".to_string(), "scspecies".to_string());
-    md.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+    // One metadata key: safetensors keeps metadata in a HashMap, and several keys would be written in a
+    // different order by each process, so that identical models gave different files.
+    let md = std::collections::HashMap::from([("format".to_string(), format!("scspecies/{FORMAT_VERSION}"))]);
     let bytes = safetensors::serialize(views, Some(md)).map_err(|e| Error::Input(format!("cannot serialise weights: {e}")))?;
     let st = stem.with_extension("safetensors");
     crate::out::write_bytes_atomic(&st, &bytes)?;

@@ -13,6 +13,10 @@ use crate::model::{Batch, Losses, Model, Noise};
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub mod checkpoint;
+pub use checkpoint::{Checkpointing, Guard, OnNan};
 
 /// splitmix64: decorrelates the derived seeds.
 fn mix(mut z: u64) -> u64 {
@@ -106,7 +110,7 @@ impl TrainData<'_> {
 }
 
 /// Per-epoch means, as the reference's progress bar reports them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochStats {
     pub epoch: usize,
     pub beta: f64,
@@ -154,6 +158,167 @@ pub fn non_finite(l: &Losses) -> Option<&'static str> {
     [("NLL", l.nll), ("KL_z", l.kl_z), ("KL_l", l.kl_l), ("alignment", l.align)].into_iter().find(|(_, v)| !v.is_finite()).map(|(k, _)| k)
 }
 
+/// Where a training step went non-finite.
+#[derive(Debug, Clone)]
+pub struct Divergence {
+    /// 0-based epoch and step.
+    pub epoch: usize,
+    pub step: usize,
+    pub steps: usize,
+    /// "the NLL term", "the gradient of decoder.rho.weight", ...
+    pub what: String,
+}
+
+/// The loss terms, then the gradients of the trainable parameters, must be finite.
+pub fn check_step<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    l: &Losses,
+    trainable: &dyn Fn(&str) -> bool,
+    at: (usize, usize, usize),
+) -> std::result::Result<(), Divergence> {
+    let what = if let Some(term) = non_finite(l) {
+        Some(format!("the {term} term"))
+    } else {
+        model
+            .params
+            .iter()
+            .zip(&model.grads)
+            .find(|(p, g)| trainable(&p.name) && !be.all_finite(g))
+            .map(|(p, _)| format!("the gradient of {}", p.name))
+    };
+    match what {
+        Some(what) => Err(Divergence { epoch: at.0, step: at.1, steps: at.2, what }),
+        None => Ok(()),
+    }
+}
+
+/// One epoch of training: (model, epoch, Adam settings in force) → the epoch's statistics.
+pub type EpochFn<'a, B, H> = dyn FnMut(&mut Model<B>, usize, &AdamConfig) -> std::result::Result<H, Divergence> + 'a;
+
+/// Run `epochs` epochs of `one_epoch` under a [`Guard`]: resume from a checkpoint, write one after each
+/// epoch, and stop or roll back when an epoch diverges. `one_epoch` gets the epoch and the Adam settings
+/// in force (the learning rate falls after a rollback).
+#[allow(clippy::too_many_arguments)]
+pub fn drive_epochs<B: Backend, H: Serialize + serde::de::DeserializeOwned>(
+    be: &B,
+    model: &mut Model<B>,
+    phase: &str,
+    epochs: usize,
+    adam: &AdamConfig,
+    guard: &Guard,
+    log: &mut dyn FnMut(&str),
+    one_epoch: &mut EpochFn<'_, B, H>,
+) -> Result<Vec<H>> {
+    use checkpoint::{CHECKPOINT_FORMAT, CHECKPOINT_VERSION, State};
+    let mut adam = *adam;
+    let mut history: Vec<H> = Vec::with_capacity(epochs);
+    let mut rollbacks = 0usize;
+    let ck = guard.checkpoint.as_ref();
+    let mut last_good: Option<(PathBuf, usize)> = None;
+    let restore = |model: &mut Model<B>, path: &Path| -> Result<(State, Vec<H>)> {
+        let st = checkpoint::load(be, model, path)?;
+        if st.phase != phase {
+            return Err(Error::format(path, format!("this is a checkpoint of the {} phase, not of the {phase} phase", st.phase)));
+        }
+        let fp = &ck.expect("restore needs checkpointing").fingerprint;
+        if &st.fingerprint != fp {
+            return Err(Error::format(
+                path,
+                format!(
+                    "this checkpoint belongs to a run with other settings or data (differing: {}); start afresh without --resume, or resume with the original inputs and options",
+                    checkpoint::differing_keys(&st.fingerprint, fp).join(", ")
+                ),
+            ));
+        }
+        let h: Vec<H> =
+            serde_json::from_value(st.history.clone()).map_err(|e| Error::format(path, format!("checkpoint history unreadable: {e}")))?;
+        if h.len() != st.epochs_done || st.epochs_done > epochs {
+            return Err(Error::format(path, format!("checkpoint after epoch {} of a {epochs}-epoch run is inconsistent", st.epochs_done)));
+        }
+        Ok((st, h))
+    };
+    if let Some(r) = ck.and_then(|c| c.resume_from.as_ref()).filter(|r| !r.is_file()) {
+        log(&format!("{phase}: no checkpoint at {}, training from the start", r.display()));
+    }
+    if let Some(c) = ck
+        && let Some(r) = c.resume_from.as_ref().filter(|r| r.is_file())
+    {
+        let (st, h) = restore(model, r)?;
+        log(&format!("{phase}: resuming from {} after epoch {} of {epochs}", r.display(), st.epochs_done));
+        adam.lr = st.lr;
+        rollbacks = st.rollbacks;
+        history = h;
+        last_good = Some((r.clone(), st.epochs_done));
+    }
+    let save = |model: &Model<B>, history: &Vec<H>, adam: &AdamConfig, rollbacks: usize| -> Result<Option<(PathBuf, usize)>> {
+        let Some(c) = ck else { return Ok(None) };
+        let st = State {
+            format: CHECKPOINT_FORMAT.into(),
+            version: CHECKPOINT_VERSION,
+            phase: phase.into(),
+            fingerprint: c.fingerprint.clone(),
+            epochs_done: history.len(),
+            adam_step: model.step,
+            lr: adam.lr,
+            rollbacks,
+            history: serde_json::to_value(history).map_err(|e| Error::write(&c.path, std::io::Error::other(e)))?,
+        };
+        checkpoint::save(be, model, &st, &c.path)?;
+        Ok(Some((c.path.clone(), history.len())))
+    };
+    // A rollback needs a state to go back to, even in the first epoch.
+    if matches!(guard.on_nan, OnNan::Rollback { .. }) && last_good.is_none() {
+        last_good = save(model, &history, &adam, rollbacks)?;
+    }
+    while history.len() < epochs {
+        let epoch = history.len();
+        match one_epoch(model, epoch, &adam) {
+            Ok(h) => {
+                history.push(h);
+                if let Some(c) = ck
+                    && c.every > 0
+                    && (history.len().is_multiple_of(c.every) || history.len() == epochs)
+                {
+                    last_good = save(model, &history, &adam, rollbacks)?;
+                }
+            }
+            Err(d) => {
+                let at = format!("{} is not finite at epoch {} step {} (of {})", d.what, d.epoch + 1, d.step + 1, d.steps);
+                let last = match &last_good {
+                    Some((p, e)) => format!("the last good checkpoint is {} (after epoch {e})", p.display()),
+                    None => "no checkpoint was written".to_string(),
+                };
+                match (guard.on_nan, &last_good) {
+                    (OnNan::Rollback { lr_factor, max_retries }, Some((p, _))) if rollbacks < max_retries => {
+                        let (st, h) = restore(model, p)?;
+                        rollbacks += 1;
+                        adam.lr *= lr_factor;
+                        history = h;
+                        log(&format!(
+                            "{phase} training: {at}; rolled back to {} (after epoch {}), learning rate now {:e} (rollback {rollbacks} of {max_retries})",
+                            p.display(),
+                            st.epochs_done,
+                            adam.lr
+                        ));
+                    }
+                    (OnNan::Rollback { max_retries, .. }, _) => {
+                        return Err(Error::Input(format!(
+                            "{phase} training diverged: {at}; gave up after {rollbacks} of {max_retries} rollbacks; {last}. Check the input counts or lower the learning rate"
+                        )));
+                    }
+                    (OnNan::Stop, _) => {
+                        return Err(Error::Input(format!(
+                            "{phase} training diverged: {at}; {last}. Try --on-nan rollback, another --seed, or check the input counts"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(history)
+}
+
 /// Train every parameter of a context model (spec §6.2).
 pub fn train_context<B: Backend>(
     be: &B,
@@ -162,15 +327,28 @@ pub fn train_context<B: Backend>(
     cfg: &TrainConfig,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<EpochStats>> {
+    train_context_guarded(be, model, data, cfg, &Guard::default(), progress, &mut |_| {})
+}
+
+/// [`train_context`] with checkpoints, resume and a divergence policy.
+pub fn train_context_guarded<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    data: &TrainData,
+    cfg: &TrainConfig,
+    guard: &Guard,
+    progress: &mut dyn FnMut(&Progress),
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<EpochStats>> {
     let n = data.n_cells();
     if n == 0 {
         return Err(Error::Input("no cells to train on".into()));
     }
     let bs = cfg.batch_size.min(n);
     let steps = (n / bs).max(1);
-    let mut history = Vec::with_capacity(cfg.epochs);
     let mut window: std::collections::VecDeque<[f64; 4]> = std::collections::VecDeque::with_capacity(100);
-    for epoch in 0..cfg.epochs {
+    let all = |_: &str| true;
+    let mut one_epoch = |model: &mut Model<B>, epoch: usize, adam: &AdamConfig| -> std::result::Result<EpochStats, Divergence> {
         let beta = cfg.beta.at(epoch);
         let perm = permutation(n, cfg.seed, epoch);
         let t0 = std::time::Instant::now();
@@ -183,14 +361,11 @@ pub fn train_context<B: Backend>(
             let f = model.forward_with(be, &batch, &noise, true);
             let l = model.losses(be, &f, None);
             if let Some(term) = non_finite(&l) {
-                return Err(Error::Input(format!(
-                    "training diverged: the {term} term is not finite at epoch {} step {} (of {steps}); nothing was saved. Try another --seed or check the input counts",
-                    epoch + 1,
-                    step + 1
-                )));
+                return Err(Divergence { epoch, step, steps, what: format!("the {term} term") });
             }
             model.backward(be, &batch, &noise, &f, beta, None);
-            model.adam_step(be, &cfg.adam, |_| true);
+            check_step(be, model, &l, &all, (epoch, step, steps))?;
+            model.adam_step(be, adam, all);
             let vals = [l.total(beta, 0.0), l.nll, beta * l.kl_z, beta * l.kl_l];
             for (s, v) in sums.iter_mut().zip([l.total(beta, 0.0), l.nll, l.kl_z, l.kl_l]) {
                 *s += v;
@@ -206,22 +381,15 @@ pub fn train_context<B: Backend>(
                 }
             }
             let ms = t0.elapsed().as_secs_f64() * 1000.0 / (step + 1) as f64;
-            let done = step + 1 == steps;
-            if done {
-                history.push(EpochStats::from_sums(epoch, beta, &sums, steps, ms));
+            let done = (step + 1 == steps).then(|| EpochStats::from_sums(epoch, beta, &sums, steps, ms));
+            progress(&Progress { epoch, epochs: cfg.epochs, step, steps, ms_per_step: ms, running, finished_epoch: done.as_ref() });
+            if let Some(d) = done {
+                return Ok(d);
             }
-            progress(&Progress {
-                epoch,
-                epochs: cfg.epochs,
-                step,
-                steps,
-                ms_per_step: ms,
-                running,
-                finished_epoch: if done { history.last() } else { None },
-            });
         }
-    }
-    Ok(history)
+        unreachable!("an epoch has at least one step")
+    };
+    drive_epochs(be, model, "context", cfg.epochs, &cfg.adam, guard, log, &mut one_epoch)
 }
 
 /// Eval-mode representations of every cell (spec §7): z mean and σ, the intermediate space, library
