@@ -33,6 +33,24 @@ pub fn read_h5ad_matrix(path: &Path, matrix: &str) -> Result<Dataset> {
     }
 }
 
+/// Elements a dataset may declare before it is read: a file cannot hold more than this (even compressed),
+/// so a corrupted shape is an error instead of a giant allocation.
+fn element_limit(path: &Path) -> u64 {
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    len.saturating_mul(1024).max(1 << 20)
+}
+
+/// The number of elements `d` declares, if plausible for the file.
+fn checked_len(d: &hdf5_pure::Dataset, path: &Path) -> std::result::Result<u64, String> {
+    let shape = d.shape().map_err(|e| e.to_string())?;
+    let n = shape.iter().try_fold(1u64, |a, &b| a.checked_mul(b)).ok_or("its shape overflows")?;
+    let limit = element_limit(path);
+    if n > limit {
+        return Err(format!("declares {n} elements (shape {shape:?}), impossible in a file of this size: corrupted"));
+    }
+    Ok(n)
+}
+
 fn h5err(path: &Path, what: &str, e: hdf5_pure::Error) -> Error {
     Error::format(path, format!("{what}: {e}"))
 }
@@ -111,6 +129,7 @@ fn read_matrix(f: &File, path: &Path, name: &str) -> Result<Csr> {
             return Err(Error::format(path, format!("{name} has shape {s:?}, expected a 2-d matrix")));
         }
     };
+    checked_len(&d, path).map_err(|m| Error::format(path, format!("{name} {m}")))?;
     // Dense X: read a band of rows at a time and keep only the non-zeros.
     let rows_per = ((WINDOW as usize) / g.max(1)).max(1);
     let mut indptr = vec![0usize];
@@ -150,6 +169,9 @@ fn read_compressed(g: &Group, path: &Path, name: &str, major: usize, minor: usiz
             s => Err(Error::format(path, format!("{name}/{k} has shape {s:?}, expected 1-d"))),
         }
     };
+    for (d, k) in [(&dd, "data"), (&di, "indices"), (&dp, "indptr")] {
+        checked_len(d, path).map_err(|m| Error::format(path, format!("{name}/{k} {m}")))?;
+    }
     let nnz = len(&dd, "data")?;
     if len(&di, "indices")? != nnz {
         return Err(Error::format(path, format!("{name}: indices and data differ in length")));
@@ -165,8 +187,10 @@ fn read_compressed(g: &Group, path: &Path, name: &str, major: usize, minor: usiz
         }
         indptr.push(p as usize);
     }
-    let mut indices = Vec::with_capacity(nnz as usize);
-    let mut data = Vec::with_capacity(nnz as usize);
+    // Capacity from the file's real size, not from the declared length alone.
+    let cap = nnz.min(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)) as usize;
+    let mut indices = Vec::with_capacity(cap);
+    let mut data = Vec::with_capacity(cap);
     let mut s = 0u64;
     while s < nnz {
         let k = WINDOW.min(nnz - s);
@@ -207,10 +231,11 @@ fn read_index(f: &File, path: &Path, group: &str) -> Result<Vec<String>> {
             )
         })?;
     let d = g.dataset(&chosen).map_err(|e| h5err(path, &format!("{group}/{chosen}"), e))?;
-    read_strings(&d).map_err(|m| Error::format(path, format!("{group}/{chosen}: {m}")))
+    read_strings(&d, path).map_err(|m| Error::format(path, format!("{group}/{chosen}: {m}")))
 }
 
-fn read_strings(d: &hdf5_pure::Dataset) -> std::result::Result<Vec<String>, String> {
+fn read_strings(d: &hdf5_pure::Dataset, path: &Path) -> std::result::Result<Vec<String>, String> {
+    checked_len(d, path)?;
     match d.dtype().map_err(|e| e.to_string())? {
         DType::String | DType::VariableLengthString => d.read_string().map_err(|e| e.to_string()),
         DType::F32 | DType::F64 => Ok(d.read_f64().map_err(|e| e.to_string())?.iter().map(|x| x.to_string()).collect()),
@@ -222,6 +247,10 @@ fn read_strings(d: &hdf5_pure::Dataset) -> std::result::Result<Vec<String>, Stri
 }
 
 fn read_obs_columns(g: &Group, path: &Path) -> Result<ObsColumns> {
+    let dataset = |d: hdf5_pure::Dataset| -> std::result::Result<hdf5_pure::Dataset, String> {
+        checked_len(&d, path)?;
+        Ok(d)
+    };
     let attrs = g.attrs().map_err(|e| h5err(path, "obs", e))?;
     let index = attr_str(&attrs, "_index").unwrap_or_else(|| "_index".into());
     let datasets = g.datasets().map_err(|e| h5err(path, "obs", e))?;
@@ -237,9 +266,12 @@ fn read_obs_columns(g: &Group, path: &Path) -> Result<ObsColumns> {
     let mut out = Vec::new();
     for name in order {
         let col = if groups.contains(&name) {
-            g.group(&name).map_err(|e| e.to_string()).and_then(|cg| read_group_column(&cg))
+            g.group(&name).map_err(|e| e.to_string()).and_then(|cg| read_group_column(&cg, path))
         } else if datasets.contains(&name) {
-            g.dataset(&name).map_err(|e| e.to_string()).and_then(|d| read_dataset_column(&d, &name, legacy.as_ref()))
+            g.dataset(&name)
+                .map_err(|e| e.to_string())
+                .and_then(dataset)
+                .and_then(|d| read_dataset_column(&d, &name, legacy.as_ref(), path))
         } else {
             Err("listed in column-order but not stored".into())
         };
@@ -261,25 +293,29 @@ fn codes_to_categorical(codes: &[i64], categories: Vec<String>) -> std::result::
     Ok(Categorical { codes: out, categories })
 }
 
-fn read_group_column(cg: &Group) -> std::result::Result<Column, String> {
+fn read_group_column(cg: &Group, path: &Path) -> std::result::Result<Column, String> {
     let attrs = cg.attrs().map_err(|e| e.to_string())?;
+    let ds = |k: &str| -> std::result::Result<hdf5_pure::Dataset, String> {
+        let d = cg.dataset(k).map_err(|e| format!("{k}: {e}"))?;
+        checked_len(&d, path).map_err(|m| format!("{k} {m}"))?;
+        Ok(d)
+    };
     match attr_str(&attrs, "encoding-type").as_deref() {
         Some("categorical") => {
-            let codes = cg.dataset("codes").and_then(|d| d.read_i64()).map_err(|e| format!("codes: {e}"))?;
-            let cats = cg.dataset("categories").map_err(|e| format!("categories: {e}"))?;
-            let cats = read_strings(&cats)?;
+            let codes = ds("codes")?.read_i64().map_err(|e| format!("codes: {e}"))?;
+            let cats = read_strings(&ds("categories")?, path)?;
             Ok(Column::Categorical(codes_to_categorical(&codes, cats)?))
         }
         Some(enc @ ("nullable-integer" | "nullable-boolean")) => {
-            let v = cg.dataset("values").and_then(|d| d.read_f64()).map_err(|e| format!("{enc} values: {e}"))?;
-            let mask = cg.dataset("mask").and_then(|d| d.read_i64()).map_err(|e| format!("{enc} mask: {e}"))?;
+            let v = ds("values")?.read_f64().map_err(|e| format!("{enc} values: {e}"))?;
+            let mask = ds("mask")?.read_i64().map_err(|e| format!("{enc} mask: {e}"))?;
             Ok(Column::Numeric(v.iter().zip(&mask).map(|(&x, &m)| if m != 0 { f64::NAN } else { x }).collect()))
         }
         other => Err(format!("group column with encoding '{}' is not supported", other.unwrap_or("none"))),
     }
 }
 
-fn read_dataset_column(d: &hdf5_pure::Dataset, name: &str, legacy: Option<&Group>) -> std::result::Result<Column, String> {
+fn read_dataset_column(d: &hdf5_pure::Dataset, name: &str, legacy: Option<&Group>, path: &Path) -> std::result::Result<Column, String> {
     let dt = d.dtype().map_err(|e| e.to_string())?;
     match dt {
         DType::String | DType::VariableLengthString => {
@@ -292,7 +328,7 @@ fn read_dataset_column(d: &hdf5_pure::Dataset, name: &str, legacy: Option<&Group
             // Legacy AnnData (< 0.8): codes here, categories in obs/__categories/<name>.
             // (The `categories` attribute is an object reference; its partner dataset is found by name.)
             if let Some(cats) = legacy.and_then(|lg| lg.dataset(name).ok()) {
-                let cats = read_strings(&cats)?;
+                let cats = read_strings(&cats, path)?;
                 return Ok(Column::Categorical(codes_to_categorical(&v, cats)?));
             }
             Ok(Column::Numeric(v.into_iter().map(|x| x as f64).collect()))

@@ -6,9 +6,22 @@ use super::text;
 use crate::error::{Error, Result};
 use std::path::Path;
 
-/// Read a Matrix Market file into CSR with the file's rows as rows.
-pub fn read_mtx(path: &Path) -> Result<Csr> {
+/// What the header and size line of a Matrix Market file say.
+pub struct MtxHeader {
+    pub n_rows: usize,
+    pub n_cols: usize,
+    pub nnz: u64,
+    pattern: bool,
+}
+
+/// Read the header and the size line only (cheap; for checking the shape before reading the entries).
+pub fn read_shape(path: &Path) -> Result<(usize, usize)> {
     let mut lines = text::open(path)?;
+    let h = read_header(path, &mut lines)?;
+    Ok((h.n_rows, h.n_cols))
+}
+
+fn read_header(path: &Path, lines: &mut text::Lines) -> Result<MtxHeader> {
     let header = match lines.next_line()? {
         Some(h) => h.to_string(),
         None => {
@@ -57,9 +70,21 @@ pub fn read_mtx(path: &Path) -> Result<Csr> {
     if nnz > n_rows.saturating_mul(n_cols) {
         return Err(lines.err(format!("{nnz} entries do not fit in a {n_rows} x {n_cols} matrix")));
     }
-    let (n_rows, n_cols) = (n_rows as usize, n_cols as usize);
+    Ok(MtxHeader { n_rows: n_rows as usize, n_cols: n_cols as usize, nnz, pattern })
+}
+
+/// Read a Matrix Market file into CSR with the file's rows as rows.
+///
+/// Allocation follows the entries really present, never the size line alone: the row pointer array
+/// (one slot per row) is only built once the entries are read, and only if the number of rows is
+/// plausible for the bytes read (at most 64 rows per byte of text). Callers that know the shape from
+/// other files (the folder reader) check it with [`read_shape`] first.
+pub fn read_mtx(path: &Path) -> Result<Csr> {
+    let mut lines = text::open(path)?;
+    let MtxHeader { n_rows, n_cols, nnz, pattern } = read_header(path, &mut lines)?;
     // Never trust the header for the allocation size: grow as entries really arrive.
-    let cap = (nnz as usize).min(1 << 22);
+    let file_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let cap = nnz.min(file_len / 2).min(1 << 22) as usize;
     let mut rows: Vec<u32> = Vec::with_capacity(cap);
     let mut cols: Vec<u32> = Vec::with_capacity(cap);
     let mut vals: Vec<f32> = Vec::with_capacity(cap);
@@ -95,6 +120,12 @@ pub fn read_mtx(path: &Path) -> Result<Csr> {
         rows.push((r - 1) as u32);
         cols.push((c - 1) as u32);
         vals.push(v);
+    }
+    if (n_rows as u64) > 64 * lines.bytes_read.max(1) {
+        return Err(Error::format(
+            path,
+            format!("the size line announces {n_rows} rows, implausible for a file of {} bytes", lines.bytes_read),
+        ));
     }
     if (rows.len() as u64) < nnz {
         return Err(Error::format(

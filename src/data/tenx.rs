@@ -3,7 +3,7 @@
 //! or `genes.tsv[.gz]` + `barcodes.tsv[.gz]`, optionally with a `cells.tsv` for annotations).
 
 use super::dataset::{Categorical, Column, Dataset, ObsColumns};
-use super::mtx::read_mtx;
+use super::mtx::{read_mtx, read_shape};
 use super::text::{self, first_existing};
 use crate::error::{Error, Result};
 use std::path::Path;
@@ -13,29 +13,57 @@ pub fn read_folder(dir: &Path) -> Result<Dataset> {
         return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder")));
     }
     if let Some(mtx) = first_existing(dir, &["counts.mtx", "counts.mtx.gz"]) {
-        let counts = read_mtx(&mtx)?;
         let genes_path =
             first_existing(dir, &["genes.tsv", "genes.tsv.gz"]).ok_or_else(|| Error::format(dir, "found counts.mtx but no genes.tsv"))?;
         let cells_path =
             first_existing(dir, &["cells.tsv", "cells.tsv.gz"]).ok_or_else(|| Error::format(dir, "found counts.mtx but no cells.tsv"))?;
-        let genes = read_gene_names(&genes_path, counts.n_cols)?;
-        let (cells, obs) = read_cells_table(&cells_path, counts.n_rows)?;
+        // The names first: they bound the matrix's shape before its entries are read.
+        let (n_rows, n_cols) = read_shape(&mtx)?;
+        let gene_table = text::read_tsv(&genes_path, false)?;
+        let cell_table = text::read_tsv(&cells_path, true)?;
+        let n_gene_lines = gene_table.rows.len();
+        let n_cells_listed = cell_table.rows.len();
+        let fits = |cells: usize, genes: usize| n_cells_listed == cells && (n_gene_lines == genes || n_gene_lines == genes + 1);
+        if !fits(n_rows, n_cols) && fits(n_cols, n_rows) {
+            return Err(Error::format(
+                &mtx,
+                format!(
+                    "the matrix is {n_rows} x {n_cols}, which fits genes as rows and cells as columns ({n_gene_lines} lines in genes.tsv, {n_cells_listed} cells in cells.tsv), but counts.mtx must be cells x genes: transpose it, or use the 10x layout (matrix.mtx genes x cells with barcodes.tsv)"
+                ),
+            ));
+        }
+        let genes = gene_names(gene_table, n_cols)?;
+        let (cells, obs) = cells_table(cell_table, n_rows)?;
+        let counts = read_mtx(&mtx)?;
         let ds = Dataset { source: dir.to_path_buf(), counts, cells, genes, obs };
         ds.validate()?;
         return Ok(ds);
     }
     if let Some(mtx) = first_existing(dir, &["matrix.mtx", "matrix.mtx.gz"]) {
         // 10x orientation: genes x cells.
-        let counts = read_mtx(&mtx)?.transpose();
         let feat = first_existing(dir, &["features.tsv", "features.tsv.gz", "genes.tsv", "genes.tsv.gz"])
             .ok_or_else(|| Error::format(dir, "found matrix.mtx but no features.tsv or genes.tsv"))?;
         let bc = first_existing(dir, &["barcodes.tsv", "barcodes.tsv.gz"])
             .ok_or_else(|| Error::format(dir, "found matrix.mtx but no barcodes.tsv"))?;
-        let genes = read_gene_names(&feat, counts.n_cols)?;
-        let barcodes = read_single_column(&bc, counts.n_rows)?;
+        let (n_genes, n_cells) = read_shape(&mtx)?;
+        let feat_table = text::read_tsv(&feat, false)?;
+        let bc_table = text::read_tsv(&bc, false)?;
+        let (nf, nb) = (feat_table.rows.len(), bc_table.rows.len());
+        let fits = |genes: usize, cells: usize| nb == cells && (nf == genes || nf == genes + 1);
+        if !fits(n_genes, n_cells) && fits(n_cells, n_genes) {
+            return Err(Error::format(
+                &mtx,
+                format!(
+                    "the matrix is {n_genes} x {n_cells}, which fits cells as rows and genes as columns ({nb} barcodes, {nf} features), but the 10x matrix.mtx is genes x cells: transpose it, or name it counts.mtx with genes.tsv and cells.tsv (our cells x genes layout)"
+                ),
+            ));
+        }
+        let genes = gene_names(feat_table, n_genes)?;
+        let barcodes = single_column(bc_table, n_cells)?;
+        let counts = read_mtx(&mtx)?.transpose();
         let obs = match first_existing(dir, &["cells.tsv", "cells.tsv.gz"]) {
             Some(cp) => {
-                let (cells, obs) = read_cells_table(&cp, counts.n_rows)?;
+                let (cells, obs) = cells_table(text::read_tsv(&cp, true)?, counts.n_rows)?;
                 if let Some(k) = (0..cells.len()).find(|&k| cells[k] != barcodes[k]) {
                     return Err(Error::format(
                         &cp,
@@ -64,8 +92,8 @@ pub fn read_folder(dir: &Path) -> Result<Dataset> {
 /// Gene names, one per matrix column. A header line is recognised by the file having one line more
 /// than the matrix has genes. With several columns (10x features: id, symbol, type) the symbol is used,
 /// because homology is matched on symbols.
-fn read_gene_names(path: &Path, n_genes: usize) -> Result<Vec<String>> {
-    let t = text::read_tsv(path, false)?;
+fn gene_names(t: text::Table, n_genes: usize) -> Result<Vec<String>> {
+    let path = t.path.as_path();
     let mut rows = t.rows;
     let looks_like_header = rows.first().is_some_and(|r| is_gene_header(&r[0]));
     let header = if rows.len() == n_genes + 1 {
@@ -114,17 +142,16 @@ fn is_gene_header(s: &str) -> bool {
     )
 }
 
-fn read_single_column(path: &Path, n: usize) -> Result<Vec<String>> {
-    let t = text::read_tsv(path, false)?;
+fn single_column(t: text::Table, n: usize) -> Result<Vec<String>> {
     if t.rows.len() != n {
-        return Err(Error::format(path, format!("{} lines for {} cells in the count matrix", t.rows.len(), n)));
+        return Err(Error::format(&t.path, format!("{} lines for {} cells in the count matrix", t.rows.len(), n)));
     }
     Ok(t.rows.into_iter().map(|mut r| std::mem::take(&mut r[0])).collect())
 }
 
 /// `cells.tsv`: a header naming the columns; the first column is the cell barcode, the others are obs.
-fn read_cells_table(path: &Path, n_cells: usize) -> Result<(Vec<String>, ObsColumns)> {
-    let t = text::read_tsv(path, true)?;
+fn cells_table(t: text::Table, n_cells: usize) -> Result<(Vec<String>, ObsColumns)> {
+    let path = t.path.as_path();
     let header = t.header.ok_or_else(|| Error::format(path, "empty file: expected a header line naming the columns"))?;
     if t.rows.len() != n_cells {
         return Err(Error::format(

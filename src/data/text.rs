@@ -10,8 +10,14 @@ pub struct Lines {
     path: PathBuf,
     inner: Box<dyn BufRead>,
     pub line_no: u64,
+    /// Bytes read so far (after decompression).
+    pub bytes_read: u64,
     buf: String,
 }
+
+/// No line of any text input may be longer (a file without line breaks, or a gzip bomb, must not be
+/// read into memory whole).
+pub const MAX_LINE_BYTES: u64 = 64 << 20;
 
 pub fn open(path: &Path) -> Result<Lines> {
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
@@ -23,7 +29,7 @@ pub fn open(path: &Path) -> Result<Lines> {
     } else {
         Box::new(reader)
     };
-    Ok(Lines { path: path.to_path_buf(), inner, line_no: 0, buf: String::new() })
+    Ok(Lines { path: path.to_path_buf(), inner, line_no: 0, bytes_read: 0, buf: String::new() })
 }
 
 impl Lines {
@@ -39,7 +45,7 @@ impl Lines {
     /// Like [`Lines::next_line`], with the 1-based line number.
     pub fn next_numbered(&mut self) -> Result<Option<(u64, &str)>> {
         self.buf.clear();
-        let n = self.inner.read_line(&mut self.buf).map_err(|e| {
+        let n = (&mut self.inner).take(MAX_LINE_BYTES).read_line(&mut self.buf).map_err(|e| {
             let what = match e.kind() {
                 std::io::ErrorKind::InvalidData => {
                     format!("invalid data after line {} (not UTF-8 text?)", self.line_no)
@@ -50,6 +56,13 @@ impl Lines {
         })?;
         if n == 0 {
             return Ok(None);
+        }
+        self.bytes_read += n as u64;
+        if n as u64 == MAX_LINE_BYTES && !self.buf.ends_with('\n') {
+            return Err(Error::format(
+                &self.path,
+                format!("line {} is longer than {} MiB: not a text table", self.line_no + 1, MAX_LINE_BYTES >> 20),
+            ));
         }
         self.line_no += 1;
         let s = self.buf.trim_end_matches(['\n', '\r']);
@@ -63,9 +76,12 @@ impl Lines {
 
 /// Read a whole small file to memory (decompressing gzip).
 pub fn read_to_string(path: &Path) -> Result<String> {
-    let mut l = open(path)?;
+    let l = open(path)?;
     let mut s = String::new();
-    l.inner.read_to_string(&mut s).map_err(|e| Error::format(path, format!("read failed: {e}")))?;
+    l.inner.take(MAX_LINE_BYTES).read_to_string(&mut s).map_err(|e| Error::format(path, format!("read failed: {e}")))?;
+    if s.len() as u64 == MAX_LINE_BYTES {
+        return Err(Error::format(path, format!("larger than {} MiB: not the small text file expected here", MAX_LINE_BYTES >> 20)));
+    }
     Ok(s)
 }
 

@@ -57,6 +57,59 @@ impl ModelConfig {
     pub fn inter_dim(&self) -> usize {
         *self.outer_dims.last().unwrap()
     }
+
+    /// Checks a configuration read from a file before anything is built from it.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        for (what, dims) in [
+            ("outer_dims", &self.outer_dims),
+            ("inner_dims", &self.inner_dims),
+            ("library_dims", &self.library_dims),
+            ("decoder_dims", &self.decoder_dims),
+        ] {
+            if dims.is_empty() || dims.contains(&0) {
+                return Err(format!("{what} {dims:?} must list at least one layer width, all positive"));
+            }
+        }
+        if self.n_genes == 0 || self.n_batches == 0 || self.latent == 0 {
+            return Err(format!("n_genes {}, n_batches {} and latent {} must be positive", self.n_genes, self.n_batches, self.latent));
+        }
+        if let Some(&g) = self.homologous.iter().find(|&&g| g >= self.n_genes) {
+            return Err(format!("homologous gene index {g} is outside the {} genes", self.n_genes));
+        }
+        if !(0.0..1.0).contains(&self.dropout) || !self.lib_mu_add.is_finite() {
+            return Err(format!("dropout {} must be in [0, 1) and lib_mu_add {} finite", self.dropout, self.lib_mu_add));
+        }
+        Ok(())
+    }
+
+    /// The number of parameters the model has (saturating, for plausibility checks on untrusted configs).
+    pub fn n_params(&self) -> u64 {
+        let (n, s, l) = (self.n_genes as u64, self.n_batches as u64, self.latent as u64);
+        let lin = |k: u64, m: u64| k.saturating_mul(m).saturating_add(m);
+        let blocks = |first: u64, dims: &[usize]| -> u64 {
+            let mut prev = first;
+            let mut t = 0u64;
+            for &d in dims {
+                t = t.saturating_add(lin(prev, d as u64)).saturating_add(2 * d as u64);
+                prev = d as u64;
+            }
+            t
+        };
+        let last = |d: &[usize]| *d.last().unwrap_or(&0) as u64;
+        let heads = if self.distribution == Distribution::Zinb { 2 } else { 1 };
+        [
+            blocks(n + s, &self.outer_dims),
+            blocks(last(&self.outer_dims), &self.inner_dims),
+            2u64.saturating_mul(lin(last(&self.inner_dims), l)),
+            blocks(n + s, &self.library_dims),
+            2u64.saturating_mul(lin(last(&self.library_dims), 1)),
+            s.saturating_mul(n),
+            blocks(l + s, &self.decoder_dims),
+            (heads as u64).saturating_mul(lin(last(&self.decoder_dims), n)),
+        ]
+        .iter()
+        .fold(0u64, |a, &b| a.saturating_add(b))
+    }
 }
 
 /// A linear layer: indices of its weight [K×N] and bias [N] in the parameter list.
@@ -855,5 +908,23 @@ impl<B: Backend> Model<B> {
     /// Index of a parameter by its PyTorch name.
     pub fn param_index(&self, name: &str) -> Option<usize> {
         self.params.iter().position(|p| p.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn n_params_matches_the_built_model() {
+        let be = crate::engine::Cpu::<f32>::new();
+        for dist in [Distribution::Zinb, Distribution::Nb] {
+            let mut cfg = ModelConfig::scspecies(17, 3, vec![1, 4], 0.5);
+            cfg.distribution = dist;
+            cfg.decoder_dims = vec![5, 7];
+            let mut rng = crate::train::stream(1, 0, 0, 0);
+            let m = Model::new(&be, cfg.clone(), &mut rng);
+            assert_eq!(m.n_params(&be) as u64, cfg.n_params());
+        }
     }
 }
