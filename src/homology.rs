@@ -112,9 +112,18 @@ pub fn match_genes(context_genes: &[String], target_genes: &[String], table: Opt
             let ctx = first_index(context_genes.iter().map(|g| Some(g.as_str())));
             let tgt = first_index(target_genes.iter().map(|g| translate.get(g.as_str()).copied()));
             let (c, t, n) = intersect(&ctx, &tgt);
+            // Read the other way round, does the table fit far better? Then the species (or the table's
+            // columns) are swapped, even if a few genes happen to match as given.
+            let swapped = rows.iter().filter(|(a, b)| tgt_set.contains(a.as_str()) && ctx_set.contains(b.as_str())).count();
+            if !c.is_empty() && swapped > 4 * c.len() {
+                return Err(Error::Input(format!(
+                    "{}: only {} homologous genes as given, but {swapped} table rows match with context and target swapped: the table's first column must be the context species' gene. Swap --context and --target (with their keys), or the table's columns",
+                    tab.path.display(),
+                    c.len()
+                )));
+            }
             if c.is_empty() {
                 // Say which way round the table seems to be, if that is the problem.
-                let swapped = rows.iter().filter(|(a, b)| tgt_set.contains(a.as_str()) && ctx_set.contains(b.as_str())).count();
                 let hint = if swapped > 0 {
                     format!(" {swapped} rows match with the columns swapped: the first column must be the context species' gene")
                 } else {

@@ -16,6 +16,7 @@ pub mod model;
 pub mod out;
 pub mod pipeline;
 pub mod preprocess;
+pub mod resources;
 pub mod summary;
 pub mod train;
 pub mod transfer;

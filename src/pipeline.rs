@@ -50,10 +50,15 @@ pub fn prepare(inputs: &Inputs, cfg: &PreprocessConfig, log: &mut dyn FnMut(&str
     timings.push(("read".to_string(), t.elapsed().as_secs_f64()));
 
     let t = Instant::now();
+    check_labels(&ctx, None, &inputs.context_label_key, &inputs.context, true, log)?;
+    if let Some(k) = &inputs.target_label_key {
+        check_labels(&tgt, None, k, &inputs.target, false, log)?;
+    }
     let context = preprocess(&ctx, &inputs.context_name, &inputs.context_batch_key, Some(&inputs.context_label_key), cfg)?;
     // The target's labels are for evaluation only: they must not decide which target cells are kept.
     let target_cfg = PreprocessConfig { min_cell_type_size: 0, ..cfg.clone() };
     let target = preprocess(&tgt, &inputs.target_name, &inputs.target_batch_key, inputs.target_label_key.as_deref(), &target_cfg)?;
+    check_labels(&ctx, Some(&context), &inputs.context_label_key, &inputs.context, true, log)?;
     for p in [&context, &target] {
         for m in p.report.messages(&p.name) {
             log(&m);
@@ -75,6 +80,39 @@ pub fn prepare(inputs: &Inputs, cfg: &PreprocessConfig, log: &mut dyn FnMut(&str
     ));
     timings.push(("homology".to_string(), t.elapsed().as_secs_f64()));
     Ok(PreparedPair { context, target, homology, timings })
+}
+
+/// A label column that cannot be what the user meant: one value for every cell, or a different value
+/// in every cell (an ID column), or one type left after the rare types are removed. An error for the
+/// context's labels (they are what is transferred), a warning for the target's (used only for
+/// evaluation). `p` is None before preprocessing.
+fn check_labels(raw: &Dataset, p: Option<&Prepared>, key: &str, path: &Path, context: bool, log: &mut dyn FnMut(&str)) -> Result<()> {
+    let raw_l = raw.labels(key)?;
+    let n_raw_types = raw_l.categories.len();
+    let what = match p.and_then(|p| p.labels.as_ref()) {
+        None if n_raw_types > 1 && n_raw_types == raw.n_cells() => {
+            format!("has a different value in every cell (e.g. '{}'): it looks like an ID column, not cell types", raw_l.categories[0])
+        }
+        None if n_raw_types == 1 => format!("has a single value ('{}') for all cells", raw_l.categories[0]),
+        Some(l) if l.categories.len() == 1 && n_raw_types > 1 => {
+            format!("keeps a single cell type ('{}') once the rare types are removed (see above; --min-cell-type-size)", l.categories[0])
+        }
+        _ => return Ok(()),
+    };
+    let others: Vec<&str> = raw.obs.iter().map(|(k, _)| k.as_str()).filter(|k| *k != key).collect();
+    let msg = format!(
+        "{}: the label column '{key}' {what}; other obs columns: {}",
+        path.display(),
+        if others.is_empty() { "none".to_string() } else { others.join(", ") }
+    );
+    if context {
+        Err(Error::Input(format!(
+            "{msg}. Label transfer needs at least two context cell types: choose the cell-type column with --context-label-key"
+        )))
+    } else {
+        log(&format!("warning: {msg}. The evaluation against it will say little: check --target-label-key"));
+        Ok(())
+    }
 }
 
 /// Inputs for a folder laid out like the bundled demo data (`mouse/`, `human/`, `homology.tsv`, with

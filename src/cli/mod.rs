@@ -128,6 +128,14 @@ pub struct RunOptions {
     /// With --on-nan rollback: rollbacks allowed per training phase.
     #[arg(long, default_value_t = 3)]
     pub rollback_retries: usize,
+    /// Refuse to start when the run's estimated memory exceeds this (e.g. 24G; default: the memory
+    /// available on this machine).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub max_memory: Option<u64>,
+}
+
+fn parse_size_arg(s: &str) -> std::result::Result<u64, String> {
+    crate::resources::parse_size(s)
 }
 
 impl RunOptions {
@@ -351,6 +359,22 @@ fn check_options(o: &RunOptions) -> Result<()> {
     Ok(())
 }
 
+/// The memory a run on these prepared data will need at its peak.
+fn memory_estimate(pair: &PreparedPair) -> crate::resources::MemoryEstimate {
+    use crate::model::ModelConfig;
+    let (c, t) = (&pair.context, &pair.target);
+    let pc = ModelConfig::scspecies(c.data.n_genes(), c.n_batches(), pair.homology.context.clone(), 0.0).n_params();
+    let pt = ModelConfig::scspecies(t.data.n_genes(), t.n_batches(), pair.homology.target.clone(), 0.0).n_params();
+    crate::resources::estimate(
+        (c.data.n_genes(), t.data.n_genes()),
+        (c.n_cells(), t.n_cells()),
+        (c.data.counts.nnz(), t.data.counts.nnz()),
+        (c.n_batches(), t.n_batches()),
+        (pc, pt),
+        128,
+    )
+}
+
 /// After a successful command the checkpoints are no longer needed (unless kept).
 fn finish_checkpoints(out_dir: &Path, o: &RunOptions) {
     if !o.keep_checkpoints {
@@ -506,6 +530,13 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages)
             ));
         }
     }
+    let mem = memory_estimate(&pair);
+    crate::resources::check(&mem, o.max_memory)?;
+    log(&format!(
+        "estimated peak memory {} (limit {})",
+        crate::resources::gib(mem.total),
+        o.max_memory.or_else(crate::resources::available).map(crate::resources::gib).unwrap_or_else(|| "unknown".into())
+    ));
     let t_write = std::time::Instant::now();
     out::create_out_dir(out_dir)?;
     write_pair_outputs(&pair, out_dir, o.write_h5ad)?;
@@ -523,6 +554,7 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages)
             &pair.target.name: prior_json(&pair.target),
         },
         "homology": pair.homology.report,
+        "memory": { "estimate_bytes": mem, "limit_bytes": o.max_memory.or_else(crate::resources::available) },
     });
     // Context model: trained here or loaded.
     let t = std::time::Instant::now();
@@ -544,6 +576,7 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages)
     if stages == Stages::Pretrain {
         write_latent(out_dir, &pair, &ctx_repr, None)?;
         metrics["timings_s"] = timings_json(&timings, t0);
+        metrics["memory"]["peak_rss_bytes"] = json!(crate::resources::peak_rss());
         out::write_json(&out_dir.join("metrics.json"), &metrics)?;
         finish_checkpoints(out_dir, o);
         log(&format!("wrote {}", out_dir.display()));
@@ -639,6 +672,7 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages)
         "transfer_config": tcfg,
     });
     metrics["timings_s"] = timings_json(&timings, t0);
+    metrics["memory"]["peak_rss_bytes"] = json!(crate::resources::peak_rss());
     out::write_json(&out_dir.join("metrics.json"), &metrics)?;
     finish_checkpoints(out_dir, o);
     log(&format!("wrote {}", out_dir.display()));

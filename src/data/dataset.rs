@@ -171,6 +171,41 @@ impl Dataset {
     }
 
     /// Check the invariants every reader must deliver: shapes agree, names unique, not empty.
+    /// Genes stored as rows and cells as columns: the cell names are gene symbols or Ensembl IDs while
+    /// the gene names are not. Decided on names that no barcode ever has (housekeeping genes present in
+    /// every tissue and species), so it never fires on a correctly oriented dataset.
+    pub fn looks_transposed(&self) -> Option<String> {
+        let gene_like = |names: &[String]| -> (usize, Vec<String>) {
+            let mut hits = Vec::new();
+            let mut ensembl = 0usize;
+            for n in names {
+                let u = n.to_ascii_uppercase();
+                if HOUSEKEEPING.contains(&u.as_str()) {
+                    hits.push(n.clone());
+                }
+                if u.starts_with("ENS")
+                    && u.len() >= 15
+                    && u.contains('G')
+                    && u.as_bytes()[u.len() - 11..].iter().all(|b| b.is_ascii_digit())
+                {
+                    ensembl += 1;
+                }
+            }
+            let score = if ensembl * 2 > names.len() { names.len() } else { hits.len() };
+            hits.truncate(3);
+            (score, hits)
+        };
+        let (cells_score, examples) = gene_like(&self.cells);
+        let (genes_score, _) = gene_like(&self.genes);
+        (cells_score >= 3 && genes_score == 0).then(|| {
+            format!(
+                "the cell names look like genes ({}, ...) and the gene names do not (e.g. '{}'): the matrix seems to be stored genes x cells. Transpose it (in Python: adata = adata.T) so that cells are rows (obs) and genes are columns (var)",
+                if examples.is_empty() { "Ensembl IDs".to_string() } else { examples.join(", ") },
+                self.genes.first().map(|s| s.as_str()).unwrap_or("")
+            )
+        })
+    }
+
     pub fn validate(&self) -> Result<()> {
         let p = &self.source;
         if self.cells.len() != self.counts.n_rows {
@@ -190,6 +225,9 @@ impl Dataset {
         }
         if self.n_genes() == 0 {
             return Err(Error::format(p, "the dataset has no genes"));
+        }
+        if let Some(msg) = self.looks_transposed() {
+            return Err(Error::format(p, msg));
         }
         let mut seen = HashSet::with_capacity(self.cells.len());
         for c in &self.cells {
@@ -229,3 +267,11 @@ impl Dataset {
         }
     }
 }
+
+/// Genes expressed in nearly every cell type of mammals (upper-cased symbols); a barcode never reads
+/// like one of them.
+const HOUSEKEEPING: &[&str] = &[
+    "ACTB", "GAPDH", "B2M", "MALAT1", "EEF1A1", "TPT1", "FTL", "FTH1", "RPLP0", "RPL13", "RPL13A", "RPS18", "RPS27A", "UBC", "UBB", "PPIA",
+    "TMSB4X", "MT-CO1", "MT-ND1", "MT-CYB", "HSP90AB1", "YWHAZ", "TBP", "HPRT1", "PGK1", "LDHA", "ACTG1", "TUBB", "CFL1", "PFN1", "MYL6",
+    "EEF2", "RPL10", "RPS3", "RPS6", "RPS12", "RPL3", "RPL4", "RPL7", "NPM1", "HNRNPA1",
+];
