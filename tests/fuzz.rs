@@ -338,6 +338,9 @@ fn fuzz_checkpoint() {
     fuzz("checkpoint", model_seed, &["ck.safetensors"], read_checkpoint);
 }
 
+type Seed = fn(&Path);
+type Reader = fn(&Path) -> bool;
+
 /// Every input that once broke a reader still gives `Ok` or an error.
 #[test]
 fn regressions_stay_fixed() {
@@ -347,7 +350,7 @@ fn regressions_stay_fixed() {
     for t in targets {
         let t = t.unwrap();
         let target = t.file_name().to_string_lossy().to_string();
-        let (seed, read): (fn(&Path), fn(&Path) -> bool) = match target.as_str() {
+        let (seed, read): (Seed, Reader) = match target.as_str() {
             "folder" | "gzip" => (folder_seed, read_folder),
             "homology" => (folder_seed, read_homology),
             "h5ad" => (h5ad_seed, read_h5ad),
