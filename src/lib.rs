@@ -17,6 +17,7 @@ pub mod out;
 pub mod pipeline;
 pub mod preprocess;
 pub mod resources;
+pub mod simulate;
 pub mod summary;
 pub mod train;
 pub mod transfer;

@@ -33,6 +33,42 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print cells, genes, batches, labels, sparsity and homology overlap of the inputs.
     Inspect(InspectArgs),
+    /// Write a synthetic cross-species pair (context/, target/, homology.tsv) for benchmarks and tests.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SimulateArgs {
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 2000)]
+    pub context_cells: usize,
+    #[arg(long, default_value_t = 2000)]
+    pub target_cells: usize,
+    /// Genes per species.
+    #[arg(long, default_value_t = 2000)]
+    pub genes: usize,
+    /// Fraction of genes with a one-to-one ortholog.
+    #[arg(long, default_value_t = 0.7)]
+    pub orthologous_fraction: f64,
+    /// Cell types present in both species (one more is context-only, one target-only).
+    #[arg(long, default_value_t = 6)]
+    pub shared_types: usize,
+    /// Batches per species.
+    #[arg(long, default_value_t = 2)]
+    pub batches: usize,
+    /// Fraction of non-zero counts (sets the library size).
+    #[arg(long, default_value_t = 0.1)]
+    pub density: f64,
+    /// Zero-inflation probability.
+    #[arg(long, default_value_t = 0.05)]
+    pub dropout: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Worker threads (default: all cores; the output does not depend on it).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -322,6 +358,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => run_pipeline(&demo_inputs(a.data.as_deref())?, &a.out, &a.opts, Stages::All),
         Command::Bench(a) => bench(&a),
         Command::Inspect(a) => inspect(&a),
+        Command::Simulate(a) => simulate(&a),
     }
 }
 
@@ -984,12 +1021,37 @@ fn inspect(a: &InspectArgs) -> Result<()> {
     Ok(())
 }
 
-/// Peak resident memory of this process in bytes (Linux), for the bench report.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+fn simulate(a: &SimulateArgs) -> Result<()> {
+    if let Some(t) = a.threads.filter(|&t| t > 0) {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
+    }
+    let cfg = crate::simulate::SimConfig {
+        context_cells: a.context_cells,
+        target_cells: a.target_cells,
+        genes: a.genes,
+        orthologous_fraction: a.orthologous_fraction,
+        shared_types: a.shared_types,
+        batches: a.batches,
+        density: a.density,
+        dropout: a.dropout,
+        seed: a.seed,
+    };
+    let t = std::time::Instant::now();
+    let r = crate::simulate::simulate(&cfg, &a.out)?;
+    eprintln!(
+        "wrote {}: context {} cells, target {} cells, {} genes each ({} orthologous); density {:.3} / {:.3}; median library {:.0} / {:.0}; {:.1} s",
+        a.out.display(),
+        cfg.context_cells,
+        cfg.target_cells,
+        cfg.genes,
+        r.orthologous_genes,
+        r.context_density,
+        r.target_density,
+        r.median_library[0],
+        r.median_library[1],
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn bench(a: &BenchArgs) -> Result<()> {
@@ -1011,7 +1073,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
         "data": inputs.context.parent(),
         "phases": ["read", "preprocess", "homology"],
         "runs": runs,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": crate::resources::peak_rss(),
         "threads": a.opts.threads,
     });
     match &a.out {
