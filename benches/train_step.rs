@@ -44,5 +44,39 @@ fn train_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, train_step);
+/// The alignment's extra work in a target step on the Baron human shape (2,142 cells x 20,125 genes):
+/// the argmax-likelihood choice for 64 aligned cells (top 50 %) among k = 25 context neighbours each.
+fn target_candidates(c: &mut Criterion) {
+    use scspecies::align::candidates::{Query, choose};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/baron-pancreas");
+    let pair = prepare(&demo_like_inputs(&dir), &PreprocessConfig::default(), &mut |_| {}).unwrap();
+    let (ctx, tgt) = (&pair.context, &pair.target);
+    let be = Cpu::<f32>::new();
+    let mut hom = pair.homology.context.clone();
+    hom.sort_unstable();
+    let ccfg = ModelConfig::scspecies(ctx.data.n_genes(), ctx.n_batches(), hom, ctx.lib_mu_add);
+    let cmodel = Model::new(&be, ccfg, &mut stream(1, 0, 0, 0));
+    let (pm, ps) = context_data(ctx);
+    let cdata = TrainData { counts: &ctx.data.counts, batch: &ctx.batch, prior_mu: &pm, prior_sig: &ps, n_batches: ctx.n_batches() };
+    let repr = scspecies::train::represent(&be, &cmodel, &cdata, 1024);
+    let mut hom_t = pair.homology.target.clone();
+    hom_t.sort_unstable();
+    let tcfg = ModelConfig::scspecies(tgt.data.n_genes(), tgt.n_batches(), hom_t, tgt.lib_mu_add);
+    let tmodel = Model::new(&be, tcfg, &mut stream(1, 0, 1, 0));
+    let (knn, _) = scspecies::align::knn::cosine_knn(&ctx.data.counts, &pair.homology.context, &tgt.data.counts, &pair.homology.target, 25);
+    let queries: Vec<Query> = (0..64)
+        .map(|i| {
+            let cell = i * 29 % tgt.n_cells();
+            Query { cell, batch: tgt.batch[cell], lib: 3000.0, neighbours: &knn[cell * 25..cell * 25 + 25] }
+        })
+        .collect();
+    let mut g = c.benchmark_group("target_step_b128_baron_human");
+    g.sample_size(10);
+    g.bench_function("candidate_choice_64_cells_k25", |b| {
+        b.iter(|| black_box(choose(&be, &tmodel, &repr, &tgt.data.counts, &queries, true, &mut stream(1, 2, 0, 0))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, train_step, target_candidates);
 criterion_main!(benches);

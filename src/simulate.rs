@@ -103,8 +103,7 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> Result<SimReport> {
     if cfg.genes < 10 || cfg.context_cells == 0 || cfg.target_cells == 0 || cfg.shared_types == 0 || cfg.batches == 0 {
         return Err(Error::Config("simulate needs at least 10 genes, one cell per species, one shared type and one batch".into()));
     }
-    if !(0.0..=1.0).contains(&cfg.orthologous_fraction) || !(cfg.density > 0.0 && cfg.density < 0.9) || !(0.0..0.9).contains(&cfg.dropout)
-    {
+    if !(0.0..=1.0).contains(&cfg.orthologous_fraction) || !(cfg.density > 0.0 && cfg.density < 0.9) || !(0.0..0.9).contains(&cfg.dropout) {
         return Err(Error::Config("orthologous fraction in [0, 1], density in (0, 0.9), dropout in [0, 0.9)".into()));
     }
     let g = cfg.genes;
@@ -189,7 +188,11 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> Result<SimReport> {
             (0..n_cells).map(|i| vec![format!("{name}_{i}"), format!("{name}_b{}", counts.1[i]), type_names[counts.2[i]].clone()]),
         )?;
     }
-    crate::out::write_tsv(&dir.join("homology.tsv"), &["context_gene", "target_gene"], (0..n_orth).map(|j| vec![gene_name(0, j), gene_name(1, j)]))?;
+    crate::out::write_tsv(
+        &dir.join("homology.tsv"),
+        &["context_gene", "target_gene"],
+        (0..n_orth).map(|j| vec![gene_name(0, j), gene_name(1, j)]),
+    )?;
     let report = SimReport {
         config: cfg.clone(),
         orthologous_genes: n_orth,

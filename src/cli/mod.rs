@@ -7,6 +7,8 @@ use crate::pipeline::{Inputs, PreparedPair, prepare, read_checked};
 use crate::preprocess::PreprocessConfig;
 use crate::summary::{summarize, thousands};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+mod bench;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -356,7 +358,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Align(a) => run_pipeline(&a.inputs(), &a.out, &a.opts, Stages::Align),
         Command::Transfer(a) => run_pipeline(&a.inputs(), &a.out, &a.opts, Stages::Transfer),
         Command::Demo(a) => run_pipeline(&demo_inputs(a.data.as_deref())?, &a.out, &a.opts, Stages::All),
-        Command::Bench(a) => bench(&a),
+        Command::Bench(a) => bench::bench(&a),
         Command::Inspect(a) => inspect(&a),
         Command::Simulate(a) => simulate(&a),
     }
@@ -1051,34 +1053,5 @@ fn simulate(a: &SimulateArgs) -> Result<()> {
         r.median_library[1],
         t.elapsed().as_secs_f64()
     );
-    Ok(())
-}
-
-fn bench(a: &BenchArgs) -> Result<()> {
-    check_options(&a.opts)?;
-    let inputs = demo_inputs(a.data.as_deref())?;
-    let cfg = a.opts.preprocess_config();
-    let mut runs = Vec::new();
-    for _ in 0..a.repeat.max(1) {
-        let t = std::time::Instant::now();
-        let pair = prepare(&inputs, &cfg, &mut |_| {})?;
-        let mut m: serde_json::Map<String, serde_json::Value> = pair.timings.iter().map(|(k, v)| (format!("{k}_s"), json!(v))).collect();
-        m.insert("total_s".into(), json!(t.elapsed().as_secs_f64()));
-        let nnz = pair.context.data.counts.nnz() + pair.target.data.counts.nnz();
-        m.insert("nonzeros".into(), json!(nnz));
-        runs.push(serde_json::Value::Object(m));
-    }
-    let report = json!({
-        "scspecies_version": env!("CARGO_PKG_VERSION"),
-        "data": inputs.context.parent(),
-        "phases": ["read", "preprocess", "homology"],
-        "runs": runs,
-        "peak_rss_bytes": crate::resources::peak_rss(),
-        "threads": a.opts.threads,
-    });
-    match &a.out {
-        Some(p) => out::write_json(p, &report)?,
-        None => println!("{}", serde_json::to_string_pretty(&report).unwrap()),
-    }
     Ok(())
 }

@@ -1,0 +1,160 @@
+//! `scspecies bench`: the pipeline's phases timed end to end on real shapes, as one JSON report: data
+//! phases, the machine's measured GEMM peak, the decoder heads' share of it, one epoch of context
+//! pre-training and of target fine-tuning (ms per step, cells per second), the data-level kNN, the label
+//! transfer (cells per second), peak RSS, and the speed-up over the reference's single-thread timings
+//! (from the performance issue; compare at `--threads 1` for the same thread count).
+
+use super::{BenchArgs, check_options, demo_inputs};
+use crate::engine::{Backend, Cpu};
+use crate::error::Result;
+use crate::out;
+use crate::pipeline::prepare;
+use serde_json::json;
+use std::time::Instant;
+
+/// The reference (scspecies 0.1.4, PyTorch, one thread) on the Baron pair, as the issue states them.
+const REF_CONTEXT_STEP_S: f64 = 0.5;
+const REF_TARGET_STEP_S: f64 = 2.6;
+const REF_TRANSFER_6000_CELLS_S: f64 = 300.0;
+
+/// Best GFLOP/s of `reps` products [m×k]·[k×n] through the engine's GEMM.
+fn gemm_gflops(be: &Cpu<f32>, m: usize, k: usize, n: usize, reps: usize) -> f64 {
+    let x = be.upload(&(0..m * k).map(|i| ((i % 13) as f64 - 6.0) * 0.01).collect::<Vec<_>>());
+    let w = be.upload(&(0..k * n).map(|i| ((i % 7) as f64 - 3.0) * 0.01).collect::<Vec<_>>());
+    let b = be.zeros(n);
+    let mut y = be.zeros(m * n);
+    be.linear_fwd(&x, &w, &b, &mut y, m, k, n); // warm-up
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = Instant::now();
+        be.linear_fwd(&x, &w, &b, &mut y, m, k, n);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
+
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    check_options(&a.opts)?;
+    let inputs = demo_inputs(a.data.as_deref())?;
+    let cfg = a.opts.preprocess_config();
+    let quiet = a.opts.quiet;
+    let say = |m: &str| {
+        if !quiet {
+            eprintln!("{m}");
+        }
+    };
+    // Data phases.
+    let mut runs = Vec::new();
+    let mut pair = None;
+    for _ in 0..a.repeat.max(1) {
+        let t = Instant::now();
+        let p = prepare(&inputs, &cfg, &mut |_| {})?;
+        let mut m: serde_json::Map<String, serde_json::Value> = p.timings.iter().map(|(k, v)| (format!("{k}_s"), json!(v))).collect();
+        m.insert("total_s".into(), json!(t.elapsed().as_secs_f64()));
+        m.insert("nonzeros".into(), json!(p.context.data.counts.nnz() + p.target.data.counts.nnz()));
+        runs.push(serde_json::Value::Object(m));
+        pair = Some(p);
+    }
+    let pair = pair.expect("at least one repetition");
+    let (ctx, tgt) = (&pair.context, &pair.target);
+    let be = Cpu::<f32>::new();
+    let threads = rayon::current_num_threads();
+    say(&format!("bench on {threads} threads: data phases done"));
+
+    // GEMM peak and the decoder heads.
+    let peak = [(1024, 1024, 1024), (2048, 1024, 2048), (512, 2048, 4096)]
+        .iter()
+        .map(|&(m, k, n)| gemm_gflops(&be, m, k, n, 3))
+        .fold(0.0, f64::max);
+    let hd = 300;
+    let heads = |m: usize, n: usize| {
+        let g = gemm_gflops(&be, m, hd, n, 5);
+        json!({ "shape": [m, hd, n], "gflops": g, "fraction_of_peak": g / peak })
+    };
+    let decoder = json!({
+        "context_batch": heads(128, ctx.data.n_genes()),
+        "target_batch": heads(128, tgt.data.n_genes()),
+        "candidate_chunk": heads(crate::resources::CANDIDATE_CHUNK as usize, tgt.data.n_genes()),
+    });
+    say(&format!("GEMM peak {peak:.0} GFLOP/s"));
+
+    // One epoch of context pre-training.
+    let mut tcfg = crate::train::TrainConfig::default_for(ctx.n_cells(), a.opts.seed);
+    tcfg.epochs = 1;
+    let t = Instant::now();
+    let crun = crate::pipeline::pretrain(&be, &pair, &tcfg, &mut |_| {})?;
+    let ctx_epoch_s = t.elapsed().as_secs_f64();
+    let ctx_ms = crun.history[0].ms_per_step;
+    say(&format!("context step {ctx_ms:.1} ms"));
+
+    // Data-level kNN and one epoch of target fine-tuning (inside align_and_transfer), then transfer of
+    // a subset timed separately.
+    let mut acfg = crate::align::AlignConfig::default_for(tgt.n_cells(), a.opts.seed);
+    acfg.epochs = 1;
+    let tfcfg = crate::transfer::TransferConfig::default();
+    let arun = crate::pipeline::align_and_transfer(
+        &be,
+        &pair,
+        &crun.model,
+        &crun.repr,
+        &acfg,
+        &tfcfg,
+        None,
+        &Default::default(),
+        &mut |_| {},
+        &mut |_| {},
+    )?;
+    let phase = |k: &str| arun.timings.iter().find(|(n, _)| n == k).map(|x| x.1).unwrap_or(f64::NAN);
+    let tgt_ms = arun.history[0].stats.ms_per_step;
+    let transfer_s = phase("transfer");
+    let cells_per_s = tgt.n_cells() as f64 / transfer_s;
+    say(&format!("target step {tgt_ms:.1} ms, transfer {transfer_s:.1} s"));
+
+    let bytes_per_nnz = crate::resources::peak_rss().map(|b| b as f64 / (ctx.data.counts.nnz() + tgt.data.counts.nnz()) as f64);
+    let report = json!({
+        "scspecies_version": env!("CARGO_PKG_VERSION"),
+        "data": inputs.context.parent(),
+        "threads": threads,
+        "shapes": {
+            "context": [ctx.n_cells(), ctx.data.n_genes(), ctx.data.counts.nnz()],
+            "target": [tgt.n_cells(), tgt.data.n_genes(), tgt.data.counts.nnz()],
+            "homologous_genes": pair.homology.len(),
+            "batches": [ctx.n_batches(), tgt.n_batches()],
+        },
+        "data_phases": { "phases": ["read", "preprocess", "homology"], "runs": runs },
+        "gemm_peak_gflops": peak,
+        "decoder_heads": decoder,
+        "context_training": {
+            "ms_per_step": ctx_ms,
+            "cells_per_s": 128.0 / (ctx_ms / 1000.0),
+            "epoch_s": ctx_epoch_s,
+            "reference_ms_per_step_1_thread": REF_CONTEXT_STEP_S * 1000.0,
+            "speedup_vs_reference": REF_CONTEXT_STEP_S * 1000.0 / ctx_ms,
+        },
+        "target_training": {
+            "ms_per_step": tgt_ms,
+            "aligned_cells_per_step": arun.history[0].aligned_per_step,
+            "k": acfg.k,
+            "top_percent": acfg.top_percent,
+            "cells_per_s": 128.0 / (tgt_ms / 1000.0),
+            "reference_ms_per_step_1_thread": REF_TARGET_STEP_S * 1000.0,
+            "speedup_vs_reference": REF_TARGET_STEP_S * 1000.0 / tgt_ms,
+        },
+        "data_knn_s": phase("data_knn"),
+        "label_transfer": {
+            "cells": tgt.n_cells(),
+            "seconds": transfer_s,
+            "cells_per_s": cells_per_s,
+            "reference_s_for_6000_cells_1_thread": REF_TRANSFER_6000_CELLS_S,
+            "speedup_vs_reference": REF_TRANSFER_6000_CELLS_S / (6000.0 / cells_per_s),
+        },
+        "peak_rss_bytes": crate::resources::peak_rss(),
+        "peak_rss_bytes_per_nonzero": bytes_per_nnz,
+        "note": "speed-ups compare with the reference's single-thread timings: run with --threads 1 for the same thread count",
+    });
+    match &a.out {
+        Some(p) => out::write_json(p, &report)?,
+        None => println!("{}", serde_json::to_string_pretty(&report).unwrap()),
+    }
+    Ok(())
+}
