@@ -88,9 +88,8 @@ fn expected_density(sp: &Species, n_types: usize, lib: f64, dropout: f64) -> f64
         let logits: Vec<f64> = (0..g).map(|j| sp.base[j] + sp.program[t * g + j]).collect();
         let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
-        for j in 0..g {
-            let mu = lib * (logits[j] - m).exp() / z;
-            let th = sp.theta[j];
+        for (lg, &th) in logits.iter().zip(&sp.theta) {
+            let mu = lib * (lg - m).exp() / z;
             let p0 = (th / (th + mu)).powf(th);
             tot += (1.0 - dropout) * (1.0 - p0);
         }
@@ -103,7 +102,8 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> Result<SimReport> {
     if cfg.genes < 10 || cfg.context_cells == 0 || cfg.target_cells == 0 || cfg.shared_types == 0 || cfg.batches == 0 {
         return Err(Error::Config("simulate needs at least 10 genes, one cell per species, one shared type and one batch".into()));
     }
-    if !(0.0..=1.0).contains(&cfg.orthologous_fraction) || !(cfg.density > 0.0 && cfg.density < 0.9) || !(0.0..0.9).contains(&cfg.dropout) {
+    let ok = (0.0..=1.0).contains(&cfg.orthologous_fraction) && cfg.density > 0.0 && cfg.density < 0.9 && (0.0..0.9).contains(&cfg.dropout);
+    if !ok {
         return Err(Error::Config("orthologous fraction in [0, 1], density in (0, 0.9), dropout in [0, 0.9)".into()));
     }
     let g = cfg.genes;
