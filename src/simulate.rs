@@ -212,7 +212,9 @@ pub fn simulate(cfg: &SimConfig, dir: &Path) -> Result<SimReport> {
 fn sample_counts(cfg: &SimConfig, sp: &Species, species: u64, n: usize, lib: f64) -> (Csr, Vec<usize>, Vec<usize>) {
     const BLOCK: usize = 256;
     let g = sp.base.len();
-    let blocks: Vec<(Vec<usize>, Vec<u32>, Vec<f32>, Vec<usize>, Vec<usize>)> = (0..n.div_ceil(BLOCK))
+    // Per block: row lengths, column indices, values, batch and type per cell.
+    type Block = (Vec<usize>, Vec<u32>, Vec<f32>, Vec<usize>, Vec<usize>);
+    let blocks: Vec<Block> = (0..n.div_ceil(BLOCK))
         .into_par_iter()
         .map(|b| {
             let mut r = rng(cfg.seed, 2 + species, b as u64);
@@ -222,16 +224,16 @@ fn sample_counts(cfg: &SimConfig, sp: &Species, species: u64, n: usize, lib: f64
             for i in b * BLOCK..((b + 1) * BLOCK).min(n) {
                 let t = sp.types[i % sp.types.len()];
                 let batch = (i / sp.types.len()) % cfg.batches;
-                for j in 0..g {
-                    logits[j] = sp.base[j] + sp.program[t * g + j] + sp.batch_shift[batch * g + j];
+                let (prog, shift) = (&sp.program[t * g..(t + 1) * g], &sp.batch_shift[batch * g..(batch + 1) * g]);
+                for (((lg, b0), p), s) in logits.iter_mut().zip(&sp.base).zip(prog).zip(shift) {
+                    *lg = b0 + p + s;
                 }
                 let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
-                let li = lib * (lib_noise.sample(&mut r) as f64).exp();
+                let li = lib * lib_noise.sample(&mut r).exp();
                 let before = idx.len();
-                for j in 0..g {
-                    let mu = li * (logits[j] - m).exp() / z;
-                    let th = sp.theta[j];
+                for (j, (lg, &th)) in logits.iter().zip(&sp.theta).enumerate() {
+                    let mu = li * (lg - m).exp() / z;
                     let lam = Gamma::new(th, mu / th).map(|d| d.sample(&mut r)).unwrap_or(0.0);
                     let x = if lam > 0.0 { Poisson::new(lam).map(|p| p.sample(&mut r)).unwrap_or(0.0) } else { 0.0 };
                     if x > 0.0 && r.random::<f64>() >= cfg.dropout {
