@@ -218,7 +218,7 @@ fn sample_counts(cfg: &SimConfig, sp: &Species, species: u64, n: usize, lib: f64
         .into_par_iter()
         .map(|b| {
             let mut r = rng(cfg.seed, 2 + species, b as u64);
-            let lib_noise = Normal::new(0.0, 0.45).unwrap();
+            let lib_noise: Normal<f64> = Normal::new(0.0, 0.45).unwrap();
             let (mut lens, mut idx, mut val, mut batches, mut types) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut logits = vec![0f64; g];
             for i in b * BLOCK..((b + 1) * BLOCK).min(n) {
