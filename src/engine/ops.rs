@@ -317,6 +317,14 @@ pub fn likelihood<F: Real>(
             }
             *out = F::f(s);
         }),
+        Some(gr) if F::IS_F32 && dist == Distribution::Zinb && logit.is_some() => {
+            let LikelihoodGrads { d_rho, d_theta, d_logit, d_lib } = gr;
+            let d_logit = d_logit.expect("ZINB needs the logit gradient");
+            let (x32, rho32, theta32, logit32) = (F::as_f32(x), F::as_f32(rho), F::as_f32(theta), F::as_f32(logit.unwrap()));
+            let (dr, dt, ds) =
+                (F::as_f32_mut(d_rho).expect("f32"), F::as_f32_mut(d_theta).expect("f32"), F::as_f32_mut(d_logit).expect("f32"));
+            zinb_grads_f32(&x32, &rho32, &theta32, &logit32, lib, n, scale, nll, d_lib, dr, dt, ds);
+        }
         Some(gr) => {
             let LikelihoodGrads { d_rho, d_theta, d_logit, d_lib } = gr;
             let mut dummy = Vec::new();
@@ -352,6 +360,147 @@ pub fn likelihood<F: Real>(
                 });
         }
     }
+}
+
+/// The f32 ZINB likelihood with gradients, row by row: the zero-count branch of every gene in f32 fast
+/// math (vectorised, ~90 % of the entries), then the genes with counts recomputed exactly in f64 by
+/// [`zinb`]. Sums run in f32 within blocks of 256 genes and in f64 across blocks.
+#[allow(clippy::too_many_arguments)]
+fn zinb_grads_f32<F: Real>(
+    x: &[f32],
+    rho: &[f32],
+    theta: &[f32],
+    logit: &[f32],
+    lib: &[F],
+    n: usize,
+    scale: f64,
+    nll: &mut [F],
+    d_lib: &mut [F],
+    d_rho: &mut [f32],
+    d_theta: &mut [f32],
+    d_logit: &mut [f32],
+) {
+    nll.par_iter_mut()
+        .zip(d_lib.par_iter_mut())
+        .zip(d_rho.par_chunks_mut(n))
+        .zip(d_theta.par_chunks_mut(n))
+        .zip(d_logit.par_chunks_mut(n))
+        .enumerate()
+        .for_each_init(
+            || (vec![0f32; n], vec![0f32; n]),
+            |(ll, dl), (i, ((((out, out_dl), dr), dt), ds))| {
+                let r0 = i * n;
+                let (xr, ro, th, sr) = (&x[r0..r0 + n], &rho[r0..r0 + n], &theta[r0..r0 + n], &logit[r0..r0 + n]);
+                let l = lib[i].d();
+                zinb_zero_row(ro, th, sr, l as f32, scale as f32, ll, dl, dr, dt, ds);
+                // Genes with counts: the exact f64 terms replace the zero-count ones.
+                for j in 0..n {
+                    if xr[j] >= 1e-7 {
+                        let z = zinb(xr[j] as f64, th[j] as f64, ro[j] as f64, l, sr[j] as f64);
+                        ll[j] = z.ll as f32;
+                        dl[j] = z.d_lib as f32;
+                        dr[j] = (-scale * z.d_rho) as f32;
+                        dt[j] = (-scale * z.d_theta) as f32;
+                        ds[j] = (-scale * z.d_logit) as f32;
+                    }
+                }
+                let (mut s_ll, mut s_dl) = (0f64, 0f64);
+                for (a, b) in ll.chunks(256).zip(dl.chunks(256)) {
+                    s_ll += a.iter().sum::<f32>() as f64;
+                    s_dl += b.iter().sum::<f32>() as f64;
+                }
+                *out = F::f(-s_ll);
+                *out_dl = F::f(-scale * s_dl);
+            },
+        );
+}
+
+/// The zero-count ZINB term of every gene of a row and its gradients (f32 fast math). Writes the
+/// log-likelihood and ∂ll/∂library per gene into `ll`, `dl`, and −scale·∂ll/∂(ρ, θ, logit) into `dr`,
+/// `dt`, `ds`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn zinb_zero_row_body(
+    ro: &[f32],
+    th: &[f32],
+    s: &[f32],
+    l: f32,
+    scale: f32,
+    ll: &mut [f32],
+    dl: &mut [f32],
+    dr: &mut [f32],
+    dt: &mut [f32],
+    ds: &mut [f32],
+) {
+    use super::fastmath as fm;
+    use super::likelihood::{RHO_MAX, RHO_MIN, THETA_MIN};
+    let (rmin, rmax, tmin) = (RHO_MIN as f32, RHO_MAX as f32, THETA_MIN as f32);
+    let m = ro.len();
+    let (ll, dl, dr, dt, ds) = (&mut ll[..m], &mut dl[..m], &mut dr[..m], &mut dt[..m], &mut ds[..m]);
+    let (th, s) = (&th[..m], &s[..m]);
+    for k in 0..m {
+        let (theta, rho, sk) = (th[k], ro[k], s[k]);
+        let t = theta.max(tmin);
+        let r = rho.clamp(rmin, rmax);
+        let mu = r * l;
+        let tm = t + mu;
+        let l1 = fm::ln_1p(mu / t);
+        let th_log = -t * l1;
+        let a = sk + th_log;
+        // softplus(a) − softplus(s), written without cancellation for large s:
+        // = th_log + softplus(−a) − softplus(−s) when s > 0.
+        let pos = sk > 0.0;
+        let (p, q, base) = if pos { (-a, -sk, th_log) } else { (a, sk, 0.0) };
+        ll[k] = base + fm::softplus(p) - fm::softplus(q);
+        let sa = 1.0 / (1.0 + fm::exp(-a));
+        let ss = 1.0 / (1.0 + fm::exp(-sk));
+        let d_mu = -sa * t / tm;
+        dl[k] = d_mu * r;
+        dr[k] = if rho >= rmin && rho <= rmax { -scale * d_mu * l } else { 0.0 };
+        dt[k] = if theta >= tmin { -scale * sa * (mu / tm - l1) } else { 0.0 };
+        ds[k] = -scale * (sa - ss);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn zinb_zero_row_avx2(
+    ro: &[f32],
+    th: &[f32],
+    s: &[f32],
+    l: f32,
+    scale: f32,
+    ll: &mut [f32],
+    dl: &mut [f32],
+    dr: &mut [f32],
+    dt: &mut [f32],
+    ds: &mut [f32],
+) {
+    zinb_zero_row_body(ro, th, s, l, scale, ll, dl, dr, dt, ds)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn zinb_zero_row(
+    ro: &[f32],
+    th: &[f32],
+    s: &[f32],
+    l: f32,
+    scale: f32,
+    ll: &mut [f32],
+    dl: &mut [f32],
+    dr: &mut [f32],
+    dt: &mut [f32],
+    ds: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected.
+            return unsafe { zinb_zero_row_avx2(ro, th, s, l, scale, ll, dl, dr, dt, ds) };
+        }
+    }
+    zinb_zero_row_body(ro, th, s, l, scale, ll, dl, dr, dt, ds)
 }
 
 /// Sum of the zero-count log-likelihood terms over one block of genes (ZINB when `s` is given, else NB).
