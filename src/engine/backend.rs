@@ -45,6 +45,9 @@ pub trait Backend: Send + Sync {
     fn upload(&self, v: &[f64]) -> Self::Buf;
     fn upload_f32(&self, v: &[f32]) -> Self::Buf;
     fn download(&self, b: &Self::Buf) -> Vec<f64>;
+    /// The values as f32 when that is how they are stored (exact), else None: lets checkpoints skip
+    /// the f64 round trip.
+    fn download_f32(&self, b: &Self::Buf) -> Option<Vec<f32>>;
     fn len(&self, b: &Self::Buf) -> usize;
     fn copy(&self, b: &Self::Buf) -> Self::Buf;
     /// CSR rows (indptr, column indices, values) with `cols` columns.

@@ -34,6 +34,9 @@ impl<F: Real> Backend for Cpu<F> {
     fn download(&self, b: &Vec<F>) -> Vec<f64> {
         b.iter().map(|x| x.d()).collect()
     }
+    fn download_f32(&self, b: &Vec<F>) -> Option<Vec<f32>> {
+        F::IS_F32.then(|| F::as_f32(b).into_owned())
+    }
     fn len(&self, b: &Vec<F>) -> usize {
         b.len()
     }

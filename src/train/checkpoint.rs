@@ -69,35 +69,83 @@ fn exact_in_f32(v: &[f64]) -> bool {
     v.iter().all(|&x| (x as f32) as f64 == x || x.is_nan())
 }
 
-/// Write the model's parameters, Adam moments and `state` to `path` atomically.
+/// Write the model's parameters, Adam moments and `state` to `path` atomically, in the safetensors
+/// layout, streaming each tensor from the backend (no second copy of the whole model in memory).
 pub fn save<B: Backend>(be: &B, model: &Model<B>, state: &State, path: &Path) -> Result<()> {
-    let mut tensors: Vec<(String, safetensors::Dtype, usize, Vec<u8>)> = Vec::with_capacity(3 * model.params.len());
+    enum Host {
+        F32(Vec<f32>),
+        F64(Vec<f64>),
+    }
+    let host = |buf: &B::Buf| -> Host {
+        match be.download_f32(buf) {
+            Some(v) => Host::F32(v),
+            None => {
+                let v = be.download(buf);
+                if exact_in_f32(&v) { Host::F32(v.iter().map(|&x| x as f32).collect()) } else { Host::F64(v) }
+            }
+        }
+    };
+    // The header needs every tensor's dtype and size first: element width per tensor, decided by a
+    // first pass that keeps nothing but the width.
+    let mut entries: Vec<(String, &B::Buf)> = Vec::with_capacity(3 * model.params.len());
     for p in &model.params {
         for (kind, buf) in [("value", &p.value), ("adam_m", &p.m), ("adam_v", &p.v)] {
-            let v = be.download(buf);
-            let (dtype, bytes): (_, Vec<u8>) = if exact_in_f32(&v) {
-                (safetensors::Dtype::F32, v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect())
-            } else {
-                (safetensors::Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
-            };
-            tensors.push((format!("{kind}.{}", p.name), dtype, v.len(), bytes));
+            entries.push((format!("{kind}.{}", p.name), buf));
         }
     }
-    let views = tensors
-        .iter()
-        .map(|(n, d, len, b)| {
-            safetensors::tensor::TensorView::new(*d, vec![*len], b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| Error::write(path, std::io::Error::other(e.to_string())))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let exact_f32 = |buf: &B::Buf| be.download_f32(buf).is_some() || exact_in_f32(&be.download(buf));
+    let widths: Vec<usize> = entries.iter().map(|(_, b)| if exact_f32(b) { 4 } else { 8 }).collect();
+    let mut header = serde_json::Map::new();
     let json = serde_json::to_string(state).map_err(|e| Error::write(path, std::io::Error::other(e)))?;
-    let md = std::collections::HashMap::from([(STATE_KEY.to_string(), json)]);
-    let bytes = safetensors::serialize(views, Some(md)).map_err(|e| Error::write(path, std::io::Error::other(e.to_string())))?;
+    header.insert("__metadata__".into(), serde_json::json!({ STATE_KEY: json }));
+    let mut off = 0usize;
+    for ((name, buf), &w) in entries.iter().zip(&widths) {
+        let n = be.len(buf);
+        header.insert(
+            name.clone(),
+            serde_json::json!({ "dtype": if w == 4 { "F32" } else { "F64" }, "shape": [n], "data_offsets": [off, off + n * w] }),
+        );
+        off += n * w;
+    }
+    let mut head = serde_json::to_string(&header).map_err(|e| Error::write(path, std::io::Error::other(e)))?;
+    while head.len() % 8 != 0 {
+        head.push(' ');
+    }
     if let Some(dir) = path.parent() {
         crate::out::create_out_dir(dir)?;
     }
-    crate::out::write_bytes_atomic(path, &bytes)
+    crate::out::write_atomic(path, |w| {
+        w.write_all(&(head.len() as u64).to_le_bytes())?;
+        w.write_all(head.as_bytes())?;
+        let mut bytes = Vec::with_capacity(1 << 16);
+        for ((_, buf), &width) in entries.iter().zip(&widths) {
+            match (host(buf), width) {
+                (Host::F32(v), 4) => {
+                    for c in v.chunks(1 << 14) {
+                        bytes.clear();
+                        bytes.extend(c.iter().flat_map(|x| x.to_le_bytes()));
+                        w.write_all(&bytes)?;
+                    }
+                }
+                (Host::F64(v), 8) => {
+                    for c in v.chunks(1 << 13) {
+                        bytes.clear();
+                        bytes.extend(c.iter().flat_map(|x| x.to_le_bytes()));
+                        w.write_all(&bytes)?;
+                    }
+                }
+                (Host::F32(v), _) => {
+                    for c in v.chunks(1 << 13) {
+                        bytes.clear();
+                        bytes.extend(c.iter().flat_map(|&x| (x as f64).to_le_bytes()));
+                        w.write_all(&bytes)?;
+                    }
+                }
+                (Host::F64(_), _) => unreachable!("a tensor found exact in f32 is stored as F32"),
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Read only the JSON state of a checkpoint.
