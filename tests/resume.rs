@@ -80,19 +80,22 @@ fn run_to_end(a: &[String]) -> String {
     err
 }
 
-/// Start a run, wait until `file` exists, let it go on for `after`, then SIGKILL it. Returns whether
-/// the run was still going when killed.
-fn kill_when(a: &[String], file: &Path, after: Duration) -> bool {
+/// Start a run, wait until the checkpoint `file` records at least `epochs` finished epochs, then
+/// SIGKILL the run at once (somewhere in the next epoch). Returns whether it was still going.
+fn kill_when(a: &[String], file: &Path, epochs: usize) -> bool {
     let mut child = Command::new(env!("CARGO_BIN_EXE_scspecies")).args(a).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let t = Instant::now();
-    while !file.exists() {
-        if child.try_wait().unwrap().is_some() {
-            panic!("the run ended before {} appeared", file.display());
+    loop {
+        // The file is renamed into place whole, so a read sees a complete checkpoint or none.
+        if file.exists() && scspecies::train::checkpoint::read_state(file).is_ok_and(|s| s.epochs_done >= epochs) {
+            break;
         }
-        assert!(t.elapsed() < Duration::from_secs(300), "{} never appeared", file.display());
-        std::thread::sleep(Duration::from_millis(5));
+        if child.try_wait().unwrap().is_some() {
+            panic!("the run ended before {} recorded {epochs} epochs", file.display());
+        }
+        assert!(t.elapsed() < Duration::from_secs(300), "{} never recorded {epochs} epochs", file.display());
+        std::thread::sleep(Duration::from_millis(2));
     }
-    std::thread::sleep(after);
     let running = child.try_wait().unwrap().is_none();
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
@@ -123,13 +126,13 @@ fn killed_twice_and_resumed_equals_uninterrupted() {
     let ctx_ck = cut.join("checkpoints/context.safetensors");
     let tgt_ck = cut.join("checkpoints/target.safetensors");
     // Killed during pre-training, after at least one epoch's checkpoint.
-    assert!(kill_when(&args(root, &cut, &[]), &ctx_ck, Duration::from_millis(150)), "the run finished before the kill");
+    assert!(kill_when(&args(root, &cut, &[]), &ctx_ck, 2), "the run finished before the kill");
     let e1 = epochs_done(&ctx_ck);
-    assert!((1..8).contains(&e1), "killed after {e1} context epochs");
+    assert!((2..8).contains(&e1), "killed after {e1} context epochs");
     assert!(!cut.join("metrics.json").exists());
     // Resumed, then killed again during alignment.
     let resume = ["--resume", cut.to_str().unwrap()];
-    assert!(kill_when(&args(root, &cut, &resume), &tgt_ck, Duration::from_millis(100)), "the resumed run finished before the kill");
+    assert!(kill_when(&args(root, &cut, &resume), &tgt_ck, 1), "the resumed run finished before the kill");
     assert_eq!(epochs_done(&ctx_ck), 8);
     let e2 = epochs_done(&tgt_ck);
     assert!((1..5).contains(&e2), "killed after {e2} target epochs");
