@@ -117,9 +117,10 @@ pub fn match_genes(context_genes: &[String], target_genes: &[String], table: Opt
             let swapped = rows.iter().filter(|(a, b)| tgt_set.contains(a.as_str()) && ctx_set.contains(b.as_str())).count();
             if !c.is_empty() && swapped > 4 * c.len() {
                 return Err(Error::Input(format!(
-                    "{}: only {} homologous genes as given, but {swapped} table rows match with context and target swapped: the table's first column must be the context species' gene. Swap --context and --target (with their keys), or the table's columns",
+                    "{}: only {} homologous gene{} as given, but {swapped} table rows match with context and target swapped: the table's first column must be the context species' gene. Swap --context and --target (with their keys), or the table's columns",
                     tab.path.display(),
-                    c.len()
+                    c.len(),
+                    if c.len() == 1 { "" } else { "s" }
                 )));
             }
             if c.is_empty() {

@@ -176,7 +176,7 @@ fn species_swapped_against_the_ortholog_table() {
     let h = tmp.path().join("orthologs.tsv");
     std::fs::write(&h, table).unwrap();
     let o = tmp.path().join("out");
-    expect_error(&run(&c, &t, &o, &["--homology", h.to_str().unwrap()]), &o, &["orthologs.tsv", "only 1 homologous", "swapped"]);
+    expect_error(&run(&c, &t, &o, &["--homology", h.to_str().unwrap()]), &o, &["orthologs.tsv", "only 1 homologous gene as given", "swapped"]);
 }
 
 #[test]
