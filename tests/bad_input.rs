@@ -4,17 +4,6 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-struct Outcome {
-    code: i32,
-    stderr: String,
-}
-
-fn scspecies(args: &[&str]) -> Outcome {
-    let o = Command::new(env!("CARGO_BIN_EXE_scspecies")).args(args).output().unwrap();
-    Outcome { code: o.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&o.stderr).to_string() }
-}
 
 /// A valid labelled dataset: 3 batches x 25 cells, 6 genes.
 fn good(dir: &Path) {

@@ -4,17 +4,6 @@
 mod common;
 use common::*;
 use std::path::Path;
-use std::process::Command;
-
-struct Outcome {
-    code: i32,
-    stderr: String,
-}
-
-fn scspecies(args: &[&str]) -> Outcome {
-    let o = Command::new(env!("CARGO_BIN_EXE_scspecies")).args(args).output().unwrap();
-    Outcome { code: o.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&o.stderr).to_string() }
-}
 
 /// 60 cells in 2 batches, 3 types, `genes` named by `gene`.
 fn dataset(dir: &Path, gene: &dyn Fn(usize) -> String, labels: &dyn Fn(usize) -> String, value: &dyn Fn(f64) -> f64) {
@@ -176,7 +165,11 @@ fn species_swapped_against_the_ortholog_table() {
     let h = tmp.path().join("orthologs.tsv");
     std::fs::write(&h, table).unwrap();
     let o = tmp.path().join("out");
-    expect_error(&run(&c, &t, &o, &["--homology", h.to_str().unwrap()]), &o, &["orthologs.tsv", "only 1 homologous gene as given", "swapped"]);
+    expect_error(
+        &run(&c, &t, &o, &["--homology", h.to_str().unwrap()]),
+        &o,
+        &["orthologs.tsv", "only 1 homologous gene as given", "swapped"],
+    );
 }
 
 #[test]

@@ -436,6 +436,27 @@ fn training_bar(quiet: bool, total: u64) -> indicatif::ProgressBar {
     pb
 }
 
+/// The progress bar's message after a training step: position, speed and the four running means.
+fn step_message(p: &crate::train::Progress, names: [&str; 4]) -> String {
+    let r = &p.running;
+    format!(
+        "epoch {}/{} step {}/{} | {:.1} ms/step | {} {:.1} {} {:.1} {} {:.2} {} {:.3}",
+        p.epoch + 1,
+        p.epochs,
+        p.step + 1,
+        p.steps,
+        p.ms_per_step,
+        names[0],
+        r[0],
+        names[1],
+        r[1],
+        names[2],
+        r[2],
+        names[3],
+        r[3]
+    )
+}
+
 /// A line above a progress bar (or on stderr when the bar is hidden), unless quiet.
 fn bar_log(bar: &indicatif::ProgressBar, quiet: bool, m: &str) {
     if quiet {
@@ -473,18 +494,7 @@ fn pretrain_stage(
         &guard,
         &mut |p| {
             bar.inc(1);
-            bar.set_message(format!(
-                "epoch {}/{} step {}/{} | {:.1} ms/step | nELBO {:.1} NLL {:.1} KL_z {:.2} KL_l {:.3}",
-                p.epoch + 1,
-                p.epochs,
-                p.step + 1,
-                p.steps,
-                p.ms_per_step,
-                p.running[0],
-                p.running[1],
-                p.running[2],
-                p.running[3]
-            ));
+            bar.set_message(step_message(p, ["nELBO", "NLL", "KL_z", "KL_l"]));
             if let Some(e) = p.finished_epoch {
                 lines.push(format!(
                     "epoch {:>3}: nELBO {:.2} NLL {:.2} KL_z {:.3} KL_l {:.4} beta {:.2} ({:.1} ms/step)",
@@ -664,18 +674,7 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages)
         &o.guard(out_dir, "target"),
         &mut |p| {
             bar.inc(1);
-            bar.set_message(format!(
-                "epoch {}/{} step {}/{} | {:.1} ms/step | loss {:.1} NLL {:.1} KL_z {:.2} eta*Align {:.1}",
-                p.epoch + 1,
-                p.epochs,
-                p.step + 1,
-                p.steps,
-                p.ms_per_step,
-                p.running[0],
-                p.running[1],
-                p.running[2],
-                p.running[3]
-            ));
+            bar.set_message(step_message(p, ["loss", "NLL", "KL_z", "eta*Align"]));
         },
         &mut log,
     );

@@ -87,3 +87,15 @@ pub fn synthetic(n: usize, genes: usize, per_batch: usize, types: &[&str]) -> Sy
     let t = (0..n).map(|i| types[i % types.len()].to_string()).collect();
     (dense, g, c, b, t)
 }
+
+/// Exit code and stderr of one run of the binary.
+pub struct Outcome {
+    pub code: i32,
+    pub stderr: String,
+}
+
+/// Run the `scspecies` binary with `args`.
+pub fn scspecies(args: &[&str]) -> Outcome {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_scspecies")).args(args).output().unwrap();
+    Outcome { code: o.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&o.stderr).to_string() }
+}
