@@ -153,9 +153,6 @@ pub fn train_target_guarded<B: Backend>(
                 .collect();
             let t = InterTarget::new(&sel, &targets, eta);
             let l = model.losses(be, &f, Some(&t));
-            if let Some(term) = crate::train::non_finite(&l) {
-                return Err(Divergence { epoch, step, steps, what: format!("the {term} term") });
-            }
             model.backward(be, &batch, &noise, &f, beta, Some(&t));
             check_step(be, model, &l, &trainable, (epoch, step, steps))?;
             model.adam_step(be, adam, trainable);
