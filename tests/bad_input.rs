@@ -12,38 +12,13 @@ fn good(dir: &Path) {
     for r in dense.iter_mut() {
         r[0] += 1.0; // every cell has counts
     }
-    let gs: Vec<&str> = g.iter().map(|s| s.as_str()).collect();
-    let cs: Vec<&str> = c.iter().map(|s| s.as_str()).collect();
-    write_folder(
-        dir,
-        &dense,
-        &gs,
-        &cs,
-        &[("batch", b.iter().map(|s| s.as_str()).collect()), ("type", t.iter().map(|s| s.as_str()).collect())],
-    );
+    write_labelled(dir, &dense, &g, &c, &b, &t);
 }
 
 fn run_args<'a>(ctx: &'a str, tgt: &'a str, out: &'a str) -> Vec<&'a str> {
-    vec![
-        "run",
-        "--context",
-        ctx,
-        "--target",
-        tgt,
-        "--context-batch-key",
-        "batch",
-        "--context-label-key",
-        "type",
-        "--target-batch-key",
-        "batch",
-        "--out",
-        out,
-        "--quiet",
-        "--epochs-context",
-        "1",
-        "--epochs-target",
-        "1",
-    ]
+    let mut a = pipeline_args("run", ctx, tgt, out);
+    a.extend(["--quiet", "--epochs-context", "1", "--epochs-target", "1"]);
+    a
 }
 
 /// Run the pipeline with `ctx` as the context and a good target; expect failure mentioning `needles`.

@@ -192,15 +192,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// A valid folder dataset (also holding an ortholog table).
 fn folder_seed(dir: &Path) {
     let (dense, g, c, b, t) = common::synthetic(30, 8, 15, &["alpha", "beta"]);
-    let gs: Vec<&str> = g.iter().map(|s| s.as_str()).collect();
-    let cs: Vec<&str> = c.iter().map(|s| s.as_str()).collect();
-    common::write_folder(
-        dir,
-        &dense,
-        &gs,
-        &cs,
-        &[("batch", b.iter().map(|s| s.as_str()).collect()), ("type", t.iter().map(|s| s.as_str()).collect())],
-    );
+    common::write_labelled(dir, &dense, &g, &c, &b, &t);
     std::fs::write(dir.join("homology.tsv"), "mouse\thuman\nG0\tg0\nG1\tG1\nG2\tgx\n").unwrap();
 }
 

@@ -36,43 +36,15 @@ fn species(dir: &Path, upper: bool, type_names: [&str; 3], seed: u64) {
         .collect();
     let cells: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
     let batch: Vec<String> = (0..n).map(|i| format!("b{}", i / 30)).collect();
-    let types: Vec<&str> = (0..n).map(|i| type_names[i % 3]).collect();
-    write_folder(
-        dir,
-        &dense,
-        &gn.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        &cells.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-        &[("batch", batch.iter().map(|s| s.as_str()).collect()), ("type", types)],
-    );
+    let types: Vec<String> = (0..n).map(|i| type_names[i % 3].to_string()).collect();
+    write_labelled(dir, &dense, &gn, &cells, &batch, &types);
 }
 
 fn args<'a>(cmd: &'a str, ctx: &'a str, tgt: &'a str, out: &'a str, seed: &'a str) -> Vec<&'a str> {
-    vec![
-        cmd,
-        "--context",
-        ctx,
-        "--target",
-        tgt,
-        "--context-batch-key",
-        "batch",
-        "--context-label-key",
-        "type",
-        "--target-batch-key",
-        "batch",
-        "--target-label-key",
-        "type",
-        "--out",
-        out,
-        "--epochs-context",
-        "3",
-        "--epochs-target",
-        "2",
-        "--seed",
-        seed,
-        "--quiet",
-        "--min-cell-type-size",
-        "5",
-    ]
+    let mut a = pipeline_args(cmd, ctx, tgt, out);
+    a.extend(["--target-label-key", "type", "--epochs-context", "3", "--epochs-target", "2", "--seed", seed, "--quiet"]);
+    a.extend(["--min-cell-type-size", "5"]);
+    a
 }
 
 #[test]

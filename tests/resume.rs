@@ -35,40 +35,16 @@ fn species(dir: &Path, n: usize, genes: usize, seed: u64) {
     let g: Vec<String> = (0..genes).map(|j| format!("G{j}")).collect();
     let c: Vec<String> = (0..n).map(|i| format!("c{seed}_{i}")).collect();
     let b: Vec<String> = (0..n).map(|i| format!("b{}", i % 2)).collect();
-    let l: Vec<&str> = (0..n).map(|i| types[i % 3]).collect();
-    let gs: Vec<&str> = g.iter().map(|x| x.as_str()).collect();
-    let cs: Vec<&str> = c.iter().map(|x| x.as_str()).collect();
-    write_folder(dir, &dense, &gs, &cs, &[("batch", b.iter().map(|x| x.as_str()).collect()), ("type", l)]);
+    let l: Vec<String> = (0..n).map(|i| types[i % 3].to_string()).collect();
+    write_labelled(dir, &dense, &g, &c, &b, &l);
 }
 
 fn args(root: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "run",
-        "--context",
-        root.join("ctx").to_str().unwrap(),
-        "--target",
-        root.join("tgt").to_str().unwrap(),
-        "--context-batch-key",
-        "batch",
-        "--context-label-key",
-        "type",
-        "--target-batch-key",
-        "batch",
-        "--target-label-key",
-        "type",
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-        "--epochs-context",
-        "8",
-        "--epochs-target",
-        "5",
-        "--seed",
-        "7",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let (c, t) = (root.join("ctx"), root.join("tgt"));
+    let mut a: Vec<String> =
+        pipeline_args("run", c.to_str().unwrap(), t.to_str().unwrap(), out.to_str().unwrap()).iter().map(|s| s.to_string()).collect();
+    let rest = ["--target-label-key", "type", "--quiet", "--epochs-context", "8", "--epochs-target", "5", "--seed", "7"];
+    a.extend(rest.iter().map(|s| s.to_string()));
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }

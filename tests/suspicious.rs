@@ -12,15 +12,7 @@ fn dataset(dir: &Path, gene: &dyn Fn(usize) -> String, labels: &dyn Fn(usize) ->
         dense.into_iter().map(|r| r.into_iter().enumerate().map(|(j, v)| value(v + (j == 0) as u8 as f64)).collect()).collect();
     let g: Vec<String> = (0..8).map(gene).collect();
     let t: Vec<String> = (0..60).map(labels).collect();
-    let gs: Vec<&str> = g.iter().map(|s| s.as_str()).collect();
-    let cs: Vec<&str> = c.iter().map(|s| s.as_str()).collect();
-    write_folder(
-        dir,
-        &dense,
-        &gs,
-        &cs,
-        &[("batch", b.iter().map(|s| s.as_str()).collect()), ("type", t.iter().map(|s| s.as_str()).collect())],
-    );
+    write_labelled(dir, &dense, &g, &c, &b, &t);
 }
 
 fn types(i: usize) -> String {
@@ -32,28 +24,9 @@ fn genes(j: usize) -> String {
 }
 
 fn run(ctx: &Path, tgt: &Path, out: &Path, extra: &[&str]) -> Outcome {
-    let mut a = vec![
-        "run",
-        "--context",
-        ctx.to_str().unwrap(),
-        "--target",
-        tgt.to_str().unwrap(),
-        "--context-batch-key",
-        "batch",
-        "--context-label-key",
-        "type",
-        "--target-batch-key",
-        "batch",
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-        "--epochs-context",
-        "1",
-        "--epochs-target",
-        "1",
-        "--min-cell-type-size",
-        "5",
-    ];
+    let (c, t, o) = (ctx.to_str().unwrap(), tgt.to_str().unwrap(), out.to_str().unwrap());
+    let mut a = pipeline_args("run", c, t, o);
+    a.extend(["--quiet", "--epochs-context", "1", "--epochs-target", "1", "--min-cell-type-size", "5"]);
     a.extend_from_slice(extra);
     scspecies(&a)
 }

@@ -99,3 +99,31 @@ pub fn scspecies(args: &[&str]) -> Outcome {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_scspecies")).args(args).output().unwrap();
     Outcome { code: o.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&o.stderr).to_string() }
 }
+
+/// The arguments every pipeline command of the tests shares: context and target folders whose obs
+/// columns are `batch` and `type`, and the output folder. Callers append epochs, seed and the rest.
+pub fn pipeline_args<'a>(cmd: &'a str, ctx: &'a str, tgt: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        cmd,
+        "--context",
+        ctx,
+        "--target",
+        tgt,
+        "--context-batch-key",
+        "batch",
+        "--context-label-key",
+        "type",
+        "--target-batch-key",
+        "batch",
+        "--out",
+        out,
+    ]
+}
+
+/// A folder dataset with obs columns `batch` and `type`.
+pub fn write_labelled<S: AsRef<str>>(dir: &Path, dense: &[Vec<f64>], genes: &[S], cells: &[S], batch: &[S], types: &[S]) {
+    fn v<S: AsRef<str>>(x: &[S]) -> Vec<&str> {
+        x.iter().map(|s| s.as_ref()).collect()
+    }
+    write_folder(dir, dense, &v(genes), &v(cells), &[("batch", v(batch)), ("type", v(types))]);
+}
