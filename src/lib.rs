@@ -5,6 +5,7 @@
 //! the files we write. [`pipeline`] strings them together; `cli` is the command line.
 
 pub mod align;
+pub mod analysis;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod data;

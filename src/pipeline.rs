@@ -5,12 +5,12 @@ use crate::data::{Dataset, read_dataset_layer};
 use crate::error::{Error, Result};
 use crate::homology::{Homology, OrthologTable, match_genes};
 use crate::preprocess::{Prepared, PreprocessConfig, preprocess};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Where the inputs are and how to read them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Inputs {
     pub context: PathBuf,
     pub target: PathBuf,

@@ -8,6 +8,7 @@ use crate::preprocess::PreprocessConfig;
 use crate::summary::{summarize, thousands};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod analyses;
 mod bench;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Write a synthetic cross-species pair (context/, target/, homology.tsv) for benchmarks and tests.
     Simulate(SimulateArgs),
+    /// Integration metrics of a finished run's joint latent space (species as the batch) and UMAP plots.
+    Evaluate(analyses::AnalysisArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -361,6 +364,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::bench(&a),
         Command::Inspect(a) => inspect(&a),
         Command::Simulate(a) => simulate(&a),
+        Command::Evaluate(a) => analyses::evaluate(&a),
     }
 }
 

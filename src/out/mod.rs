@@ -3,6 +3,7 @@
 
 #[cfg(feature = "h5ad")]
 pub mod h5ad;
+pub mod plot;
 
 use crate::error::{Error, Result};
 use std::io::Write;

@@ -13,9 +13,9 @@ pub mod hvg;
 
 use crate::data::{Categorical, Dataset};
 use crate::error::{Error, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PreprocessConfig {
     pub min_batch_size: usize,
     /// Drop the cells of too-small batches instead of stopping (the reference's behaviour).

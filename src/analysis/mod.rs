@@ -1,0 +1,6 @@
+//! Analysis: what comes after alignment. Integration [`metrics`] on the joint latent space (with the
+//! neighbour [`graph`]s and clustering they need), a 2-D [`umap`] layout for plots.
+
+pub mod graph;
+pub mod metrics;
+pub mod umap;

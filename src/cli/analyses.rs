@@ -1,0 +1,309 @@
+//! Commands that analyse a finished run: `evaluate`, `similarity`, `dge`, `lrp`. Each reads the run's
+//! folder (models, predictions, and the inputs recorded in its metrics.json), preprocesses the same
+//! data again (deterministic, seconds) and writes its tables and plots to `<run>/<command>/`.
+
+use crate::analysis;
+use crate::engine::Cpu;
+use crate::error::{Error, Result};
+use crate::out;
+use crate::out::plot::Scatter;
+use crate::pipeline::{Inputs, PreparedPair};
+use crate::train::Representation;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabelSource {
+    /// The run's --target-label-key column where it was given, else the transferred labels.
+    Auto,
+    /// The target's own annotation (--target-label-key of the run).
+    Truth,
+    /// The labels transferred by the run (target_predictions.tsv).
+    Predicted,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AnalysisArgs {
+    /// Output folder of a finished `scspecies run` or `demo` (models, predictions, metrics.json).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Where to write (default: <run>/<command>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Which target labels define the target's cell types.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub target_labels: LabelSource,
+    /// Random seed of the sampling in the analysis.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// A finished run, loaded back.
+pub struct Loaded {
+    pub inputs: Inputs,
+    pub pair: PreparedPair,
+    pub be: Cpu<f32>,
+    pub ctx_model: crate::model::Model<Cpu<f32>>,
+    pub tgt_model: crate::model::Model<Cpu<f32>>,
+    pub ctx_repr: Representation,
+    pub tgt_repr: Representation,
+    /// Context cell-type name per context cell.
+    pub ctx_labels: Vec<String>,
+    /// Target cell-type name per target cell (truth or predicted, see `label_source`).
+    pub tgt_labels: Vec<String>,
+    pub label_source: &'static str,
+    /// Transferred label per target cell and the true one where known.
+    pub predicted: Vec<String>,
+    pub truth: Option<Vec<String>>,
+    pub out: PathBuf,
+}
+
+fn log_line(quiet: bool, m: &str) {
+    if !quiet {
+        eprintln!("{m}");
+    }
+}
+
+pub fn load(a: &AnalysisArgs, command: &str) -> Result<Loaded> {
+    if let Some(t) = a.threads {
+        if t == 0 {
+            return Err(Error::Config("--threads must be at least 1".into()));
+        }
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
+    }
+    let mpath = a.run.join("metrics.json");
+    let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io(&mpath, e))?;
+    let m: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&mpath, format!("not valid JSON: {e}")))?;
+    let inputs: Inputs = serde_json::from_value(m["inputs"].clone())
+        .map_err(|e| Error::format(&mpath, format!("the key 'inputs' does not describe the run's inputs ({e}); was this written by `scspecies run`?")))?;
+    let cfg: crate::preprocess::PreprocessConfig = serde_json::from_value(m["preprocess_config"].clone())
+        .map_err(|e| Error::format(&mpath, format!("the key 'preprocess_config' is missing or damaged ({e})")))?;
+    let quiet = a.quiet;
+    let mut log = |s: &str| log_line(quiet, s);
+    log(&format!("{command}: re-reading the inputs of {}", a.run.display()));
+    let pair = crate::pipeline::prepare(&inputs, &cfg, &mut log)?;
+    let be = Cpu::<f32>::new();
+    let mut models = Vec::new();
+    for (stem, p) in [(a.run.join("context_model"), &pair.context), (a.run.join("target_model"), &pair.target)] {
+        if !stem.with_extension("json").is_file() {
+            return Err(Error::io(
+                stem.with_extension("json"),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no model here: --run must be the folder of a finished `scspecies run`"),
+            ));
+        }
+        let (model, meta) = crate::model::io::load(&be, &stem)?;
+        if meta.genes != p.data.genes || meta.batches != p.batch_names {
+            return Err(Error::format(
+                stem.with_extension("json"),
+                format!("the model does not match the re-read {} data (genes or batches differ): were the inputs changed since the run?", p.name),
+            ));
+        }
+        let (pm, ps) = crate::pipeline::context_data(p);
+        let data = crate::train::TrainData { counts: &p.data.counts, batch: &p.batch, prior_mu: &pm, prior_sig: &ps, n_batches: p.n_batches() };
+        let repr = crate::train::represent(&be, &model, &data, 1024);
+        models.push((model, repr));
+    }
+    let (tgt_model, tgt_repr) = models.pop().unwrap();
+    let (ctx_model, ctx_repr) = models.pop().unwrap();
+    let lab = |p: &crate::preprocess::Prepared| -> Option<Vec<String>> {
+        p.labels.as_ref().map(|l| (0..p.n_cells()).map(|i| l.value(i).unwrap_or("unknown").to_string()).collect())
+    };
+    let ctx_labels = lab(&pair.context).ok_or_else(|| Error::Config("the context has no labels".into()))?;
+    let truth = lab(&pair.target);
+    let predicted = read_predictions(&a.run.join("target_predictions.tsv"), &pair.target.data.cells)?;
+    let (tgt_labels, label_source) = match (a.target_labels, &truth) {
+        (LabelSource::Truth, None) => {
+            return Err(Error::Config("--target-labels truth: the run was made without --target-label-key, so the target has no labels".into()));
+        }
+        (LabelSource::Truth | LabelSource::Auto, Some(t)) => (t.clone(), "truth"),
+        _ => (predicted.clone(), "predicted"),
+    };
+    let out = a.out.clone().unwrap_or_else(|| a.run.join(command));
+    out::create_out_dir(&out)?;
+    Ok(Loaded {
+        inputs,
+        pair,
+        be,
+        ctx_model,
+        tgt_model,
+        ctx_repr,
+        tgt_repr,
+        ctx_labels,
+        tgt_labels,
+        label_source,
+        predicted,
+        truth,
+        out,
+    })
+}
+
+/// The `predicted_label` column of a run's target_predictions.tsv, checked against the cell order.
+fn read_predictions(path: &Path, cells: &[String]) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split('\t').collect();
+    let col = header
+        .iter()
+        .position(|h| *h == "predicted_label")
+        .ok_or_else(|| Error::format(path, "no 'predicted_label' column in the header"))?;
+    let mut out = Vec::with_capacity(cells.len());
+    for (i, line) in lines.enumerate() {
+        let f: Vec<&str> = line.split('\t').collect();
+        if i >= cells.len() || f.first() != Some(&cells[i].as_str()) || f.len() <= col {
+            return Err(Error::format(path, format!("line {}: does not match the target's cell {} of the re-read data", i + 2, i + 1)));
+        }
+        out.push(f[col].to_string());
+    }
+    if out.len() != cells.len() {
+        return Err(Error::format(path, format!("{} cells, but the re-read target has {}", out.len(), cells.len())));
+    }
+    Ok(out)
+}
+
+/// Codes for names (sorted distinct names).
+pub fn codes(names: &[String]) -> (Vec<usize>, Vec<String>) {
+    let mut u: Vec<String> = names.to_vec();
+    u.sort();
+    u.dedup();
+    (names.iter().map(|n| u.binary_search(n).unwrap()).collect(), u)
+}
+
+/// Seeded subsample of at most `max` indices of 0..n, in ascending order.
+fn subsample(n: usize, max: usize, seed: u64) -> Vec<usize> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut v: Vec<usize> = (0..n).collect();
+    if n > max {
+        let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(seed);
+        v.shuffle(&mut rng);
+        v.truncate(max);
+        v.sort_unstable();
+    }
+    v
+}
+
+/// `scspecies evaluate`: integration metrics of the joint latent space (species as the batch), the
+/// same metrics for the unintegrated data (PCA of the homologous genes) as a baseline, and UMAPs.
+pub fn evaluate(a: &AnalysisArgs) -> Result<()> {
+    let l = load(a, "evaluate")?;
+    let (ctx, tgt) = (&l.pair.context, &l.pair.target);
+    let (nc, nt) = (ctx.n_cells(), tgt.n_cells());
+    let keep = subsample(nc + nt, 50_000, a.seed);
+    let d = l.ctx_repr.latent;
+    let z_all: Vec<f64> = l.ctx_repr.z_mu.iter().chain(&l.tgt_repr.z_mu).map(|&v| v as f64).collect();
+    let z: Vec<f64> = keep.iter().flat_map(|&i| z_all[i * d..(i + 1) * d].iter().copied()).collect();
+    let label_names: Vec<String> = l.ctx_labels.iter().chain(&l.tgt_labels).cloned().collect();
+    let label_names: Vec<String> = keep.iter().map(|&i| label_names[i].clone()).collect();
+    let (labels, types) = codes(&label_names);
+    let species: Vec<usize> = keep.iter().map(|&i| usize::from(i >= nc)).collect();
+    // Unintegrated: normalise_total(1e4) + log1p on the homologous genes, PCA with 10 components.
+    let hom = &l.pair.homology;
+    let rows: Vec<Vec<(u32, f64)>> = keep
+        .iter()
+        .map(|&i| {
+            let (p, r, cols) = if i < nc { (ctx, i, &hom.context) } else { (tgt, i - nc, &hom.target) };
+            let mut map = std::collections::HashMap::with_capacity(cols.len());
+            for (k, &c) in cols.iter().enumerate() {
+                map.insert(c as u32, k as u32);
+            }
+            let (gi, gv) = p.data.counts.row(r);
+            let tot: f64 = gv.iter().map(|&v| v as f64).sum::<f64>().max(1.0);
+            gi.iter().zip(gv).filter_map(|(g, &v)| map.get(g).map(|&k| (k, (1e4 * v as f64 / tot).ln_1p()))).collect()
+        })
+        .collect();
+    if !a.quiet {
+        eprintln!("evaluate: {} cells ({} context, {} target), {} cell types ({} labels)", keep.len(), nc, nt, types.len(), l.label_source);
+    }
+    let (pre_scores, pre_var) = analysis::metrics::pca_sparse(&rows, hom.len(), 10, a.seed);
+    let pcr_pre = analysis::metrics::pcr(&pre_scores, &pre_var, &species);
+    let s = analysis::metrics::score_all(&z, d, &labels, &species, pcr_pre, a.seed);
+    let base = analysis::metrics::score_all(&pre_scores, 10, &labels, &species, pcr_pre, a.seed);
+    // Balanced accuracy of the transfer where the truth is known.
+    let bas = l.truth.as_ref().map(|t| {
+        let names = &l.ctx_model_labels();
+        let pred: Vec<u32> = l.predicted.iter().map(|p| names.iter().position(|n| n == p).unwrap_or(usize::MAX) as u32).collect();
+        let tr: Vec<&str> = t.iter().map(|s| s.as_str()).collect();
+        crate::pipeline::balanced_accuracy(&tr, &pred, names).0
+    });
+    let rows_tsv = [
+        ("balanced_accuracy", bas.unwrap_or(f64::NAN), f64::NAN),
+        ("pcr_comparison", s.pcr_comparison, base.pcr_comparison),
+        ("species_asw", s.species_asw, base.species_asw),
+        ("kbet", s.kbet, base.kbet),
+        ("graph_connectivity", s.graph_connectivity, base.graph_connectivity),
+        ("ari", s.ari, base.ari),
+        ("nmi", s.nmi, base.nmi),
+        ("isolated_labels", s.isolated_labels, base.isolated_labels),
+        ("cell_type_asw", s.cell_type_asw, base.cell_type_asw),
+        ("species_mixing", s.species_mixing, base.species_mixing),
+        ("bio_conservation", s.bio_conservation, base.bio_conservation),
+        ("total", s.total, base.total),
+    ];
+    out::write_tsv(
+        &l.out.join("metrics.tsv"),
+        &["metric", "scspecies", "unintegrated_pca"],
+        rows_tsv.iter().map(|(k, v, b)| vec![k.to_string(), format!("{v:.4}"), format!("{b:.4}")]),
+    )?;
+    out::write_json(
+        &l.out.join("metrics.json"),
+        &json!({
+            "cells": keep.len(), "cell_type_labels": l.label_source, "scspecies": s, "unintegrated_pca": base,
+            "balanced_accuracy": bas, "pcr_pre": pcr_pre,
+            "notes": "species is the batch; Louvain (resolution 0.2..2.0, best NMI) stands in for Leiden; kBET searches neighbours in the embedding, not a diffusion map",
+        }),
+    )?;
+    // UMAP of the joint latent space, coloured by species and by cell type.
+    let y = analysis::umap::umap(&z, d, 15, a.seed);
+    let species_names = vec![ctx.name.clone(), tgt.name.clone()];
+    out::write_tsv(
+        &l.out.join("umap.tsv"),
+        &["cell", "species", "cell_type", "umap_1", "umap_2"],
+        keep.iter().enumerate().map(|(k, &i)| {
+            let cell = if i < nc { &ctx.data.cells[i] } else { &tgt.data.cells[i - nc] };
+            vec![cell.clone(), species_names[species[k]].clone(), label_names[k].clone(), format!("{:.4}", y[k][0]), format!("{:.4}", y[k][1])]
+        }),
+    )?;
+    let (ux, uy): (Vec<f64>, Vec<f64>) = y.iter().map(|p| (p[0], p[1])).unzip();
+    let title_sp = format!("scSpecies latent space: {} and {}", ctx.name, tgt.name);
+    for (file, group, names, title) in [
+        ("umap_species", &species, &species_names, title_sp.as_str()),
+        ("umap_cell_type", &labels, &types, &*format!("cell types ({} labels for {})", l.label_source, tgt.name)),
+    ] {
+        Scatter {
+            title,
+            x_label: "UMAP 1",
+            y_label: "UMAP 2",
+            x: &ux,
+            y: &uy,
+            group,
+            group_names: names,
+            labels: &[],
+            point_size: 1.6,
+            axes: false,
+        }
+        .figure()
+        .save(&l.out.join(file))?;
+    }
+    if !a.quiet {
+        eprintln!("{:<20} {:>10} {:>17}", "metric", "scspecies", "unintegrated PCA");
+        for (k, v, b) in rows_tsv {
+            eprintln!("{k:<20} {v:>10.3} {b:>17.3}");
+        }
+        eprintln!("wrote {}", l.out.display());
+    }
+    Ok(())
+}
+
+impl Loaded {
+    /// Context label names in the model's order (the code order of the predictions).
+    pub fn ctx_model_labels(&self) -> Vec<String> {
+        codes(&self.ctx_labels).1
+    }
+}
