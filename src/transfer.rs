@@ -87,6 +87,71 @@ const PAIR_GROUP: usize = 512;
 /// Context cells decoded at a time.
 const CONTEXT_CHUNK: usize = 256;
 
+/// d(j, i) = NLL(x_j | z_mu_ctx[i]) − NLL(x_j | z_mu_tgt[j]) for each pair (target j, context i) of
+/// `pairs` (spec §8.1): the target decoder in eval mode, j's batch, library exp(l_mu_j). Context cells
+/// are decoded once per (chunk of 256, target batch); pairs are scored in groups of 512.
+pub fn similarities<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    data: &TrainData,
+    tgt: &Representation,
+    ctx_z_mu: &[f32],
+    pairs: &[(u32, u32)],
+) -> Vec<f64> {
+    let (l, n) = (tgt.latent, model.cfg.n_genes);
+    let nt = data.n_cells();
+    let nc = ctx_z_mu.len() / l;
+    let lib_hat: Vec<f64> = tgt.l_mu.iter().map(|&m| (m as f64).exp()).collect();
+    // NLL at the cell's own latent mean.
+    let mut self_nll = vec![0f64; nt];
+    for c0 in (0..nt).step_by(PAIR_GROUP) {
+        let cells: Vec<usize> = (c0..(c0 + PAIR_GROUP).min(nt)).collect();
+        let z: Vec<f64> = cells.iter().flat_map(|&c| tgt.z_mu[c * l..(c + 1) * l].iter().map(|&v| v as f64)).collect();
+        let batch: Vec<u32> = cells.iter().map(|&c| data.batch[c]).collect();
+        let lib: Vec<f64> = cells.iter().map(|&c| lib_hat[c]).collect();
+        let nll =
+            be.download(&model.decode_nll(be, &be.upload(&z), &batch, &be.upload(&lib), &HostRows::gather(data.counts, &cells), None));
+        self_nll[c0..c0 + cells.len()].copy_from_slice(&nll);
+    }
+    // Pairs ordered by (target batch, context chunk), stable.
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by_key(|&p| (data.batch[pairs[p].0 as usize], pairs[p].1 as usize / CONTEXT_CHUNK));
+    let mut d = vec![f64::NAN; pairs.len()];
+    let theta = model.theta_table(be);
+    let mut start = 0;
+    while start < order.len() {
+        let (j0, i0) = pairs[order[start]];
+        let b = data.batch[j0 as usize];
+        let chunk = i0 as usize / CONTEXT_CHUNK;
+        let mut end = start;
+        while end < order.len() && {
+            let (j, i) = pairs[order[end]];
+            data.batch[j as usize] == b && i as usize / CONTEXT_CHUNK == chunk
+        } {
+            end += 1;
+        }
+        let (c0, c1) = (chunk * CONTEXT_CHUNK, ((chunk + 1) * CONTEXT_CHUNK).min(nc));
+        let z: Vec<f64> = ctx_z_mu[c0 * l..c1 * l].iter().map(|&v| v as f64).collect();
+        let (rho, logit) = model.decode(be, &be.upload(&z), b, c1 - c0);
+        let sp = logit.as_ref().map(|lg| be.softplus(lg));
+        let lg = logit.as_ref().zip(sp.as_ref());
+        for group in order[start..end].chunks(PAIR_GROUP) {
+            let g = group.len();
+            let local: Vec<u32> = group.iter().map(|&p| pairs[p].1 - c0 as u32).collect();
+            let cells: Vec<usize> = group.iter().map(|&p| pairs[p].0 as usize).collect();
+            let lib: Vec<f64> = cells.iter().map(|&j| lib_hat[j]).collect();
+            let mut nll = be.zeros(g);
+            let x = HostRows::gather(data.counts, &cells);
+            be.likelihood_score(model.cfg.distribution, &x, &local, &vec![b; g], &rho, &theta, lg, &be.upload(&lib), n, &mut nll);
+            for (&p, v) in group.iter().zip(be.download(&nll)) {
+                d[p] = v - self_nll[pairs[p].0 as usize];
+            }
+        }
+        start = end;
+    }
+    d
+}
+
 /// Label transfer. `data` is the target (counts, batches), `tgt`/`ctx` the eval-mode representations.
 #[allow(clippy::too_many_arguments)]
 pub fn transfer<B: Backend>(
@@ -100,61 +165,13 @@ pub fn transfer<B: Backend>(
     hom: &HomologousCounts,
     cfg: &TransferConfig,
 ) -> Transfer {
-    let (l, n) = (tgt.latent, model.cfg.n_genes);
+    let l = tgt.latent;
     let nt = data.n_cells();
     let nc = ctx.z_mu.len() / l;
     let nk = cfg.candidates.min(nc);
     let cand = latent_knn(&ctx.z_mu, &tgt.z_mu, l, nk);
-    let lib_hat: Vec<f64> = tgt.l_mu.iter().map(|&m| (m as f64).exp()).collect();
-    // NLL at the cell's own latent mean.
-    let mut self_nll = vec![0f64; nt];
-    for c0 in (0..nt).step_by(PAIR_GROUP) {
-        let cells: Vec<usize> = (c0..(c0 + PAIR_GROUP).min(nt)).collect();
-        let z: Vec<f64> = cells.iter().flat_map(|&c| tgt.z_mu[c * l..(c + 1) * l].iter().map(|&v| v as f64)).collect();
-        let batch: Vec<u32> = cells.iter().map(|&c| data.batch[c]).collect();
-        let lib: Vec<f64> = cells.iter().map(|&c| lib_hat[c]).collect();
-        let nll =
-            be.download(&model.decode_nll(be, &be.upload(&z), &batch, &be.upload(&lib), &HostRows::gather(data.counts, &cells), None));
-        self_nll[c0..c0 + cells.len()].copy_from_slice(&nll);
-    }
-    // d(j, slot) for every candidate.
-    let mut d = vec![f64::NAN; nt * nk];
-    let n_batches = model.cfg.n_batches as u32;
-    for b in 0..n_batches {
-        let in_batch: Vec<usize> = (0..nt).filter(|&j| data.batch[j] == b).collect();
-        if in_batch.is_empty() {
-            continue;
-        }
-        let theta = model.theta_table(be);
-        for c0 in (0..nc).step_by(CONTEXT_CHUNK) {
-            let c1 = (c0 + CONTEXT_CHUNK).min(nc);
-            // Pairs (target j, slot) whose candidate lies in this chunk.
-            let cand = &cand;
-            let pairs: Vec<(usize, usize)> = in_batch
-                .iter()
-                .flat_map(|&j| (0..nk).filter(move |&s| (c0..c1).contains(&(cand[j * nk + s] as usize))).map(move |s| (j, s)))
-                .collect();
-            if pairs.is_empty() {
-                continue;
-            }
-            let z: Vec<f64> = ctx.z_mu[c0 * l..c1 * l].iter().map(|&v| v as f64).collect();
-            let (rho, logit) = model.decode(be, &be.upload(&z), b, c1 - c0);
-            let sp = logit.as_ref().map(|lg| be.softplus(lg));
-            let lg = logit.as_ref().zip(sp.as_ref());
-            for group in pairs.chunks(PAIR_GROUP) {
-                let g = group.len();
-                let local: Vec<u32> = group.iter().map(|&(j, s)| cand[j * nk + s] - c0 as u32).collect();
-                let cells: Vec<usize> = group.iter().map(|&(j, _)| j).collect();
-                let lib: Vec<f64> = cells.iter().map(|&j| lib_hat[j]).collect();
-                let mut nll = be.zeros(g);
-                let x = HostRows::gather(data.counts, &cells);
-                be.likelihood_score(model.cfg.distribution, &x, &local, &vec![b; g], &rho, &theta, lg, &be.upload(&lib), n, &mut nll);
-                for (&(j, s), v) in group.iter().zip(be.download(&nll)) {
-                    d[j * nk + s] = v - self_nll[j];
-                }
-            }
-        }
-    }
+    let pairs: Vec<(u32, u32)> = (0..nt).flat_map(|j| cand[j * nk..(j + 1) * nk].iter().map(move |&c| (j as u32, c))).collect();
+    let d = similarities(be, model, data, tgt, &ctx.z_mu, &pairs);
     // Vote among the `top` most similar candidates.
     let top = cfg.top.min(nk).max(1);
     let mut pred = vec![0u32; nt];

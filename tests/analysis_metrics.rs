@@ -189,3 +189,15 @@ fn score_all_ranks_an_integrated_embedding_above_a_separated_one() {
     assert!(good.nmi > 0.7 && good.cell_type_asw > 0.85, "{good:?}");
     assert!(good.kbet > 0.8 && bad.kbet < 0.05);
 }
+
+#[test]
+fn histogram_mode_follows_numpy_fd_bins() {
+    use scspecies::analysis::similarity::histogram_mode;
+    // IQR 1.25 (numpy's linear percentiles 2 and 3.25), width 2·1.25/8^(1/3) = 1.25 → ceil(9/1.25) = 8
+    // bins of 1.125 from 1: counts 3, 3, 1, 0, 0, 0, 0, 1 → the first fullest bin, midpoint 1.5625.
+    assert_abs_diff_eq!(histogram_mode(&[1.0, 2.0, 2.0, 3.0, 3.0, 3.0, 4.0, 10.0]), 1.5625, epsilon = 1e-12);
+    assert_eq!(histogram_mode(&[5.0, 5.0]), 5.0);
+    assert!(histogram_mode(&[]).is_nan());
+    // Zero IQR → one bin over [min, max].
+    assert_abs_diff_eq!(histogram_mode(&[0.0, 1.0, 1.0, 1.0, 1.0, 4.0]), 2.0, epsilon = 1e-12);
+}

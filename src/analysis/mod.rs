@@ -3,4 +3,5 @@
 
 pub mod graph;
 pub mod metrics;
+pub mod similarity;
 pub mod umap;

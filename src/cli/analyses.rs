@@ -6,7 +6,7 @@ use crate::analysis;
 use crate::engine::Cpu;
 use crate::error::{Error, Result};
 use crate::out;
-use crate::out::plot::Scatter;
+use crate::out::plot::{Scatter, heatmap};
 use crate::pipeline::{Inputs, PreparedPair};
 use crate::train::Representation;
 use clap::{Args, ValueEnum};
@@ -306,4 +306,88 @@ impl Loaded {
     pub fn ctx_model_labels(&self) -> Vec<String> {
         codes(&self.ctx_labels).1
     }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SimilarityArgs {
+    #[command(flatten)]
+    pub common: AnalysisArgs,
+    /// Target cells sampled per target type.
+    #[arg(long, default_value_t = 2000)]
+    pub max_target_cells: usize,
+    /// Context cells sampled per target cell and context type.
+    #[arg(long, default_value_t = 50)]
+    pub context_per_cell: usize,
+}
+
+/// The target model's training view of the target data.
+fn target_view(l: &Loaded) -> (Vec<f64>, Vec<f64>) {
+    crate::pipeline::context_data(&l.pair.target)
+}
+
+/// `scspecies similarity`: the cell-type similarity matrix as TSV and heatmap.
+pub fn similarity(a: &SimilarityArgs) -> Result<()> {
+    if a.max_target_cells == 0 || a.context_per_cell == 0 {
+        return Err(Error::Config("--max-target-cells and --context-per-cell must be at least 1".into()));
+    }
+    let l = load(&a.common, "similarity")?;
+    let tgt = &l.pair.target;
+    let (pm, ps) = target_view(&l);
+    let data = crate::train::TrainData { counts: &tgt.data.counts, batch: &tgt.batch, prior_mu: &pm, prior_sig: &ps, n_batches: tgt.n_batches() };
+    let (tl, ttypes) = codes(&l.tgt_labels);
+    let (cl, ctypes) = codes(&l.ctx_labels);
+    let cfg = analysis::similarity::SimilarityConfig {
+        max_target_cells: a.max_target_cells,
+        context_per_cell: a.context_per_cell,
+        seed: a.common.seed,
+    };
+    let t = std::time::Instant::now();
+    let m = analysis::similarity::similarity_matrix(&l.be, &l.tgt_model, &data, &l.tgt_repr, &l.ctx_repr, &tl, &ttypes, &cl, &ctypes, &cfg);
+    let secs = t.elapsed().as_secs_f64();
+    let nc = ctypes.len();
+    let mut header = vec!["target_type".to_string()];
+    header.extend(ctypes.iter().cloned());
+    let header_ref: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
+    out::write_tsv(
+        &l.out.join("similarity.tsv"),
+        &header_ref,
+        ttypes.iter().enumerate().map(|(r, name)| {
+            let mut row = vec![name.clone()];
+            row.extend((0..nc).map(|c| format!("{:.3}", m.values[r * nc + c])));
+            row
+        }),
+    )?;
+    let mut marks = Vec::new();
+    let mut best_rows = Vec::new();
+    for r in 0..ttypes.len() {
+        let rank = m.ranking(r);
+        for (k, &c) in rank.iter().take(2).enumerate() {
+            marks.push((r, c, (k + 1).to_string()));
+        }
+        best_rows.push(vec![
+            ttypes[r].clone(),
+            rank.first().map(|&c| ctypes[c].clone()).unwrap_or_default(),
+            rank.get(1).map(|&c| ctypes[c].clone()).unwrap_or_default(),
+            ctypes.contains(&ttypes[r]).to_string(),
+        ]);
+    }
+    out::write_tsv(&l.out.join("best_matches.tsv"), &["target_type", "best", "second", "type_in_context"], best_rows)?;
+    let title = format!("{} types ({} labels) vs {} types", tgt.name, l.label_source, l.pair.context.name);
+    heatmap(&title, &ttypes, &ctypes, &m.values, &marks, "-mode of NLL difference", true).save(&l.out.join("similarity"))?;
+    let (top1, shared) = m.agreement(1);
+    let (top2, _) = m.agreement(2);
+    out::write_json(
+        &l.out.join("similarity.json"),
+        &json!({
+            "config": cfg, "target_labels": l.label_source, "seconds": secs, "matrix": m,
+            "agreement": {"target_types_in_context": shared, "own_type_best": top1, "own_type_best_or_second": top2},
+        }),
+    )?;
+    if !a.common.quiet {
+        eprintln!(
+            "similarity: of {shared} target types that the context has, {top1} have their own type as the best match and {top2} as best or second ({secs:.1} s)"
+        );
+        eprintln!("wrote {}", l.out.display());
+    }
+    Ok(())
 }

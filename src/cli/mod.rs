@@ -40,6 +40,8 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Integration metrics of a finished run's joint latent space (species as the batch) and UMAP plots.
     Evaluate(analyses::AnalysisArgs),
+    /// Cell-type similarity matrix of a finished run (target types x context types), TSV and heatmap.
+    Similarity(analyses::SimilarityArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -365,6 +367,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect(&a),
         Command::Simulate(a) => simulate(&a),
         Command::Evaluate(a) => analyses::evaluate(&a),
+        Command::Similarity(a) => analyses::similarity(&a),
     }
 }
 

@@ -306,22 +306,38 @@ fn tick_label(v: f64) -> String {
 }
 
 /// A heatmap: `values[r * cols + c]`, rows top to bottom; `marks` are (row, col, text) drawn in cells.
-pub fn heatmap(title: &str, rows: &[String], cols: &[String], values: &[f64], marks: &[(usize, usize, String)], legend: &str) -> Figure {
+/// `row_scaled`: colours run from each row's minimum to its maximum (for rows on different scales).
+pub fn heatmap(
+    title: &str,
+    rows: &[String],
+    cols: &[String],
+    values: &[f64],
+    marks: &[(usize, usize, String)],
+    legend: &str,
+    row_scaled: bool,
+) -> Figure {
     let cell = 28.0;
     let label_w = 8.0 + 8.0 * rows.iter().map(|r| r.chars().count()).max().unwrap_or(1) as f64;
     let label_h = 8.0 + 8.0 * cols.iter().map(|r| r.chars().count()).max().unwrap_or(1) as f64;
     let (x0, y0) = (label_w + 10.0, 40.0);
     let (gw, gh) = (cell * cols.len() as f64, cell * rows.len() as f64);
-    let mut f = Figure::new(x0 + gw + 110.0, y0 + gh + label_h + 20.0);
+    let mut f = Figure::new((x0 + gw + 170.0).max(20.0 + 8.5 * title.chars().count() as f64), y0 + gh + label_h + 20.0);
     f.text(f.width / 2.0, 22.0, 13.0, Anchor::Middle, title);
-    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-    let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let norm = |v: f64| if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+    let range = |vals: &[f64]| {
+        let lo = vals.iter().copied().filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min);
+        let hi = vals.iter().copied().filter(|v| v.is_finite()).fold(f64::NEG_INFINITY, f64::max);
+        (lo, hi)
+    };
+    let (lo, hi) = range(values);
+    let nc = cols.len();
+    let norm = |r: usize, v: f64| {
+        let (lo, hi) = if row_scaled { range(&values[r * nc..(r + 1) * nc]) } else { (lo, hi) };
+        if hi > lo { (v - lo) / (hi - lo) } else { 0.5 }
+    };
     for r in 0..rows.len() {
         for c in 0..cols.len() {
             let v = values[r * cols.len() + c];
-            let fill = if v.is_finite() { viridis(norm(v)) } else { Rgb::LIGHT };
+            let fill = if v.is_finite() { viridis(norm(r, v)) } else { Rgb::LIGHT };
             f.rect(x0 + c as f64 * cell, y0 + r as f64 * cell, cell, cell, fill, Some(Rgb::WHITE));
         }
         f.text(x0 - 5.0, y0 + (r as f64 + 0.5) * cell + 4.0, 10.0, Anchor::End, rows[r].clone());
@@ -331,20 +347,24 @@ pub fn heatmap(title: &str, rows: &[String], cols: &[String], values: &[f64], ma
     }
     for (r, c, t) in marks {
         let v = values[r * cols.len() + c];
-        let colour = if norm(v) > 0.6 { Rgb::BLACK } else { Rgb::WHITE };
+        let colour = if norm(*r, v) > 0.6 { Rgb::BLACK } else { Rgb::WHITE };
         f.text_coloured(x0 + (*c as f64 + 0.5) * cell, y0 + (*r as f64 + 0.5) * cell + 4.0, 11.0, Anchor::Middle, colour, t.clone());
     }
     // Colour bar.
     let (bx, bh) = (x0 + gw + 20.0, gh.max(80.0));
+    let x_legend = bx + 16.0 + 8.0 * if row_scaled { 7.0 } else { 8.0 };
     for i in 0..50 {
         let t = 1.0 - i as f64 / 50.0;
         f.rect(bx, y0 + i as f64 * bh / 50.0, 12.0, bh / 50.0 + 0.3, viridis(t), None);
     }
-    if lo.is_finite() {
+    if row_scaled {
+        f.text(bx + 16.0, y0 + 8.0, 9.0, Anchor::Start, "row max");
+        f.text(bx + 16.0, y0 + bh, 9.0, Anchor::Start, "row min");
+    } else if lo.is_finite() {
         f.text(bx + 16.0, y0 + 8.0, 9.0, Anchor::Start, tick_label(hi));
         f.text(bx + 16.0, y0 + bh, 9.0, Anchor::Start, tick_label(lo));
     }
-    f.vertical_text(bx + 60.0, y0 + bh / 2.0, 10.0, Anchor::Middle, legend);
+    f.vertical_text(x_legend + 8.0, y0 + bh / 2.0, 10.0, Anchor::Middle, legend);
     f
 }
 
