@@ -1,6 +1,7 @@
 //! Analysis: what comes after alignment. Integration [`metrics`] on the joint latent space (with the
 //! neighbour [`graph`]s and clustering they need), a 2-D [`umap`] layout for plots.
 
+pub mod dge;
 pub mod graph;
 pub mod metrics;
 pub mod similarity;

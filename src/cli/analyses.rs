@@ -391,3 +391,190 @@ pub fn similarity(a: &SimilarityArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args, Debug, Clone)]
+pub struct DgeArgs {
+    #[command(flatten)]
+    pub common: AnalysisArgs,
+    /// Latent samples per cell type (the package uses 50,000).
+    #[arg(long, default_value_t = 10_000)]
+    pub samples: usize,
+    /// |log2 fold change| threshold δ.
+    #[arg(long, default_value_t = 1.0)]
+    pub lfc_delta: f64,
+    /// A gene is differentially expressed when |median LFC| > δ and P(|LFC| > δ) exceeds this.
+    #[arg(long, default_value_t = 0.9)]
+    pub min_probability: f64,
+    /// Sample latents with Uniform[0,1) noise, as the package does (a bug), instead of Gaussian.
+    #[arg(long)]
+    pub uniform_noise: bool,
+    /// Only these cell types (default: every type found in both species).
+    #[arg(long = "cell-type")]
+    pub cell_types: Vec<String>,
+}
+
+/// A file-name-safe version of a label.
+fn file_stem(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+/// `scspecies dge`: cross-species log2 fold changes per shared cell type.
+pub fn dge(a: &DgeArgs) -> Result<()> {
+    if a.samples == 0 || !(a.lfc_delta >= 0.0) || !(0.0..=1.0).contains(&a.min_probability) {
+        return Err(Error::Config("--samples must be at least 1, --lfc-delta at least 0, --min-probability in [0, 1]".into()));
+    }
+    let l = load(&a.common, "dge")?;
+    let (ctx, tgt) = (&l.pair.context, &l.pair.target);
+    let mut all: Vec<String> = l.ctx_labels.iter().chain(&l.tgt_labels).cloned().collect();
+    all.sort();
+    all.dedup();
+    let code = |v: &[String]| -> Vec<usize> { v.iter().map(|n| all.binary_search(n).unwrap()).collect() };
+    let (cl, tl) = (code(&l.ctx_labels), code(&l.tgt_labels));
+    let mut shared: Vec<usize> = (0..all.len()).filter(|&k| cl.contains(&k) && tl.contains(&k)).collect();
+    if !a.cell_types.is_empty() {
+        for t in &a.cell_types {
+            if !shared.iter().any(|&k| &all[k] == t) {
+                return Err(Error::Config(format!(
+                    "--cell-type '{t}' is not a cell type of both species; shared types: {}",
+                    shared.iter().map(|&k| all[k].as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        shared.retain(|&k| a.cell_types.contains(&all[k]));
+    }
+    if shared.is_empty() {
+        return Err(Error::Config(format!("no cell type is found in both species ({} labels for the target)", l.label_source)));
+    }
+    let hom = &l.pair.homology;
+    let cfg = analysis::dge::DgeConfig {
+        samples: a.samples,
+        lfc_delta: a.lfc_delta,
+        min_probability: a.min_probability,
+        uniform_noise: a.uniform_noise,
+        seed: a.common.seed,
+        ..Default::default()
+    };
+    let cs = analysis::dge::Side { model: &l.ctx_model, repr: &l.ctx_repr, batch: &ctx.batch, labels: &cl, homologous: &hom.context };
+    let ts = analysis::dge::Side { model: &l.tgt_model, repr: &l.tgt_repr, batch: &tgt.batch, labels: &tl, homologous: &hom.target };
+    let gene_names: Vec<String> = hom.target.iter().map(|&g| tgt.data.genes[g].clone()).collect();
+    let ctx_gene_names: Vec<String> = hom.context.iter().map(|&g| ctx.data.genes[g].clone()).collect();
+    let mut summary = Vec::new();
+    let mut summary_json = Vec::new();
+    for &k in &shared {
+        let t0 = std::time::Instant::now();
+        let r = analysis::dge::lfc_for_type(&l.be, &cs, &ts, k, &cfg);
+        let c_cells: Vec<usize> = (0..cl.len()).filter(|&i| cl[i] == k).collect();
+        let t_cells: Vec<usize> = (0..tl.len()).filter(|&i| tl[i] == k).collect();
+        let dl = analysis::dge::data_lfc(&ctx.data.counts, &c_cells, &hom.context, &tgt.data.counts, &t_cells, &hom.target);
+        let model_lfc: Vec<f64> = r.genes.iter().map(|g| g.lfc).collect();
+        let (pe, sp) = (analysis::dge::pearson(&model_lfc, &dl), analysis::dge::spearman(&model_lfc, &dl));
+        let stem = file_stem(&all[k]);
+        let is_de = |g: &analysis::dge::GeneStats| g.lfc.abs() > cfg.lfc_delta && g.p > cfg.min_probability;
+        out::write_tsv(
+            &l.out.join(format!("{stem}.tsv")),
+            &[
+                "gene",
+                "context_gene",
+                "lfc",
+                "p",
+                "de",
+                "lfc_rand",
+                "p_rand",
+                "rho_median_context",
+                "mu_median_context",
+                "rho_median_target",
+                "mu_median_target",
+                "data_lfc",
+            ],
+            r.genes.iter().enumerate().map(|(i, g)| {
+                vec![
+                    gene_names[i].clone(),
+                    ctx_gene_names[i].clone(),
+                    format!("{:.4}", g.lfc),
+                    format!("{:.4}", g.p),
+                    is_de(g).to_string(),
+                    format!("{:.4}", g.lfc_rand),
+                    format!("{:.4}", g.p_rand),
+                    format!("{:.4e}", g.rho_median_context),
+                    format!("{:.4e}", g.mu_median_context),
+                    format!("{:.4e}", g.rho_median_target),
+                    format!("{:.4e}", g.mu_median_target),
+                    format!("{:.4}", dl[i]),
+                ]
+            }),
+        )?;
+        // Plot: median LFC against probability; the 6 DE genes with the largest |LFC| on each side labelled.
+        let mut top = Vec::new();
+        for sign in [-1.0, 1.0] {
+            let mut side: Vec<usize> = (0..r.genes.len()).filter(|&i| is_de(&r.genes[i]) && r.genes[i].lfc * sign > 0.0).collect();
+            side.sort_by(|&x, &y| r.genes[y].lfc.abs().total_cmp(&r.genes[x].lfc.abs()).then(r.genes[y].p.total_cmp(&r.genes[x].p)));
+            top.extend(side.into_iter().take(6));
+        }
+        let x: Vec<f64> = r.genes.iter().map(|g| g.lfc).collect();
+        let y: Vec<f64> = r.genes.iter().map(|g| g.p).collect();
+        let group: Vec<usize> = r.genes.iter().map(|g| usize::from(is_de(g))).collect();
+        let labels: Vec<(usize, String)> = top.iter().map(|&i| (i, gene_names[i].clone())).collect();
+        let title = format!("{}: {} vs {} ({} DE of {})", all[k], tgt.name, ctx.name, r.de_genes, r.genes.len());
+        let x_label = format!("median log2 fold change ({} - {})", tgt.name, ctx.name);
+        let y_label = format!("P(|LFC| > {})", cfg.lfc_delta);
+        Scatter {
+            title: &title,
+            x_label: &x_label,
+            y_label: &y_label,
+            x: &x,
+            y: &y,
+            group: &group,
+            group_names: &["not DE".to_string(), "DE".to_string()],
+            labels: &labels,
+            point_size: 1.3,
+            axes: true,
+        }
+        .figure()
+        .save(&l.out.join(format!("{stem}_lfc")))?;
+        let secs = t0.elapsed().as_secs_f64();
+        if !a.common.quiet {
+            eprintln!(
+                "dge {}: {} of {} homologous genes DE ({:.1} %, random-pair baseline {:.1} %), r(model LFC, data LFC) = {:.2} ({:.1} s)",
+                all[k],
+                r.de_genes,
+                r.genes.len(),
+                100.0 * r.de_fraction,
+                100.0 * r.de_fraction_random,
+                pe,
+                secs
+            );
+        }
+        summary.push(vec![
+            all[k].clone(),
+            format!("{}/{}", r.target_cells_kept, r.target_cells),
+            format!("{}/{}", r.context_cells_kept, r.context_cells),
+            r.samples.to_string(),
+            r.de_genes.to_string(),
+            format!("{:.4}", r.de_fraction),
+            format!("{:.4}", r.de_fraction_random),
+            format!("{pe:.3}"),
+            format!("{sp:.3}"),
+        ]);
+        summary_json.push(json!({"cell_type": all[k], "result": r, "pearson_data_lfc": pe, "spearman_data_lfc": sp, "seconds": secs}));
+    }
+    out::write_tsv(
+        &l.out.join("summary.tsv"),
+        &[
+            "cell_type",
+            "target_cells_kept",
+            "context_cells_kept",
+            "samples",
+            "de_genes",
+            "de_fraction",
+            "de_fraction_random",
+            "pearson_data_lfc",
+            "spearman_data_lfc",
+        ],
+        summary,
+    )?;
+    out::write_json(&l.out.join("summary.json"), &json!({"config": cfg, "target_labels": l.label_source, "types": summary_json}))?;
+    if !a.common.quiet {
+        eprintln!("wrote {}", l.out.display());
+    }
+    Ok(())
+}

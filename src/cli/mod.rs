@@ -42,6 +42,8 @@ pub enum Command {
     Evaluate(analyses::AnalysisArgs),
     /// Cell-type similarity matrix of a finished run (target types x context types), TSV and heatmap.
     Similarity(analyses::SimilarityArgs),
+    /// Cross-species differential expression (log2 fold changes of homologous genes) per shared cell type.
+    Dge(analyses::DgeArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -368,6 +370,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Simulate(a) => simulate(&a),
         Command::Evaluate(a) => analyses::evaluate(&a),
         Command::Similarity(a) => analyses::similarity(&a),
+        Command::Dge(a) => analyses::dge(&a),
     }
 }
 

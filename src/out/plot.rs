@@ -424,9 +424,19 @@ impl Scatter<'_> {
                 f.circle(sx(self.x[i]), sy(self.y[i]), self.point_size, category_colour(self.group[i]), 0.7);
             }
         }
+        // Labels: stacked in a column beside their points (left half: text to the right, and the
+        // other way round), joined by a thin line, so that crowded points stay readable.
+        let mut slots = [0usize; 2];
         for (i, t) in self.labels {
-            f.circle(sx(self.x[*i]), sy(self.y[*i]), self.point_size + 1.0, Rgb::BLACK, 1.0);
-            f.text(sx(self.x[*i]) + 4.0, sy(self.y[*i]) - 3.0, 9.0, Anchor::Start, t.clone());
+            let (px, py) = (sx(self.x[*i]), sy(self.y[*i]));
+            f.circle(px, py, self.point_size + 1.0, Rgb::BLACK, 1.0);
+            let right = px < x0 + pw / 2.0;
+            let side = usize::from(right);
+            let ty = (py + 14.0 + 12.0 * slots[side] as f64).min(y0 + ph - 4.0);
+            slots[side] += 1;
+            let tx = if right { px + 18.0 } else { px - 18.0 };
+            f.line(px, py, tx, ty - 3.0, Rgb::GREY, 0.5);
+            f.text(tx + if right { 2.0 } else { -2.0 }, ty, 9.0, if right { Anchor::Start } else { Anchor::End }, t.clone());
         }
         for (g, name) in self.group_names.iter().enumerate() {
             let ly = y0 + 10.0 + g as f64 * 15.0;
