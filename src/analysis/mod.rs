@@ -3,6 +3,7 @@
 
 pub mod dge;
 pub mod graph;
+pub mod lrp;
 pub mod metrics;
 pub mod similarity;
 pub mod umap;

@@ -578,3 +578,88 @@ pub fn dge(a: &DgeArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Args, Debug, Clone)]
+pub struct LrpArgs {
+    #[command(flatten)]
+    pub common: AnalysisArgs,
+    /// γ of the LRP-γ rule.
+    #[arg(long, default_value_t = 0.25)]
+    pub gamma: f64,
+    /// Cells sampled per cell type (all if fewer).
+    #[arg(long, default_value_t = 500)]
+    pub max_cells: usize,
+    /// Genes listed per type in summary.tsv.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+/// `scspecies lrp`: which input genes drive the latent mean, per cell type and species.
+pub fn lrp(a: &LrpArgs) -> Result<()> {
+    if !(a.gamma >= 0.0) || a.max_cells == 0 {
+        return Err(Error::Config("--gamma must be at least 0 and --max-cells at least 1".into()));
+    }
+    let l = load(&a.common, "lrp")?;
+    let hom = &l.pair.homology;
+    let mut summary = Vec::new();
+    let mut summary_json = Vec::new();
+    for (p, model, labels, hom_cols) in
+        [(&l.pair.context, &l.ctx_model, &l.ctx_labels, &hom.context), (&l.pair.target, &l.tgt_model, &l.tgt_labels, &hom.target)]
+    {
+        let w = analysis::lrp::EncoderWeights::from_model(&l.be, model);
+        let mut is_hom = vec![false; p.data.n_genes()];
+        for &g in hom_cols.iter() {
+            is_hom[g] = true;
+        }
+        let (codes_, types) = codes(labels);
+        for (k, t) in types.iter().enumerate() {
+            let all: Vec<usize> = (0..codes_.len()).filter(|&i| codes_[i] == k).collect();
+            let pick = subsample(all.len(), a.max_cells, a.common.seed ^ k as u64);
+            let cells: Vec<usize> = pick.iter().map(|&i| all[i]).collect();
+            let (rel, batch_share) = analysis::lrp::mean_relevance(&w, &p.data.counts, &p.batch, &cells, a.gamma);
+            // Mean log1p expression of each gene over the same cells.
+            let mut expr = vec![0f64; p.data.n_genes()];
+            for &c in &cells {
+                let (gi, gv) = p.data.counts.row(c);
+                for (g, v) in gi.iter().zip(gv) {
+                    expr[*g as usize] += (*v as f64).ln_1p() / cells.len() as f64;
+                }
+            }
+            let (sp, pe) = (analysis::dge::spearman(&rel, &expr), analysis::dge::pearson(&rel, &expr));
+            let mut order: Vec<usize> = (0..rel.len()).collect();
+            order.sort_by(|&x, &y| rel[y].total_cmp(&rel[x]).then(x.cmp(&y)));
+            out::write_tsv(
+                &l.out.join(format!("{}_{}.tsv", file_stem(&p.name), file_stem(t))),
+                &["rank", "gene", "relevance_share", "mean_log1p_count", "homologous"],
+                order.iter().enumerate().map(|(r, &g)| {
+                    vec![(r + 1).to_string(), p.data.genes[g].clone(), format!("{:.6e}", rel[g]), format!("{:.4}", expr[g]), is_hom[g].to_string()]
+                }),
+            )?;
+            let top: Vec<String> = order.iter().take(a.top).map(|&g| p.data.genes[g].clone()).collect();
+            summary.push(vec![
+                p.name.clone(),
+                t.clone(),
+                cells.len().to_string(),
+                format!("{batch_share:.4}"),
+                format!("{sp:.3}"),
+                format!("{pe:.3}"),
+                top.join(","),
+            ]);
+            summary_json.push(json!({"species": p.name, "cell_type": t, "cells": cells.len(), "batch_share": batch_share,
+                "spearman_expression": sp, "pearson_expression": pe, "top_genes": top}));
+        }
+    }
+    out::write_tsv(
+        &l.out.join("summary.tsv"),
+        &["species", "cell_type", "cells", "batch_share", "spearman_expression", "pearson_expression", "top_genes"],
+        summary.clone(),
+    )?;
+    out::write_json(&l.out.join("summary.json"), &json!({"gamma": a.gamma, "target_labels": l.label_source, "types": summary_json}))?;
+    if !a.common.quiet {
+        for r in &summary {
+            eprintln!("lrp {} {}: Spearman(relevance, expression) {} ; top: {}", r[0], r[1], r[4], r[6]);
+        }
+        eprintln!("wrote {}", l.out.display());
+    }
+    Ok(())
+}

@@ -44,6 +44,8 @@ pub enum Command {
     Similarity(analyses::SimilarityArgs),
     /// Cross-species differential expression (log2 fold changes of homologous genes) per shared cell type.
     Dge(analyses::DgeArgs),
+    /// Relevance of input genes for the latent mean (LRP-γ), ranked per cell type and species.
+    Lrp(analyses::LrpArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -371,6 +373,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(a) => analyses::evaluate(&a),
         Command::Similarity(a) => analyses::similarity(&a),
         Command::Dge(a) => analyses::dge(&a),
+        Command::Lrp(a) => analyses::lrp(&a),
     }
 }
 
