@@ -14,9 +14,9 @@ use crate::engine::likelihood::Distribution;
 use crate::model::Model;
 use crate::train::Representation;
 use rand::SeedableRng;
-use rayon::prelude::*;
 use rand::seq::SliceRandom;
 use rand_distr::{Distribution as _, StandardNormal};
+use rayon::prelude::*;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -202,7 +202,8 @@ fn cosine_knn(q: &[f64], r: &[f64], d: usize, k: usize) -> Vec<usize> {
     let k = k.min(nr);
     qu.chunks(d)
         .flat_map(|a| {
-            let mut s: Vec<(f64, usize)> = ru.chunks(d).enumerate().map(|(i, b)| (-a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>(), i)).collect();
+            let mut s: Vec<(f64, usize)> =
+                ru.chunks(d).enumerate().map(|(i, b)| (-a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>(), i)).collect();
             s.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
             s.into_iter().take(k).map(|x| x.1)
         })
@@ -341,7 +342,14 @@ pub fn lfc_for_type<B: Backend>(be: &B, ctx: &Side<B>, tgt: &Side<B>, label: usi
 
 /// Data-level LFC (spec §8.5): log2(mean target counts + 1) − log2(mean context counts + 1) per
 /// homologous gene over the cells of a type.
-pub fn data_lfc(ctx: &crate::data::Csr, c_cells: &[usize], c_hom: &[usize], tgt: &crate::data::Csr, t_cells: &[usize], t_hom: &[usize]) -> Vec<f64> {
+pub fn data_lfc(
+    ctx: &crate::data::Csr,
+    c_cells: &[usize],
+    c_hom: &[usize],
+    tgt: &crate::data::Csr,
+    t_cells: &[usize],
+    t_hom: &[usize],
+) -> Vec<f64> {
     let mean = |m: &crate::data::Csr, cells: &[usize], hom: &[usize]| -> Vec<f64> {
         let mut pos = vec![usize::MAX; m.n_cols];
         for (k, &g) in hom.iter().enumerate() {

@@ -33,8 +33,13 @@ pub fn gamma_rule(a: &[f64], w: &[f64], b: &[f64], n: usize, r_out: &[f64], gamm
 }
 
 /// Host copies of the encoder path to μ_z: per block (w [k×n], b, γ, β), then the μ_z head.
+/// One encoder block on the host: Linear (w [k×n], b) then LayerNorm (γ, β).
+type HostBlock = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, usize, usize);
+/// A layer as LRP sees it: its input, the LayerNorm-folded weights and bias, and its width.
+type FoldedLayer = (Vec<f64>, Vec<f64>, Vec<f64>, usize);
+
 pub struct EncoderWeights {
-    blocks: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, usize, usize)>,
+    blocks: Vec<HostBlock>,
     head: (Vec<f64>, Vec<f64>, usize, usize),
     pub n_genes: usize,
     pub n_batches: usize,
@@ -65,7 +70,7 @@ impl EncoderWeights {
         }
         a[self.n_genes + batch as usize] = 1.0;
         // Forward, keeping each layer's input and its LayerNorm-folded weights.
-        let mut layers: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, usize)> = Vec::new(); // (input, w', b', n)
+        let mut layers: Vec<FoldedLayer> = Vec::new();
         for (w, b, g, be, k, n) in &self.blocks {
             let (k, n) = (*k, *n);
             let mut pre = b.clone();

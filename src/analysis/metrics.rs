@@ -145,11 +145,8 @@ fn mean_or_nan(v: &[f64]) -> f64 {
 /// Graph connectivity: per cell type, the share of its cells in the largest connected component of
 /// the neighbour graph restricted to that type; the mean over types.
 pub fn graph_connectivity(g: &Graph, labels: &[usize]) -> f64 {
-    let s: Vec<f64> = groups(labels)
-        .iter()
-        .filter(|r| !r.is_empty())
-        .map(|rows| graph::component_sizes(g, rows)[0] as f64 / rows.len() as f64)
-        .collect();
+    let s: Vec<f64> =
+        groups(labels).iter().filter(|r| !r.is_empty()).map(|rows| graph::component_sizes(g, rows)[0] as f64 / rows.len() as f64).collect();
     mean_or_nan(&s)
 }
 

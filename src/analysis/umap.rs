@@ -9,6 +9,7 @@ use super::graph;
 use super::metrics::pca_dense;
 use rand::{RngExt, SeedableRng};
 
+#[allow(clippy::needless_range_loop)] // the two coordinates of two points, side by side
 pub fn umap(x: &[f64], d: usize, n_neighbours: usize, seed: u64) -> Vec<[f64; 2]> {
     let n = x.len() / d;
     if n < 3 {
@@ -37,8 +38,9 @@ pub fn umap(x: &[f64], d: usize, n_neighbours: usize, seed: u64) -> Vec<[f64; 2]
     let (pc, _) = pca_dense(x, d, 2);
     let pc2: Vec<f64> = if d >= 2 { pc } else { pc.iter().flat_map(|&v| [v, 0.0]).collect() };
     let m = pc2.iter().fold(0f64, |acc, v| acc.max(v.abs())).max(1e-12);
-    let mut y: Vec<[f64; 2]> =
-        (0..n).map(|i| [10.0 * pc2[2 * i] / m + rng.random_range(-1e-4..1e-4), 10.0 * pc2[2 * i + 1] / m + rng.random_range(-1e-4..1e-4)]).collect();
+    let mut y: Vec<[f64; 2]> = (0..n)
+        .map(|i| [10.0 * pc2[2 * i] / m + rng.random_range(-1e-4..1e-4), 10.0 * pc2[2 * i + 1] / m + rng.random_range(-1e-4..1e-4)])
+        .collect();
     let clip = |v: f64| v.clamp(-4.0, 4.0);
     for epoch in 0..n_epochs {
         let alpha = 1.0 - epoch as f64 / n_epochs as f64;

@@ -47,7 +47,6 @@ pub struct AnalysisArgs {
 
 /// A finished run, loaded back.
 pub struct Loaded {
-    pub inputs: Inputs,
     pub pair: PreparedPair,
     pub be: Cpu<f32>,
     pub ctx_model: crate::model::Model<Cpu<f32>>,
@@ -81,8 +80,9 @@ pub fn load(a: &AnalysisArgs, command: &str) -> Result<Loaded> {
     let mpath = a.run.join("metrics.json");
     let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io(&mpath, e))?;
     let m: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(&mpath, format!("not valid JSON: {e}")))?;
-    let inputs: Inputs = serde_json::from_value(m["inputs"].clone())
-        .map_err(|e| Error::format(&mpath, format!("the key 'inputs' does not describe the run's inputs ({e}); was this written by `scspecies run`?")))?;
+    let inputs: Inputs = serde_json::from_value(m["inputs"].clone()).map_err(|e| {
+        Error::format(&mpath, format!("the key 'inputs' does not describe the run's inputs ({e}); was this written by `scspecies run`?"))
+    })?;
     let cfg: crate::preprocess::PreprocessConfig = serde_json::from_value(m["preprocess_config"].clone())
         .map_err(|e| Error::format(&mpath, format!("the key 'preprocess_config' is missing or damaged ({e})")))?;
     let quiet = a.quiet;
@@ -102,11 +102,15 @@ pub fn load(a: &AnalysisArgs, command: &str) -> Result<Loaded> {
         if meta.genes != p.data.genes || meta.batches != p.batch_names {
             return Err(Error::format(
                 stem.with_extension("json"),
-                format!("the model does not match the re-read {} data (genes or batches differ): were the inputs changed since the run?", p.name),
+                format!(
+                    "the model does not match the re-read {} data (genes or batches differ): were the inputs changed since the run?",
+                    p.name
+                ),
             ));
         }
         let (pm, ps) = crate::pipeline::context_data(p);
-        let data = crate::train::TrainData { counts: &p.data.counts, batch: &p.batch, prior_mu: &pm, prior_sig: &ps, n_batches: p.n_batches() };
+        let data =
+            crate::train::TrainData { counts: &p.data.counts, batch: &p.batch, prior_mu: &pm, prior_sig: &ps, n_batches: p.n_batches() };
         let repr = crate::train::represent(&be, &model, &data, 1024);
         models.push((model, repr));
     }
@@ -120,28 +124,16 @@ pub fn load(a: &AnalysisArgs, command: &str) -> Result<Loaded> {
     let predicted = read_predictions(&a.run.join("target_predictions.tsv"), &pair.target.data.cells)?;
     let (tgt_labels, label_source) = match (a.target_labels, &truth) {
         (LabelSource::Truth, None) => {
-            return Err(Error::Config("--target-labels truth: the run was made without --target-label-key, so the target has no labels".into()));
+            return Err(Error::Config(
+                "--target-labels truth: the run was made without --target-label-key, so the target has no labels".into(),
+            ));
         }
         (LabelSource::Truth | LabelSource::Auto, Some(t)) => (t.clone(), "truth"),
         _ => (predicted.clone(), "predicted"),
     };
     let out = a.out.clone().unwrap_or_else(|| a.run.join(command));
     out::create_out_dir(&out)?;
-    Ok(Loaded {
-        inputs,
-        pair,
-        be,
-        ctx_model,
-        tgt_model,
-        ctx_repr,
-        tgt_repr,
-        ctx_labels,
-        tgt_labels,
-        label_source,
-        predicted,
-        truth,
-        out,
-    })
+    Ok(Loaded { pair, be, ctx_model, tgt_model, ctx_repr, tgt_repr, ctx_labels, tgt_labels, label_source, predicted, truth, out })
 }
 
 /// The `predicted_label` column of a run's target_predictions.tsv, checked against the cell order.
@@ -267,7 +259,13 @@ pub fn evaluate(a: &AnalysisArgs) -> Result<()> {
         &["cell", "species", "cell_type", "umap_1", "umap_2"],
         keep.iter().enumerate().map(|(k, &i)| {
             let cell = if i < nc { &ctx.data.cells[i] } else { &tgt.data.cells[i - nc] };
-            vec![cell.clone(), species_names[species[k]].clone(), label_names[k].clone(), format!("{:.4}", y[k][0]), format!("{:.4}", y[k][1])]
+            vec![
+                cell.clone(),
+                species_names[species[k]].clone(),
+                label_names[k].clone(),
+                format!("{:.4}", y[k][0]),
+                format!("{:.4}", y[k][1]),
+            ]
         }),
     )?;
     let (ux, uy): (Vec<f64>, Vec<f64>) = y.iter().map(|p| (p[0], p[1])).unzip();
@@ -333,7 +331,8 @@ pub fn similarity(a: &SimilarityArgs) -> Result<()> {
     let l = load(&a.common, "similarity")?;
     let tgt = &l.pair.target;
     let (pm, ps) = target_view(&l);
-    let data = crate::train::TrainData { counts: &tgt.data.counts, batch: &tgt.batch, prior_mu: &pm, prior_sig: &ps, n_batches: tgt.n_batches() };
+    let data =
+        crate::train::TrainData { counts: &tgt.data.counts, batch: &tgt.batch, prior_mu: &pm, prior_sig: &ps, n_batches: tgt.n_batches() };
     let (tl, ttypes) = codes(&l.tgt_labels);
     let (cl, ctypes) = codes(&l.ctx_labels);
     let cfg = analysis::similarity::SimilarityConfig {
@@ -359,16 +358,16 @@ pub fn similarity(a: &SimilarityArgs) -> Result<()> {
     )?;
     let mut marks = Vec::new();
     let mut best_rows = Vec::new();
-    for r in 0..ttypes.len() {
+    for (r, name) in ttypes.iter().enumerate() {
         let rank = m.ranking(r);
         for (k, &c) in rank.iter().take(2).enumerate() {
             marks.push((r, c, (k + 1).to_string()));
         }
         best_rows.push(vec![
-            ttypes[r].clone(),
+            name.clone(),
             rank.first().map(|&c| ctypes[c].clone()).unwrap_or_default(),
             rank.get(1).map(|&c| ctypes[c].clone()).unwrap_or_default(),
-            ctypes.contains(&ttypes[r]).to_string(),
+            ctypes.contains(name).to_string(),
         ]);
     }
     out::write_tsv(&l.out.join("best_matches.tsv"), &["target_type", "best", "second", "type_in_context"], best_rows)?;
@@ -420,7 +419,7 @@ fn file_stem(name: &str) -> String {
 
 /// `scspecies dge`: cross-species log2 fold changes per shared cell type.
 pub fn dge(a: &DgeArgs) -> Result<()> {
-    if a.samples == 0 || !(a.lfc_delta >= 0.0) || !(0.0..=1.0).contains(&a.min_probability) {
+    if a.samples == 0 || a.lfc_delta.is_nan() || a.lfc_delta < 0.0 || !(0.0..=1.0).contains(&a.min_probability) {
         return Err(Error::Config("--samples must be at least 1, --lfc-delta at least 0, --min-probability in [0, 1]".into()));
     }
     let l = load(&a.common, "dge")?;
@@ -596,7 +595,7 @@ pub struct LrpArgs {
 
 /// `scspecies lrp`: which input genes drive the latent mean, per cell type and species.
 pub fn lrp(a: &LrpArgs) -> Result<()> {
-    if !(a.gamma >= 0.0) || a.max_cells == 0 {
+    if a.gamma.is_nan() || a.gamma < 0.0 || a.max_cells == 0 {
         return Err(Error::Config("--gamma must be at least 0 and --max-cells at least 1".into()));
     }
     let l = load(&a.common, "lrp")?;
@@ -632,7 +631,13 @@ pub fn lrp(a: &LrpArgs) -> Result<()> {
                 &l.out.join(format!("{}_{}.tsv", file_stem(&p.name), file_stem(t))),
                 &["rank", "gene", "relevance_share", "mean_log1p_count", "homologous"],
                 order.iter().enumerate().map(|(r, &g)| {
-                    vec![(r + 1).to_string(), p.data.genes[g].clone(), format!("{:.6e}", rel[g]), format!("{:.4}", expr[g]), is_hom[g].to_string()]
+                    vec![
+                        (r + 1).to_string(),
+                        p.data.genes[g].clone(),
+                        format!("{:.6e}", rel[g]),
+                        format!("{:.4}", expr[g]),
+                        is_hom[g].to_string(),
+                    ]
                 }),
             )?;
             let top: Vec<String> = order.iter().take(a.top).map(|&g| p.data.genes[g].clone()).collect();

@@ -76,11 +76,39 @@ pub enum Anchor {
 
 #[derive(Debug, Clone)]
 enum Shape {
-    Rect { x: f64, y: f64, w: f64, h: f64, fill: Rgb, stroke: Option<Rgb> },
-    Circle { x: f64, y: f64, r: f64, fill: Rgb, alpha: f64 },
-    Line { x1: f64, y1: f64, x2: f64, y2: f64, colour: Rgb, width: f64 },
+    Rect {
+        x: f64,
+        y: f64,
+        w: f64,
+        h: f64,
+        fill: Rgb,
+        stroke: Option<Rgb>,
+    },
+    Circle {
+        x: f64,
+        y: f64,
+        r: f64,
+        fill: Rgb,
+        alpha: f64,
+    },
+    Line {
+        x1: f64,
+        y1: f64,
+        x2: f64,
+        y2: f64,
+        colour: Rgb,
+        width: f64,
+    },
     /// `vertical`: rotated 90° counter-clockwise (reads bottom to top).
-    Text { x: f64, y: f64, size: f64, anchor: Anchor, colour: Rgb, text: String, vertical: bool },
+    Text {
+        x: f64,
+        y: f64,
+        size: f64,
+        anchor: Anchor,
+        colour: Rgb,
+        text: String,
+        vertical: bool,
+    },
 }
 
 /// A figure in points (1 pt = 1 SVG user unit = 2 PNG pixels).

@@ -1,0 +1,145 @@
+//! The analysis commands end to end on a finished run of a simulated pair: each writes its tables and
+//! plots, the results make sense for data with known structure, and bad input gets a clear error.
+
+mod common;
+use common::scspecies;
+use std::path::Path;
+
+fn tsv(path: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| l.split('\t').map(|s| s.to_string()).collect())
+        .collect()
+}
+
+fn assert_plot(stem: &Path) {
+    let svg = std::fs::read_to_string(stem.with_extension("svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(scspecies::out::plot::is_png(&stem.with_extension("png")).unwrap());
+}
+
+#[test]
+fn evaluate_similarity_dge_and_lrp_on_a_simulated_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sim, run) = (tmp.path().join("sim"), tmp.path().join("run"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let o = scspecies(&[
+        "simulate",
+        "--out",
+        &s(&sim),
+        "--context-cells",
+        "600",
+        "--target-cells",
+        "500",
+        "--genes",
+        "300",
+        "--density",
+        "0.15",
+        "--seed",
+        "2",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = scspecies(&[
+        "run",
+        "--context",
+        &s(&sim.join("context")),
+        "--target",
+        &s(&sim.join("target")),
+        "--homology",
+        &s(&sim.join("homology.tsv")),
+        "--context-batch-key",
+        "batch",
+        "--context-label-key",
+        "cell_type",
+        "--target-batch-key",
+        "batch",
+        "--target-label-key",
+        "cell_type",
+        "--epochs-context",
+        "60",
+        "--epochs-target",
+        "60",
+        "--seed",
+        "1",
+        "--out",
+        &s(&run),
+        "--quiet",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+
+    // evaluate: a metric table with every metric in [0, 1], and the aligned space beats the unintegrated one on mixing.
+    let o = scspecies(&["evaluate", "--run", &s(&run), "--quiet"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let m = tsv(&run.join("evaluate/metrics.tsv"));
+    assert_eq!(m[0], ["metric", "scspecies", "unintegrated_pca"]);
+    let get = |k: &str| m.iter().find(|r| r[0] == k).unwrap_or_else(|| panic!("no {k}")).clone();
+    for k in ["ari", "nmi", "cell_type_asw", "species_asw", "graph_connectivity", "kbet", "isolated_labels", "total"] {
+        let v: f64 = get(k)[1].parse().unwrap();
+        assert!((-1e-9..=1.0 + 1e-9).contains(&v), "{k} = {v}");
+    }
+    let mix: f64 = get("species_mixing")[1].parse().unwrap();
+    let mix0: f64 = get("species_mixing")[2].parse().unwrap();
+    assert!(mix > mix0, "species mixing {mix} not above the unintegrated {mix0}");
+    assert_eq!(tsv(&run.join("evaluate/umap.tsv")).len(), 1 + 600 + 500 - count_filtered(&run));
+    assert_plot(&run.join("evaluate/umap_species"));
+    assert_plot(&run.join("evaluate/umap_cell_type"));
+
+    // similarity: most shared types find themselves as best or second-best match.
+    let o = scspecies(&["similarity", "--run", &s(&run), "--max-target-cells", "60", "--context-per-cell", "10", "--quiet"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let best = tsv(&run.join("similarity/best_matches.tsv"));
+    let shared: Vec<&Vec<String>> = best[1..].iter().filter(|r| r[3] == "true").collect();
+    let hits = shared.iter().filter(|r| r[1] == r[0] || r[2] == r[0]).count();
+    assert!(shared.len() >= 3 && hits * 4 >= shared.len() * 3, "{hits} of {} shared types matched: {best:?}", shared.len());
+    assert_plot(&run.join("similarity/similarity"));
+    let sim_tsv = tsv(&run.join("similarity/similarity.tsv"));
+    assert_eq!(sim_tsv.len(), best.len());
+
+    // dge: a table per shared type; real pairs differ less often than random gene pairs.
+    let o = scspecies(&["dge", "--run", &s(&run), "--samples", "300", "--quiet"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let summary = tsv(&run.join("dge/summary.tsv"));
+    assert!(summary.len() >= 4);
+    for r in &summary[1..] {
+        let (de, rand): (f64, f64) = (r[5].parse().unwrap(), r[6].parse().unwrap());
+        assert!(de < rand, "{}: DE fraction {de} not below the random-pair baseline {rand}", r[0]);
+        let stem = r[0].replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_");
+        let t = tsv(&run.join(format!("dge/{stem}.tsv")));
+        assert_eq!(t[0][..4], ["gene", "context_gene", "lfc", "p"]);
+        assert_eq!(t.len(), 1 + 210, "one row per homologous gene"); // 70 % of 300 genes have an ortholog
+        assert_plot(&run.join(format!("dge/{stem}_lfc")));
+    }
+    let o = scspecies(&["dge", "--run", &s(&run), "--cell-type", "no such type", "--quiet"]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("no such type") && o.stderr.contains("shared types"), "{}", o.stderr);
+
+    // lrp: a ranked list per type and species; relevance lands on expressed genes.
+    let o = scspecies(&["lrp", "--run", &s(&run), "--max-cells", "50", "--quiet"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let summary = tsv(&run.join("lrp/summary.tsv"));
+    assert!(summary.len() > 8);
+    for r in &summary[1..] {
+        let sp: f64 = r[4].parse().unwrap();
+        assert!(sp > 0.0, "{}/{}: relevance does not follow expression at all ({sp})", r[0], r[1]);
+    }
+}
+
+/// Cells removed by preprocessing (from the run's metrics.json).
+fn count_filtered(run: &Path) -> usize {
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    let kept: usize = m["preprocessing"].as_object().unwrap().values().map(|p| p["cells_out"].as_u64().unwrap() as usize).sum();
+    1100 - kept
+}
+
+#[test]
+fn analyses_need_a_finished_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = scspecies(&["evaluate", "--run", tmp.path().to_str().unwrap(), "--quiet"]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("metrics.json"), "{}", o.stderr);
+    std::fs::write(tmp.path().join("metrics.json"), "{\"inputs\": 3}").unwrap();
+    let o = scspecies(&["similarity", "--run", tmp.path().to_str().unwrap(), "--quiet"]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("inputs") && !o.stderr.contains("panicked"), "{}", o.stderr);
+}
