@@ -106,12 +106,8 @@ fn kbet_accepts_mixed_and_rejects_separated_species() {
 fn two_cliques() -> Graph {
     let mut adj = vec![Vec::new(); 8];
     for c in [0usize, 4] {
-        for i in c..c + 4 {
-            for j in c..c + 4 {
-                if i != j {
-                    adj[i].push((j as u32, 1.0));
-                }
-            }
+        for (i, row) in adj.iter_mut().enumerate().skip(c).take(4) {
+            row.extend((c..c + 4).filter(|&j| j != i).map(|j| (j as u32, 1.0)));
         }
     }
     adj[3].push((4, 1.0));
