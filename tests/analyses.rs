@@ -143,3 +143,64 @@ fn analyses_need_a_finished_run() {
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("inputs") && !o.stderr.contains("panicked"), "{}", o.stderr);
 }
+
+#[test]
+fn several_targets_share_one_pretraining_and_one_latent_space() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sim, run) = (tmp.path().join("sim"), tmp.path().join("run"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    assert_eq!(scspecies(&["simulate", "--out", &s(&sim), "--context-cells", "300", "--target-cells", "250", "--genes", "200"]).code, 0);
+    let (c, tgt, h, o) = (s(&sim.join("context")), s(&sim.join("target")), s(&sim.join("homology.tsv")), s(&run));
+    let mut args = vec![
+        "run",
+        "--context",
+        &c,
+        "--target",
+        &tgt,
+        "--target",
+        &tgt,
+        "--homology",
+        &h,
+        "--context-batch-key",
+        "batch",
+        "--context-label-key",
+        "cell_type",
+        "--target-batch-key",
+        "batch",
+        "--target-label-key",
+        "cell_type",
+        "--epochs-context",
+        "5",
+        "--epochs-target",
+        "3",
+        "--out",
+        &o,
+        "--quiet",
+    ];
+    // Two targets with the same file name need names.
+    let r = scspecies(&args);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("--target-name"), "{}", r.stderr);
+    args.extend(["--target-name", "first", "--target-name", "second"]);
+    let r = scspecies(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // One pre-training: the second folder's context model is a copy of the first's.
+    assert_eq!(
+        std::fs::read(run.join("first/context_model.safetensors")).unwrap(),
+        std::fs::read(run.join("second/context_model.safetensors")).unwrap()
+    );
+    let latent = tsv(&run.join("latent.tsv"));
+    let count = |d: &str| latent.iter().filter(|r| r[1] == d).count();
+    assert_eq!(
+        (count("context"), count("first"), count("second")),
+        (tsv(&run.join("first/latent.tsv")).len() - 1 - count("first"), 250, 250)
+    );
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["targets"].as_array().unwrap().len(), 2);
+    // Commands that take one target say so.
+    let mut one = args.clone();
+    one[0] = "align";
+    let r = scspecies(&one);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("one --target"), "{}", r.stderr);
+}

@@ -219,9 +219,10 @@ pub struct PipelineArgs {
     /// Context dataset (annotated species): .h5ad file or folder with counts.mtx[.gz], genes.tsv, cells.tsv.
     #[arg(long)]
     pub context: PathBuf,
-    /// Target dataset (species to annotate), same formats.
-    #[arg(long)]
-    pub target: PathBuf,
+    /// Target dataset (species to annotate), same formats. `run` takes it more than once to align
+    /// several targets to one context model (one pre-training, one joint latent space).
+    #[arg(long, required = true)]
+    pub target: Vec<PathBuf>,
     /// obs column with the context's experimental batch.
     #[arg(long)]
     pub context_batch_key: String,
@@ -249,25 +250,76 @@ pub struct PipelineArgs {
     /// Name of the context species in outputs.
     #[arg(long, default_value = "context")]
     pub context_name: String,
-    /// Name of the target species in outputs.
-    #[arg(long, default_value = "target")]
-    pub target_name: String,
+    /// Name of the target species in outputs (default: `target`; with several targets, each target's
+    /// file or folder name). Repeat it once per --target.
+    #[arg(long)]
+    pub target_name: Vec<String>,
     #[command(flatten)]
     pub opts: RunOptions,
 }
 
 impl PipelineArgs {
-    pub fn inputs(&self) -> Inputs {
+    /// The target names: as given, else `target` for one target and the file stems for several.
+    pub fn target_names(&self) -> Result<Vec<String>> {
+        let n = self.target.len();
+        if !self.target_name.is_empty() && self.target_name.len() != n {
+            return Err(Error::Config(format!(
+                "{} --target-name for {} --target: give one name per target, or none",
+                self.target_name.len(),
+                n
+            )));
+        }
+        let names: Vec<String> = if !self.target_name.is_empty() {
+            self.target_name.clone()
+        } else if n == 1 {
+            vec!["target".into()]
+        } else {
+            self.target
+                .iter()
+                .map(|p| {
+                    let f = p.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "target".into());
+                    f.trim_end_matches(".gz").trim_end_matches(".h5ad").to_string()
+                })
+                .collect()
+        };
+        for (i, a) in names.iter().enumerate() {
+            if names[..i].contains(a) || *a == self.context_name || a.is_empty() || a.contains(['/', '\\']) {
+                return Err(Error::Config(format!(
+                    "target name '{a}' is empty, contains a path separator, or is used twice (context '{}'); set one --target-name per --target",
+                    self.context_name
+                )));
+            }
+        }
+        Ok(names)
+    }
+
+    /// The inputs of the k-th target.
+    pub fn inputs_for(&self, k: usize) -> Result<Inputs> {
+        let mut i = self.inputs_single();
+        i.target = self.target[k].clone();
+        i.target_name = self.target_names()?[k].clone();
+        Ok(i)
+    }
+
+    /// The inputs of a command that takes one target.
+    pub fn inputs(&self) -> Result<Inputs> {
+        if self.target.len() != 1 {
+            return Err(Error::Config(format!("this command takes one --target, got {}; `run` aligns several", self.target.len())));
+        }
+        self.inputs_for(0)
+    }
+
+    fn inputs_single(&self) -> Inputs {
         Inputs {
             context: self.context.clone(),
-            target: self.target.clone(),
+            target: self.target[0].clone(),
             context_batch_key: self.context_batch_key.clone(),
             context_label_key: self.context_label_key.clone(),
             target_batch_key: self.target_batch_key.clone(),
             target_label_key: self.target_label_key.clone(),
             homology: self.homology.clone(),
             context_name: self.context_name.clone(),
-            target_name: self.target_name.clone(),
+            target_name: String::new(),
             context_layer: self.context_layer.clone(),
             target_layer: self.target_layer.clone(),
         }
@@ -362,10 +414,11 @@ fn progress(quiet: bool, what: &str) -> (indicatif::ProgressBar, impl FnMut(&str
 /// Entry point used by `main`.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run(a) => run_pipeline(&a.inputs(), &a.out, &a.opts, Stages::All),
-        Command::Pretrain(a) => run_pipeline(&a.inputs(), &a.out, &a.opts, Stages::Pretrain),
-        Command::Align(a) => run_pipeline(&a.inputs(), &a.out, &a.opts, Stages::Align),
-        Command::Transfer(a) => run_pipeline(&a.inputs(), &a.out, &a.opts, Stages::Transfer),
+        Command::Run(a) if a.target.len() > 1 => run_several(&a),
+        Command::Run(a) => run_pipeline(&a.inputs()?, &a.out, &a.opts, Stages::All),
+        Command::Pretrain(a) => run_pipeline(&a.inputs()?, &a.out, &a.opts, Stages::Pretrain),
+        Command::Align(a) => run_pipeline(&a.inputs()?, &a.out, &a.opts, Stages::Align),
+        Command::Transfer(a) => run_pipeline(&a.inputs()?, &a.out, &a.opts, Stages::Transfer),
         Command::Demo(a) => run_pipeline(&demo_inputs(a.data.as_deref())?, &a.out, &a.opts, Stages::All),
         Command::Bench(a) => bench::bench(&a),
         Command::Inspect(a) => inspect(&a),
@@ -727,6 +780,61 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages)
     out::write_json(&out_dir.join("metrics.json"), &metrics)?;
     finish_checkpoints(out_dir, o);
     log(&format!("wrote {}", out_dir.display()));
+    Ok(())
+}
+
+/// `run` with several targets: pre-train once (with the first target, whose homologous genes set the
+/// context decoder's softmax split), align every target to that context model in `<out>/<target name>/`
+/// (each a complete single-target run folder), and write the joint latent space of all species to
+/// `<out>/latent.tsv` with a summary in `<out>/metrics.json`.
+fn run_several(a: &PipelineArgs) -> Result<()> {
+    if a.opts.resume.is_some() {
+        return Err(Error::Config("--resume works with one --target; resume each target's folder with `align` instead".into()));
+    }
+    let names = a.target_names()?;
+    let t0 = std::time::Instant::now();
+    out::create_out_dir(&a.out)?;
+    let dirs: Vec<PathBuf> = names.iter().map(|n| a.out.join(n)).collect();
+    let mut summary = Vec::new();
+    for (k, dir) in dirs.iter().enumerate() {
+        if !a.opts.quiet {
+            eprintln!("== target {} of {}: {} ({})", k + 1, names.len(), names[k], a.target[k].display());
+        }
+        if k == 0 {
+            run_pipeline(&a.inputs_for(0)?, dir, &a.opts, Stages::All)?;
+        } else {
+            out::create_out_dir(dir)?;
+            for f in ["context_model.json", "context_model.safetensors"] {
+                std::fs::copy(dirs[0].join(f), dir.join(f)).map_err(|e| Error::write(dir.join(f), e))?;
+            }
+            run_pipeline(&a.inputs_for(k)?, dir, &a.opts, Stages::Align)?;
+        }
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).map_err(|e| Error::io(dir.join("metrics.json"), e))?)
+                .map_err(|e| Error::format(dir.join("metrics.json"), e.to_string()))?;
+        summary.push(json!({"target": names[k], "input": a.target[k], "folder": dir, "evaluation": m.get("evaluation"), "timings_s": m.get("timings_s")}));
+    }
+    // The joint latent space: context and first target from the first folder, then each other target.
+    let mut lines: Vec<String> = Vec::new();
+    for (k, dir) in dirs.iter().enumerate() {
+        let p = dir.join("latent.tsv");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        for (i, line) in text.lines().enumerate() {
+            let dataset = line.split('\t').nth(1).unwrap_or("");
+            if (i == 0 && k == 0) || (i > 0 && (k == 0 || dataset == names[k])) {
+                lines.push(line.to_string());
+            }
+        }
+    }
+    out::write_bytes_atomic(&a.out.join("latent.tsv"), (lines.join("\n") + "\n").as_bytes())?;
+    out::write_json(
+        &a.out.join("metrics.json"),
+        &json!({"scspecies_version": env!("CARGO_PKG_VERSION"), "context": a.context, "targets": summary, "seconds": t0.elapsed().as_secs_f64(),
+                "context_model": dirs[0].join("context_model.json")}),
+    )?;
+    if !a.opts.quiet {
+        eprintln!("wrote {} (one folder per target, joint latent.tsv)", a.out.display());
+    }
     Ok(())
 }
 
