@@ -668,3 +668,19 @@ pub fn lrp(a: &LrpArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Every analysis with its defaults on a finished run folder.
+pub fn all(run: &Path, quiet: bool) -> Result<()> {
+    let common = AnalysisArgs { run: run.to_path_buf(), out: None, target_labels: LabelSource::Auto, seed: 0, threads: None, quiet };
+    evaluate(&common)?;
+    similarity(&SimilarityArgs { common: common.clone(), max_target_cells: 2000, context_per_cell: 50 })?;
+    dge(&DgeArgs {
+        common: common.clone(),
+        samples: 10_000,
+        lfc_delta: 1.0,
+        min_probability: 0.9,
+        uniform_noise: false,
+        cell_types: vec![],
+    })?;
+    lrp(&LrpArgs { common, gamma: 0.25, max_cells: 500, top: 10 })
+}

@@ -334,6 +334,9 @@ pub struct DemoArgs {
     /// Output folder.
     #[arg(long, default_value = "results/demo")]
     pub out: PathBuf,
+    /// Afterwards run `evaluate`, `similarity`, `dge` and `lrp` on the result (about 6 more minutes).
+    #[arg(long)]
+    pub analyses: bool,
     #[command(flatten)]
     pub opts: RunOptions,
 }
@@ -419,7 +422,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pretrain(a) => run_pipeline(&a.inputs()?, &a.out, &a.opts, Stages::Pretrain),
         Command::Align(a) => run_pipeline(&a.inputs()?, &a.out, &a.opts, Stages::Align),
         Command::Transfer(a) => run_pipeline(&a.inputs()?, &a.out, &a.opts, Stages::Transfer),
-        Command::Demo(a) => run_pipeline(&demo_inputs(a.data.as_deref())?, &a.out, &a.opts, Stages::All),
+        Command::Demo(a) => {
+            run_pipeline(&demo_inputs(a.data.as_deref())?, &a.out, &a.opts, Stages::All)?;
+            if a.analyses {
+                analyses::all(&a.out, a.opts.quiet)?;
+            }
+            Ok(())
+        }
         Command::Bench(a) => bench::bench(&a),
         Command::Inspect(a) => inspect(&a),
         Command::Simulate(a) => simulate(&a),
