@@ -1,3 +1,27 @@
-//! CUDA C sources embedded at build time from `kernels/*.cu` (see `build.rs`).
+//! CUDA C sources embedded at build time from `kernels/*.cu` (see `build.rs`), and NVRTC compilation
+//! (libnvrtc loaded at run time, so this builds and the CPU path runs on machines without CUDA).
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+/// NVRTC, loaded dynamically.
+#[cfg(feature = "cuda")]
+pub mod nvrtc {
+    /// Whether libnvrtc can be loaded here (cudarc panics on first use when it cannot).
+    pub fn available() -> bool {
+        std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false)
+    }
+
+    /// Compile one kernel module to PTX for a virtual architecture such as `compute_90`. The error is
+    /// NVRTC's log, naming the module.
+    pub fn compile(name: &str, source: &str, arch: &'static str) -> Result<String, String> {
+        let opts = cudarc::nvrtc::CompileOptions { arch: Some(arch), name: Some(format!("{name}.cu")), ..Default::default() };
+        match std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx_with_opts(source, opts)) {
+            Ok(Ok(ptx)) => Ok(ptx.to_src()),
+            Ok(Err(cudarc::nvrtc::CompileError::CompileError { log, .. })) => {
+                Err(format!("kernels/{name}.cu does not compile:\n{}", log.to_string_lossy()))
+            }
+            Ok(Err(e)) => Err(format!("kernels/{name}.cu: NVRTC failed: {e:?}")),
+            Err(_) => Err(format!("kernels/{name}.cu: NVRTC could not be loaded")),
+        }
+    }
+}
