@@ -53,10 +53,10 @@ fn every_kernel_compiles_with_nvrtc_and_assembles_for_sm90() {
             if let Some(i) = line.find("Compiling entry function '") {
                 entry = line[i + 26..].split('\'').next().map(|s| s.to_string());
             }
-            if line.contains("spill stores") {
-                if let Some(e) = entry.take() {
-                    report.push(format!("{name}/{e}: {}", line.split("ptxas info    : ").last().unwrap_or(line).trim()));
-                }
+            if line.contains("spill stores")
+                && let Some(e) = entry.take()
+            {
+                report.push(format!("{name}/{e}: {}", line.split("ptxas info    : ").last().unwrap_or(line).trim()));
             }
             if line.contains("Used") && line.contains("registers") {
                 let regs = line.split("Used ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap_or("?");
