@@ -19,6 +19,26 @@ fn assert_plot(stem: &Path) {
     assert!(scspecies::out::plot::is_png(&stem.with_extension("png")).unwrap());
 }
 
+/// `run` on a simulated pair in `sim` (obs columns `batch` and `cell_type`, target labels known), with
+/// `targets` copies of its target, the given epochs, into `out`.
+fn sim_run_args(sim: &Path, out: &Path, targets: usize, epochs: (&str, &str)) -> Vec<String> {
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let mut a: Vec<String> = ["run", "--context"].iter().map(|x| x.to_string()).collect();
+    a.push(s(&sim.join("context")));
+    for _ in 0..targets {
+        a.extend(["--target".to_string(), s(&sim.join("target"))]);
+    }
+    a.extend(["--homology".to_string(), s(&sim.join("homology.tsv"))]);
+    for x in ["--context-batch-key", "batch", "--context-label-key", "cell_type", "--target-batch-key", "batch"] {
+        a.push(x.to_string());
+    }
+    for x in ["--target-label-key", "cell_type", "--epochs-context", epochs.0, "--epochs-target", epochs.1, "--out"] {
+        a.push(x.to_string());
+    }
+    a.extend([s(out), "--quiet".to_string()]);
+    a
+}
+
 #[test]
 fn evaluate_similarity_dge_and_lrp_on_a_simulated_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -40,32 +60,8 @@ fn evaluate_similarity_dge_and_lrp_on_a_simulated_run() {
         "2",
     ]);
     assert_eq!(o.code, 0, "{}", o.stderr);
-    let o = scspecies(&[
-        "run",
-        "--context",
-        &s(&sim.join("context")),
-        "--target",
-        &s(&sim.join("target")),
-        "--homology",
-        &s(&sim.join("homology.tsv")),
-        "--context-batch-key",
-        "batch",
-        "--context-label-key",
-        "cell_type",
-        "--target-batch-key",
-        "batch",
-        "--target-label-key",
-        "cell_type",
-        "--epochs-context",
-        "60",
-        "--epochs-target",
-        "60",
-        "--seed",
-        "1",
-        "--out",
-        &s(&run),
-        "--quiet",
-    ]);
+    let args = sim_run_args(&sim, &run, 1, ("60", "60"));
+    let o = scspecies(&args.iter().map(|x| x.as_str()).collect::<Vec<_>>());
     assert_eq!(o.code, 0, "{}", o.stderr);
 
     // evaluate: a metric table with every metric in [0, 1], and the aligned space beats the unintegrated one on mixing.
@@ -150,33 +146,8 @@ fn several_targets_share_one_pretraining_and_one_latent_space() {
     let (sim, run) = (tmp.path().join("sim"), tmp.path().join("run"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
     assert_eq!(scspecies(&["simulate", "--out", &s(&sim), "--context-cells", "300", "--target-cells", "250", "--genes", "200"]).code, 0);
-    let (c, tgt, h, o) = (s(&sim.join("context")), s(&sim.join("target")), s(&sim.join("homology.tsv")), s(&run));
-    let mut args = vec![
-        "run",
-        "--context",
-        &c,
-        "--target",
-        &tgt,
-        "--target",
-        &tgt,
-        "--homology",
-        &h,
-        "--context-batch-key",
-        "batch",
-        "--context-label-key",
-        "cell_type",
-        "--target-batch-key",
-        "batch",
-        "--target-label-key",
-        "cell_type",
-        "--epochs-context",
-        "5",
-        "--epochs-target",
-        "3",
-        "--out",
-        &o,
-        "--quiet",
-    ];
+    let owned = sim_run_args(&sim, &run, 2, ("5", "3"));
+    let mut args: Vec<&str> = owned.iter().map(|x| x.as_str()).collect();
     // Two targets with the same file name need names.
     let r = scspecies(&args);
     assert_ne!(r.code, 0);
