@@ -197,17 +197,26 @@ pub fn evaluate(a: &AnalysisArgs) -> Result<()> {
     let species: Vec<usize> = keep.iter().map(|&i| usize::from(i >= nc)).collect();
     // Unintegrated: normalise_total(1e4) + log1p on the homologous genes, PCA with 10 components.
     let hom = &l.pair.homology;
+    // Column → homologous position, per species (u32::MAX: not homologous).
+    let position = |n_cols: usize, cols: &[usize]| {
+        let mut pos = vec![u32::MAX; n_cols];
+        for (k, &c) in cols.iter().enumerate() {
+            pos[c] = k as u32;
+        }
+        pos
+    };
+    let (ctx_pos, tgt_pos) = (position(ctx.data.n_genes(), &hom.context), position(tgt.data.n_genes(), &hom.target));
     let rows: Vec<Vec<(u32, f64)>> = keep
         .iter()
         .map(|&i| {
-            let (p, r, cols) = if i < nc { (ctx, i, &hom.context) } else { (tgt, i - nc, &hom.target) };
-            let mut map = std::collections::HashMap::with_capacity(cols.len());
-            for (k, &c) in cols.iter().enumerate() {
-                map.insert(c as u32, k as u32);
-            }
+            let (p, r, pos) = if i < nc { (ctx, i, &ctx_pos) } else { (tgt, i - nc, &tgt_pos) };
             let (gi, gv) = p.data.counts.row(r);
             let tot: f64 = gv.iter().map(|&v| v as f64).sum::<f64>().max(1.0);
-            gi.iter().zip(gv).filter_map(|(g, &v)| map.get(g).map(|&k| (k, (1e4 * v as f64 / tot).ln_1p()))).collect()
+            gi.iter()
+                .zip(gv)
+                .filter(|(g, _)| pos[**g as usize] != u32::MAX)
+                .map(|(g, &v)| (pos[*g as usize], (1e4 * v as f64 / tot).ln_1p()))
+                .collect()
         })
         .collect();
     if !a.quiet {
