@@ -256,8 +256,9 @@ pub fn lfc_for_type<B: Backend>(be: &B, ctx: &Side<B>, tgt: &Side<B>, label: usi
     // Stored samples for the medians: ρ_C, ρ_T per gene, libraries per sample.
     let (mut st_c, mut st_t, mut lib_c, mut lib_t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut total = 0usize;
+    let order: Vec<usize> = (0..t_keep.len()).collect();
     for _ in 0..draws {
-        for chunk in (0..t_keep.len()).collect::<Vec<_>>().chunks(128) {
+        for chunk in order.chunks(128) {
             let rows = chunk.len();
             let mut z = vec![0f64; rows * lat];
             let mut lt = vec![0f64; rows];
@@ -306,17 +307,20 @@ pub fn lfc_for_type<B: Backend>(be: &B, ctx: &Side<B>, tgt: &Side<B>, label: usi
         .into_par_iter()
         .map(|g| {
             let col = |st: &[f32], gene: usize| -> Vec<f64> { (0..m).map(|s| st[s * h + gene] as f64).collect() };
-            let (c, t, cp) = (col(&st_c, g), col(&st_t, g), col(&st_c, perm[g]));
-            let lfc: Vec<f64> = t.iter().zip(&c).map(|(a, b)| (a + 1e-6).log2() - (b + 1e-6).log2()).collect();
-            let lfc_r: Vec<f64> = t.iter().zip(&cp).map(|(a, b)| (a + 1e-6).log2() - (b + 1e-6).log2()).collect();
+            let (mut c, mut t, cp) = (col(&st_c, g), col(&st_t, g), col(&st_c, perm[g]));
+            let log_ratio = |a: &f64, b: &f64| (a + 1e-6).log2() - (b + 1e-6).log2();
+            let mut lfc: Vec<f64> = t.iter().zip(&c).map(|(a, b)| log_ratio(a, b)).collect();
+            let mut lfc_r: Vec<f64> = t.iter().zip(&cp).map(|(a, b)| log_ratio(a, b)).collect();
+            let mut mu_c: Vec<f64> = c.iter().zip(&lib_c).map(|(a, l)| a * l).collect();
+            let mut mu_t: Vec<f64> = t.iter().zip(&lib_t).map(|(a, l)| a * l).collect();
             GeneStats {
-                rho_median_context: median(&mut c.clone()),
-                mu_median_context: median(&mut c.iter().zip(&lib_c).map(|(a, l)| a * l).collect::<Vec<_>>()),
-                rho_median_target: median(&mut t.clone()),
-                mu_median_target: median(&mut t.iter().zip(&lib_t).map(|(a, l)| a * l).collect::<Vec<_>>()),
-                lfc: median(&mut lfc.clone()),
+                rho_median_context: median(&mut c),
+                mu_median_context: median(&mut mu_c),
+                rho_median_target: median(&mut t),
+                mu_median_target: median(&mut mu_t),
+                lfc: median(&mut lfc),
                 p: above[g] as f64 / total as f64,
-                lfc_rand: median(&mut lfc_r.clone()),
+                lfc_rand: median(&mut lfc_r),
                 p_rand: above_rand[g] as f64 / total as f64,
             }
         })
