@@ -678,18 +678,18 @@ pub fn lrp(a: &LrpArgs) -> Result<()> {
     Ok(())
 }
 
-/// Every analysis with its defaults on a finished run folder.
+/// Every analysis with its defaults on a finished run folder. The arguments go through the same
+/// parser as the commands, so the defaults are defined once (in the argument structs).
 pub fn all(run: &Path, quiet: bool) -> Result<()> {
-    let common = AnalysisArgs { run: run.to_path_buf(), out: None, target_labels: LabelSource::Auto, seed: 0, threads: None, quiet };
-    evaluate(&common)?;
-    similarity(&SimilarityArgs { common: common.clone(), max_target_cells: 2000, context_per_cell: 50 })?;
-    dge(&DgeArgs {
-        common: common.clone(),
-        samples: 10_000,
-        lfc_delta: 1.0,
-        min_probability: 0.9,
-        uniform_noise: false,
-        cell_types: vec![],
-    })?;
-    lrp(&LrpArgs { common, gamma: 0.25, max_cells: 500, top: 10 })
+    use clap::Parser;
+    let run = run.to_string_lossy().to_string();
+    for command in ["evaluate", "similarity", "dge", "lrp"] {
+        let mut args = vec!["scspecies", command, "--run", &run];
+        if quiet {
+            args.push("--quiet");
+        }
+        let cli = super::Cli::try_parse_from(args).map_err(|e| Error::Config(e.to_string()))?;
+        super::run(cli)?;
+    }
+    Ok(())
 }
