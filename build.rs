@@ -21,8 +21,13 @@ fn main() {
     let mut code = String::from(
         "/// (module name, CUDA C source) of every file in `kernels/`, sorted by name.\npub const KERNEL_SOURCES: &[(&str, &str)] = &[\n",
     );
+    // kernels/common.cuh goes in front of every module; #line keeps NVRTC's line numbers the module's own.
+    let common = dir.join("common.cuh");
+    println!("cargo:rerun-if-changed={}", common.display());
+    let common = common.display().to_string();
     for (name, path) in &entries {
-        code += &format!("    ({name:?}, include_str!({path:?})),\n");
+        code +=
+            &format!("    ({name:?}, concat!(include_str!({common:?}), \"\\n#line 1 \\\"{name}.cu\\\"\\n\", include_str!({path:?}))),\n");
     }
     code += "];\n";
     let out = Path::new(&std::env::var("OUT_DIR").unwrap()).join("kernels.rs");

@@ -1,8 +1,6 @@
 // Element-wise ops of the backend interface; each mirrors the CPU op named in its comment
 // (src/engine/ops.rs, src/engine/cpu.rs). One thread per element, grid-stride loops.
 
-#define FOR_EACH(i, n) for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
-
 // relu_dropout_fwd: x [n] → relu_out = max(x, 0), y = relu_out ⊙ mask (mask may be null: eval mode).
 extern "C" __global__ void relu_dropout_fwd(const float* x, const float* mask, float* relu_out, float* y, long long n) {
     FOR_EACH(i, n) {

@@ -4,18 +4,6 @@
 #define LN_EPS 1e-5f
 #define THREADS 256
 
-// Sum over the block; every thread gets the result.
-__device__ float block_sum(float v, float* shared) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    float s = 0.0f;
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) s += shared[w];
-    return s;
-}
-
 // y = γ x̂ + β, x̂ = (x − mean)·rstd, rstd = 1/√(var + ε) (biased variance).
 extern "C" __global__ void layernorm_fwd(const float* x, const float* gamma, const float* beta, float* y, float* xhat, float* rstd, int d) {
     __shared__ float shared[32];

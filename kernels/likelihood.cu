@@ -95,17 +95,6 @@ __device__ LogLik nb_d(double x, double theta, double rho, double lib) {
     return o;
 }
 
-__device__ double block_sum_d(double v, double* shared) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) shared[warp] = v;
-    __syncthreads();
-    double s = 0.0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) s += shared[w];
-    return s;
-}
-
 // `logit` null: NB. `d_rho` null: value only (nll). Gradient pointers are all given or all null
 // (d_logit may be null for NB).
 extern "C" __global__ void likelihood(const float* x, const float* rho, const float* theta, const float* logit, const float* lib, int n,
