@@ -80,3 +80,38 @@ extern "C" __global__ void all_finite(const float* x, int* flag, long long n) {
         if (!isfinite(x[i])) flag[0] = 0;
     }
 }
+
+// add_bias (linear_fwd after the cuBLAS GEMM): y[rows×n] += b[n] broadcast over rows.
+extern "C" __global__ void add_bias(float* y, const float* b, long long rows, long long n) {
+    FOR_EACH(i, rows * n) { y[i] += b[i % n]; }
+}
+
+// scatter_theta_grad: dla[S×n] row s = Σ_{i: batch[i] = s} dθ[i, :] ⊙ θ[i, :], rows in order
+// (deterministic, as the CPU loop); one thread per (s, gene), overwriting every row.
+extern "C" __global__ void scatter_theta_grad(const float* dtheta, const float* theta, const unsigned* batch, float* dla, long long rows,
+                                              long long s, long long n) {
+    FOR_EACH(i, s * n) {
+        long long b = i / n, j = i % n;
+        float acc = 0.0f;
+        for (long long r = 0; r < rows; ++r) {
+            if ((long long)batch[r] == b) acc += dtheta[r * n + j] * theta[r * n + j];
+        }
+        dla[i] = acc;
+    }
+}
+
+// copy_cols: dst[rows×w] = columns [c0, c0+w) of src[rows×cols].
+extern "C" __global__ void copy_cols(const float* src, float* dst, long long rows, long long cols, long long c0, long long w) {
+    FOR_EACH(i, rows * w) { dst[i] = src[(i / w) * cols + c0 + i % w]; }
+}
+
+// set_cols: columns [c0, c0+w) of dst[rows×cols] = src[rows×w].
+extern "C" __global__ void set_cols(const float* src, float* dst, long long rows, long long cols, long long c0, long long w) {
+    FOR_EACH(i, rows * w) { dst[(i / w) * cols + c0 + i % w] = src[i]; }
+}
+
+// csr_to_dense: scatter CSR rows (ptr [rows+1], idx, val) into a zeroed dense out[rows×n]; one block per row.
+extern "C" __global__ void csr_to_dense(const long long* ptr, const unsigned* idx, const float* val, float* out, long long n) {
+    long long r = blockIdx.x;
+    for (long long p = ptr[r] + threadIdx.x; p < ptr[r + 1]; p += blockDim.x) out[r * n + idx[p]] = val[p];
+}

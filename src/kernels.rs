@@ -3,6 +3,24 @@
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
+/// Names of the `extern "C" __global__` functions of a kernel source, in order.
+pub fn entry_points(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = source;
+    while let Some(p) = rest.find("__global__") {
+        rest = &rest[p + "__global__".len()..];
+        // `void name(`: the identifier before the first parenthesis.
+        if let Some(open) = rest.find('(') {
+            let head = rest[..open].trim_end();
+            let name: String = head.chars().rev().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<Vec<_>>().into_iter().rev().collect();
+            if !name.is_empty() && head.trim_start().starts_with("void") {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
 /// NVRTC, loaded dynamically.
 #[cfg(feature = "cuda")]
 pub mod nvrtc {

@@ -5,6 +5,8 @@
 //! finite-difference checks). `likelihood` holds the per-count ZINB/NB terms, `special` lgamma/digamma.
 pub mod backend;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod fastmath;
 pub mod likelihood;
 pub mod ops;
