@@ -159,11 +159,30 @@ fn inspect_identical_for_shared_folders_and_h5ad() {
 fn demo_runs_on_bundled_data() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("demo");
-    let (code, _, err) =
-        bin(&["demo", "--out", out.to_str().unwrap(), "--write-h5ad", "--epochs-context", "2", "--epochs-target", "1", "--seed", "5"]);
+    let (code, _, err) = bin(&[
+        "demo",
+        "--out",
+        out.to_str().unwrap(),
+        "--write-h5ad",
+        "--epochs-context",
+        "2",
+        "--epochs-target",
+        "1",
+        "--seed",
+        "5",
+        "--device",
+        "auto",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("mouse: 1855 cells"), "{err}");
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    // `auto` takes the GPU where there is one and says why not otherwise.
+    let backend = m["backend"].as_str().unwrap();
+    if err.contains("device auto:") {
+        assert!(backend.starts_with("cpu"), "{backend}");
+    } else {
+        assert!(backend.starts_with("cuda") && err.contains("device: cuda"), "{backend}\n{err}");
+    }
     assert_eq!(m["homology"]["homologous_genes"], 11312);
     // The target's labels are for evaluation: no target cell type is filtered out.
     assert_eq!(m["preprocessing"]["human"]["cells_out"], 2142);
@@ -188,4 +207,23 @@ fn demo_runs_on_bundled_data() {
     assert_eq!(meta.genes.len(), 14860);
     assert_eq!(meta.batches, vec!["mouse1", "mouse2"]);
     assert_eq!(model.cfg.homologous.len(), 11312);
+}
+
+#[test]
+fn device_cuda_without_a_gpu_is_a_clear_error() {
+    #[cfg(feature = "cuda")]
+    if scspecies::engine::cuda::Cuda::new(0, false).is_ok() {
+        eprintln!("a GPU is present: nothing to check here (cuda_parity covers it)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x");
+    let (code, _, err) = bin(&["demo", "--out", out.to_str().unwrap(), "--device", "cuda"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--device cuda") && (err.contains("no usable CUDA GPU") || err.contains("no CUDA support")), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out.exists(), "nothing may be written");
+    let (code, _, err) = bin(&["demo", "--out", out.to_str().unwrap(), "--tf32"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--tf32 applies to the GPU only"), "{err}");
 }

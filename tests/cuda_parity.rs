@@ -6,8 +6,8 @@
 #![cfg(feature = "cuda")]
 
 mod common;
-use rand::{RngExt, SeedableRng};
 use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 use scspecies::engine::backend::HostRows;
 use scspecies::engine::cuda::Cuda;
 use scspecies::engine::likelihood::Distribution;
@@ -296,8 +296,30 @@ fn likelihoods_with_gradients_and_scoring() {
         let (mut dr, mut dt, mut ds, mut dl) = (p.zeros(rows * n), p.zeros(rows * n), p.zeros(rows * n), p.zeros(rows));
         let mut nll2 = p.zeros(rows);
         let lg = (zinb.then_some(&logit.0), zinb.then_some(&logit.1));
-        p.c.likelihood(dist, &x.0, &rho.0, &theta.0, lg.0, &lib.0, n, 1.0 / rows as f64, &mut nll2.0, Some((&mut dr.0, &mut dt.0, Some(&mut ds.0), &mut dl.0)));
-        p.g.likelihood(dist, &x.1, &rho.1, &theta.1, lg.1, &lib.1, n, 1.0 / rows as f64, &mut nll2.1, Some((&mut dr.1, &mut dt.1, Some(&mut ds.1), &mut dl.1)));
+        p.c.likelihood(
+            dist,
+            &x.0,
+            &rho.0,
+            &theta.0,
+            lg.0,
+            &lib.0,
+            n,
+            1.0 / rows as f64,
+            &mut nll2.0,
+            Some((&mut dr.0, &mut dt.0, Some(&mut ds.0), &mut dl.0)),
+        );
+        p.g.likelihood(
+            dist,
+            &x.1,
+            &rho.1,
+            &theta.1,
+            lg.1,
+            &lib.1,
+            n,
+            1.0 / rows as f64,
+            &mut nll2.1,
+            Some((&mut dr.1, &mut dt.1, Some(&mut ds.1), &mut dl.1)),
+        );
         // The CPU's f32 ZINB path uses fast math for zero counts; the GPU computes every term in double.
         p.check(&format!("{dist:?} nll (with gradients)"), &nll2, 1e-5, 0.0);
         p.check(&format!("{dist:?} d_rho"), &dr, 1e-4, 1e-9);
@@ -392,7 +414,12 @@ fn candidate_choice_and_transfer_similarities() {
     };
     let knn: Vec<u32> = (0..nt * 25).map(|i| ((i * 37) % nc) as u32).collect();
     let queries: Vec<scspecies::align::candidates::Query> = (0..nt)
-        .map(|i| scspecies::align::candidates::Query { cell: i, batch: (i % s) as u32, lib: 1000.0 + 37.0 * i as f64, neighbours: &knn[i * 25..(i + 1) * 25] })
+        .map(|i| scspecies::align::candidates::Query {
+            cell: i,
+            batch: (i % s) as u32,
+            lib: 1000.0 + 37.0 * i as f64,
+            neighbours: &knn[i * 25..(i + 1) * 25],
+        })
         .collect();
     let (ch_c, nll_c) = scspecies::align::candidates::choose(&c, &mc, &ctx, &counts_t, &queries, true, &mut ChaCha8Rng::seed_from_u64(9));
     let (ch_g, nll_g) = scspecies::align::candidates::choose(g, &mg, &ctx, &counts_t, &queries, true, &mut ChaCha8Rng::seed_from_u64(9));
@@ -438,10 +465,32 @@ fn baron_pretraining_and_alignment_agree() {
     let mut acfg = scspecies::align::AlignConfig::default_for(pair.target.n_cells(), 5);
     acfg.epochs = 2;
     let tc = scspecies::transfer::TransferConfig::default();
-    let ac = scspecies::pipeline::align_and_transfer(&c, &pair, &rc.model, &rc.repr, &acfg, &tc, None, &Default::default(), &mut |_| {}, &mut |_| {})
-        .unwrap();
-    let ag = scspecies::pipeline::align_and_transfer(g, &pair, &rg.model, &rg.repr, &acfg, &tc, None, &Default::default(), &mut |_| {}, &mut |_| {})
-        .unwrap();
+    let ac = scspecies::pipeline::align_and_transfer(
+        &c,
+        &pair,
+        &rc.model,
+        &rc.repr,
+        &acfg,
+        &tc,
+        None,
+        &Default::default(),
+        &mut |_| {},
+        &mut |_| {},
+    )
+    .unwrap();
+    let ag = scspecies::pipeline::align_and_transfer(
+        g,
+        &pair,
+        &rg.model,
+        &rg.repr,
+        &acfg,
+        &tc,
+        None,
+        &Default::default(),
+        &mut |_| {},
+        &mut |_| {},
+    )
+    .unwrap();
     let same = ac.transfer.pred.iter().zip(&ag.transfer.pred).filter(|(a, b)| a == b).count();
     let frac = same as f64 / ac.transfer.pred.len() as f64;
     eprintln!("Baron, 2 + 2 epochs: {same} of {} target predictions identical ({frac:.3})", ac.transfer.pred.len());

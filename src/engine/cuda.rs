@@ -76,7 +76,9 @@ impl Cuda {
         let (major, minor) = ctx.compute_capability().map_err(|e| format!("CUDA: {e:?}"))?;
         let arch: &'static str = Box::leak(format!("compute_{major}{minor}").into_boxed_str());
         if !crate::kernels::nvrtc::available() {
-            return Err(unavailable_reason("NVRTC (libnvrtc.so) could not be loaded; install the nvidia-cuda-nvrtc wheel or the CUDA toolkit and put its lib folder on LD_LIBRARY_PATH"));
+            return Err(unavailable_reason(
+                "NVRTC (libnvrtc.so) could not be loaded; install the nvidia-cuda-nvrtc wheel or the CUDA toolkit and put its lib folder on LD_LIBRARY_PATH",
+            ));
         }
         let stream = ctx.default_stream();
         let mut funcs = HashMap::new();
@@ -142,7 +144,19 @@ impl Cuda {
     /// C[m×n] (row-major) = op(A)·op(B) with row-major operands, through column-major cuBLAS:
     /// Cᵀ = op(B)ᵀ·op(A)ᵀ. `ta`/`tb` say whether A/B are stored transposed; lda/ldb are their row lengths.
     #[allow(clippy::too_many_arguments)]
-    fn gemm_rm(&self, m: usize, n: usize, k: usize, a: &CudaSlice<f32>, ta: bool, lda: usize, b: &CudaSlice<f32>, tb: bool, ldb: usize, c: &mut CudaSlice<f32>) {
+    fn gemm_rm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &CudaSlice<f32>,
+        ta: bool,
+        lda: usize,
+        b: &CudaSlice<f32>,
+        tb: bool,
+        ldb: usize,
+        c: &mut CudaSlice<f32>,
+    ) {
         use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
         if m == 0 || n == 0 {
             return;
@@ -305,7 +319,12 @@ impl Backend for Cuda {
     fn layernorm_fwd(&self, x: &DevBuf, gamma: &DevBuf, beta: &DevBuf, y: &mut DevBuf, xhat: &mut DevBuf, rstd: &mut DevBuf, d: usize) {
         let rows = x.len / d.max(1);
         let dd = d as i32;
-        run!(self, "layernorm_fwd", Self::per_row(rows), [&x.data, &gamma.data, &beta.data, &mut y.data, &mut xhat.data, &mut rstd.data, &dd]);
+        run!(
+            self,
+            "layernorm_fwd",
+            Self::per_row(rows),
+            [&x.data, &gamma.data, &beta.data, &mut y.data, &mut xhat.data, &mut rstd.data, &dd]
+        );
     }
     fn layernorm_bwd(
         &self,
@@ -377,7 +396,12 @@ impl Backend for Cuda {
         let lg = if zinb { logit.map(|l| &l.data) } else { None };
         macro_rules! go {
             ($logit:expr, $dr:expr, $dt:expr, $ds:expr, $dl:expr) => {
-                run!(self, "likelihood", cfg, [&x.data, &rho.data, &theta.data, $logit, &lib.data, &nn, &scale, &mut nll.data, $dr, $dt, $ds, $dl])
+                run!(
+                    self,
+                    "likelihood",
+                    cfg,
+                    [&x.data, &rho.data, &theta.data, $logit, &lib.data, &nn, &scale, &mut nll.data, $dr, $dt, $ds, $dl]
+                )
             };
         }
         match (lg, grads) {
@@ -419,8 +443,15 @@ impl Backend for Cuda {
         let nn = n as i32;
         let lg = if dist == Distribution::Zinb { logit.map(|(l, _)| &l.data) } else { None };
         match lg {
-            Some(l) => run!(self, "likelihood_score", Self::per_row(m), [&dense, &r, &b, &rho.data, &theta.data, l, &lib.data, &nn, &mut nll.data]),
-            None => run!(self, "likelihood_score", Self::per_row(m), [&dense, &r, &b, &rho.data, &theta.data, &NULL, &lib.data, &nn, &mut nll.data]),
+            Some(l) => {
+                run!(self, "likelihood_score", Self::per_row(m), [&dense, &r, &b, &rho.data, &theta.data, l, &lib.data, &nn, &mut nll.data])
+            }
+            None => run!(
+                self,
+                "likelihood_score",
+                Self::per_row(m),
+                [&dense, &r, &b, &rho.data, &theta.data, &NULL, &lib.data, &nn, &mut nll.data]
+            ),
         }
     }
     fn softplus(&self, x: &DevBuf) -> DevBuf {
@@ -442,7 +473,9 @@ impl Backend for Cuda {
         let (r, ll) = (rows as i32, l as i32);
         let cfg = Self::elems(rows);
         match grads {
-            Some((s, dmu, dls)) => run!(self, "kl_normal", cfg, [&mu.data, &ls.data, &r, &ll, &mut kl.data, &s, &mut dmu.data, &mut dls.data]),
+            Some((s, dmu, dls)) => {
+                run!(self, "kl_normal", cfg, [&mu.data, &ls.data, &r, &ll, &mut kl.data, &s, &mut dmu.data, &mut dls.data])
+            }
             None => {
                 let s = 0.0f64;
                 run!(self, "kl_normal", cfg, [&mu.data, &ls.data, &r, &ll, &mut kl.data, &s, &NULL, &NULL])
