@@ -5,7 +5,7 @@
 //! (from the performance issue; compare at `--threads 1` for the same thread count).
 
 use super::{BenchArgs, check_options, demo_inputs};
-use crate::engine::{Backend, Cpu};
+use crate::engine::Backend;
 use crate::error::Result;
 use crate::out;
 use crate::pipeline::prepare;
@@ -18,16 +18,18 @@ const REF_TARGET_STEP_S: f64 = 2.6;
 const REF_TRANSFER_6000_CELLS_S: f64 = 300.0;
 
 /// Best GFLOP/s of `reps` products [m×k]·[k×n] through the engine's GEMM.
-fn gemm_gflops(be: &Cpu<f32>, m: usize, k: usize, n: usize, reps: usize) -> f64 {
+fn gemm_gflops<B: Backend>(be: &B, m: usize, k: usize, n: usize, reps: usize) -> f64 {
     let x = be.upload(&(0..m * k).map(|i| ((i % 13) as f64 - 6.0) * 0.01).collect::<Vec<_>>());
     let w = be.upload(&(0..k * n).map(|i| ((i % 7) as f64 - 3.0) * 0.01).collect::<Vec<_>>());
     let b = be.zeros(n);
     let mut y = be.zeros(m * n);
     be.linear_fwd(&x, &w, &b, &mut y, m, k, n); // warm-up
+    be.synchronize();
     let mut best = f64::INFINITY;
     for _ in 0..reps {
         let t = Instant::now();
         be.linear_fwd(&x, &w, &b, &mut y, m, k, n);
+        be.synchronize();
         best = best.min(t.elapsed().as_secs_f64());
     }
     2.0 * (m * k * n) as f64 / best / 1e9
@@ -35,6 +37,10 @@ fn gemm_gflops(be: &Cpu<f32>, m: usize, k: usize, n: usize, reps: usize) -> f64 
 
 pub fn bench(a: &BenchArgs) -> Result<()> {
     check_options(&a.opts)?;
+    super::on_device!(&a.opts, be => bench_on(be, a))
+}
+
+fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let inputs = demo_inputs(a.data.as_deref())?;
     let cfg = a.opts.preprocess_config();
     let quiet = a.opts.quiet;
@@ -57,18 +63,17 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     }
     let pair = pair.expect("at least one repetition");
     let (ctx, tgt) = (&pair.context, &pair.target);
-    let be = Cpu::<f32>::new();
     let threads = rayon::current_num_threads();
     say(&format!("bench on {threads} threads: data phases done"));
 
     // GEMM peak and the decoder heads.
     let peak = [(1024, 1024, 1024), (2048, 1024, 2048), (512, 2048, 4096)]
         .iter()
-        .map(|&(m, k, n)| gemm_gflops(&be, m, k, n, 3))
+        .map(|&(m, k, n)| gemm_gflops(be, m, k, n, 3))
         .fold(0.0, f64::max);
     let hd = 300;
     let heads = |m: usize, n: usize| {
-        let g = gemm_gflops(&be, m, hd, n, 5);
+        let g = gemm_gflops(be, m, hd, n, 5);
         json!({ "shape": [m, hd, n], "gflops": g, "fraction_of_peak": g / peak })
     };
     let decoder = json!({
@@ -82,7 +87,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let mut tcfg = crate::train::TrainConfig::default_for(ctx.n_cells(), a.opts.seed);
     tcfg.epochs = 1;
     let t = Instant::now();
-    let crun = crate::pipeline::pretrain(&be, &pair, &tcfg, &mut |_| {})?;
+    let crun = crate::pipeline::pretrain(be, &pair, &tcfg, &mut |_| {})?;
     let ctx_epoch_s = t.elapsed().as_secs_f64();
     let ctx_ms = crun.history[0].ms_per_step;
     say(&format!("context step {ctx_ms:.1} ms"));
@@ -93,7 +98,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     acfg.epochs = 1;
     let tfcfg = crate::transfer::TransferConfig::default();
     let arun = crate::pipeline::align_and_transfer(
-        &be,
+        be,
         &pair,
         &crun.model,
         &crun.repr,
@@ -115,6 +120,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         "scspecies_version": env!("CARGO_PKG_VERSION"),
         "data": inputs.context.parent(),
         "threads": threads,
+        "backend": be.name(),
         "shapes": {
             "context": [ctx.n_cells(), ctx.data.n_genes(), ctx.data.counts.nnz()],
             "target": [tgt.n_cells(), tgt.data.n_genes(), tgt.data.counts.nnz()],

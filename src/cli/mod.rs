@@ -633,32 +633,51 @@ enum Stages {
     Transfer,
 }
 
+/// Run `$body` with `$be` bound to the backend `--device` asks for: the CPU, the GPU (an error when
+/// none can be used), or for `auto` the GPU when there is one, else the CPU with a line saying why.
+macro_rules! on_device {
+    ($o:expr, $be:ident => $body:expr) => {{
+        let o: &$crate::cli::RunOptions = $o;
+        #[cfg(feature = "cuda")]
+        let gpu = match o.device {
+            $crate::cli::Device::Cpu => None,
+            $crate::cli::Device::Cuda | $crate::cli::Device::Auto => match $crate::engine::cuda::Cuda::new(0, o.tf32) {
+                Ok(g) => {
+                    if !o.quiet {
+                        eprintln!("device: {}", $crate::engine::Backend::name(&g));
+                    }
+                    Some(g)
+                }
+                Err(e) if o.device == $crate::cli::Device::Cuda => return Err($crate::error::Error::Config(format!("--device cuda: {e}"))),
+                Err(e) => {
+                    if !o.quiet {
+                        eprintln!("device auto: {e}; using the CPU");
+                    }
+                    None
+                }
+            },
+        };
+        #[cfg(not(feature = "cuda"))]
+        if o.device == $crate::cli::Device::Cuda {
+            return Err($crate::error::Error::Config(
+                "--device cuda: this build has no CUDA support (built without the `cuda` feature)".into(),
+            ));
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(g) = gpu {
+            let $be = &g;
+            return $body;
+        }
+        let $be = &$crate::engine::Cpu::<f32>::new();
+        $body
+    }};
+}
+pub(crate) use on_device;
+
 /// Run the requested stages and write their outputs. Nothing is written unless preprocessing succeeded.
 fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages) -> Result<()> {
     check_options(o)?;
-    match o.device {
-        Device::Cpu => run_pipeline_on(&crate::engine::Cpu::<f32>::new(), inputs, out_dir, o, stages),
-        #[cfg(feature = "cuda")]
-        Device::Cuda | Device::Auto => match crate::engine::cuda::Cuda::new(0, o.tf32) {
-            Ok(gpu) => {
-                if !o.quiet {
-                    eprintln!("device: {}", crate::engine::Backend::name(&gpu));
-                }
-                run_pipeline_on(&gpu, inputs, out_dir, o, stages)
-            }
-            Err(e) if o.device == Device::Cuda => Err(Error::Config(format!("--device cuda: {e}"))),
-            Err(e) => {
-                if !o.quiet {
-                    eprintln!("device auto: {e}; using the CPU");
-                }
-                run_pipeline_on(&crate::engine::Cpu::<f32>::new(), inputs, out_dir, o, stages)
-            }
-        },
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda => Err(Error::Config("--device cuda: this build has no CUDA support (built without the `cuda` feature)".into())),
-        #[cfg(not(feature = "cuda"))]
-        Device::Auto => run_pipeline_on(&crate::engine::Cpu::<f32>::new(), inputs, out_dir, o, stages),
-    }
+    on_device!(o, be => run_pipeline_on(be, inputs, out_dir, o, stages))
 }
 
 fn run_pipeline_on<B: crate::engine::Backend>(be: &B, inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages) -> Result<()> {

@@ -39,6 +39,8 @@ pub trait Backend: Send + Sync {
     type Sparse: Send + Sync;
 
     fn name(&self) -> String;
+    /// Wait until queued work is done (for timing; the CPU backend is synchronous).
+    fn synchronize(&self) {}
 
     // memory
     fn zeros(&self, n: usize) -> Self::Buf;

@@ -207,6 +207,9 @@ impl Backend for Cuda {
     fn name(&self) -> String {
         self.name.clone()
     }
+    fn synchronize(&self) {
+        self.sync_err("synchronize", self.stream.synchronize());
+    }
     fn zeros(&self, n: usize) -> DevBuf {
         DevBuf { data: self.alloc::<f32>(n), len: n }
     }
