@@ -12,7 +12,8 @@ pub fn entry_points(source: &str) -> Vec<String> {
         // `void name(`: the identifier before the first parenthesis.
         if let Some(open) = rest.find('(') {
             let head = rest[..open].trim_end();
-            let name: String = head.chars().rev().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<Vec<_>>().into_iter().rev().collect();
+            let name: String =
+                head.chars().rev().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<Vec<_>>().into_iter().rev().collect();
             if !name.is_empty() && head.trim_start().starts_with("void") {
                 out.push(name);
             }

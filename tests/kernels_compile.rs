@@ -72,6 +72,15 @@ fn every_kernel_compiles_with_nvrtc_and_assembles_for_sm90() {
     if ptxas.is_some() {
         let entries: usize = KERNEL_SOURCES.iter().map(|(_, s)| s.matches("__global__").count()).sum();
         assert_eq!(report.len(), entries, "ptxas reported {} of {entries} kernels", report.len());
+        // The CUDA backend loads kernels by the names `entry_points` finds: the same set ptxas saw.
+        let mut found: Vec<String> = KERNEL_SOURCES
+            .iter()
+            .flat_map(|(m, s)| scspecies::kernels::entry_points(s).into_iter().map(move |e| format!("{m}/{e}")))
+            .collect();
+        let mut seen: Vec<String> = report.iter().map(|r| r.split(':').next().unwrap().to_string()).collect();
+        found.sort();
+        seen.sort();
+        assert_eq!(found, seen, "kernel names found in the sources differ from what ptxas compiled");
     }
 }
 
