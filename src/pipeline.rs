@@ -323,7 +323,7 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
     let history = if trained {
         Vec::new()
     } else {
-        let sel = Selection { knn: &knn, knn_stored: stored, aligned: &aligned };
+        let sel = Selection { knn: &knn, knn_stored: stored, aligned: &aligned, labels: Some((&ctx_labels, &knn_label)) };
         train_target_guarded(be, &mut model, &data, ctx_repr, &sel, acfg, &guard, progress, log)?
     };
     timings.push(("align".to_string(), t.elapsed().as_secs_f64()));

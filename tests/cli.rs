@@ -189,6 +189,9 @@ fn demo_runs_on_bundled_data() {
     assert!(m["evaluation"]["balanced_accuracy"]["latent_transfer"].is_f64());
     assert!(err.contains("balanced accuracy on target cells of shared types"), "{err}");
     assert_eq!(m["pretrain"]["epochs"], 2);
+    // The per-epoch diagnostic of the candidate choice: a share of the chosen candidates.
+    let agree = m["align"]["history"][0]["candidate_label_agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&agree) && agree > 0.3, "{agree}");
     assert_eq!(m["pretrain"]["steps_per_epoch"], 14);
     let p = scspecies::data::read_dataset(&out.join("mouse_preprocessed.h5ad")).unwrap();
     assert_eq!(p.n_cells(), 1855);

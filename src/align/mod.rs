@@ -63,6 +63,11 @@ pub struct AlignEpoch {
     pub eta: f64,
     pub align: f64,
     pub aligned_per_step: f64,
+    /// Share of the chosen candidates whose context label is the target cell's data-level kNN label
+    /// (when labels were given). A fall over the first epochs means the likelihood choice pulls cells
+    /// of a type onto a neighbouring type: the failure mode seen on small endocrine types.
+    #[serde(default)]
+    pub candidate_label_agreement: Option<f64>,
 }
 
 const STREAM_ALIGN_FALLBACK: u64 = 3;
@@ -81,7 +86,7 @@ pub fn train_target<B: Backend>(
     cfg: &AlignConfig,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<AlignEpoch>> {
-    let sel = Selection { knn, knn_stored, aligned };
+    let sel = Selection { knn, knn_stored, aligned, labels: None };
     train_target_guarded(be, model, data, ctx, &sel, cfg, &Guard::default(), progress, &mut |_| {})
 }
 
@@ -90,6 +95,9 @@ pub struct Selection<'a> {
     pub knn: &'a [u32],
     pub knn_stored: usize,
     pub aligned: &'a [bool],
+    /// Context labels and each target cell's data-level kNN label, for the per-epoch
+    /// `candidate_label_agreement` diagnostic (no effect on training).
+    pub labels: Option<(&'a [u32], &'a [u32])>,
 }
 
 /// [`train_target`] with checkpoints, resume and a divergence policy.
@@ -120,6 +128,7 @@ pub fn train_target_guarded<B: Backend>(
         let perm = permutation(n, cfg.seed, epoch);
         let t0 = std::time::Instant::now();
         let mut sums = [0f64; 6];
+        let (mut same_label, mut chosen_total) = (0usize, 0usize);
         for step in 0..steps {
             let rows = &perm[step * bs..(step + 1) * bs];
             let batch = data.batch(be, rows);
@@ -143,6 +152,12 @@ pub fn train_target_guarded<B: Backend>(
                 })
                 .collect();
             let (chosen, _) = choose(be, model, ctx, data.counts, &queries, cfg.candidate_dropout, &mut rng);
+            if let Some((ctx_labels, knn_label)) = sel_in.labels {
+                for (q, &j) in queries.iter().zip(&chosen) {
+                    same_label += (ctx_labels[q.neighbours[j] as usize] == knn_label[q.cell]) as usize;
+                }
+                chosen_total += queries.len();
+            }
             let targets: Vec<Vec<f64>> = queries
                 .iter()
                 .zip(&chosen)
@@ -168,6 +183,7 @@ pub fn train_target_guarded<B: Backend>(
                     eta,
                     align: sums[4] / st,
                     aligned_per_step: sums[5] / st,
+                    candidate_label_agreement: (chosen_total > 0).then(|| same_label as f64 / chosen_total as f64),
                 }
             });
             let running = [l.total(beta, eta), l.nll, beta * l.kl_z, eta * l.align];
