@@ -465,34 +465,21 @@ fn baron_pretraining_and_alignment_agree() {
     let mut acfg = scspecies::align::AlignConfig::default_for(pair.target.n_cells(), 5);
     acfg.epochs = 2;
     let tc = scspecies::transfer::TransferConfig::default();
-    let ac = scspecies::pipeline::align_and_transfer(
-        &c,
-        &pair,
-        &rc.model,
-        &rc.repr,
-        &acfg,
-        &tc,
-        None,
-        &Default::default(),
-        &mut |_| {},
-        &mut |_| {},
-    )
-    .unwrap();
-    let ag = scspecies::pipeline::align_and_transfer(
-        g,
-        &pair,
-        &rg.model,
-        &rg.repr,
-        &acfg,
-        &tc,
-        None,
-        &Default::default(),
-        &mut |_| {},
-        &mut |_| {},
-    )
-    .unwrap();
+    let ac = align_run(&c, &pair, &rc, &acfg, &tc);
+    let ag = align_run(g, &pair, &rg, &acfg, &tc);
     let same = ac.transfer.pred.iter().zip(&ag.transfer.pred).filter(|(a, b)| a == b).count();
     let frac = same as f64 / ac.transfer.pred.len() as f64;
     eprintln!("Baron, 2 + 2 epochs: {same} of {} target predictions identical ({frac:.3})", ac.transfer.pred.len());
     assert!(frac > 0.95, "CPU and GPU label transfer agree on only {frac:.3} of the cells");
+}
+
+fn align_run<B: Backend>(
+    be: &B,
+    pair: &scspecies::pipeline::PreparedPair,
+    run: &scspecies::pipeline::ContextRun<B>,
+    acfg: &scspecies::align::AlignConfig,
+    tc: &scspecies::transfer::TransferConfig,
+) -> scspecies::pipeline::AlignRun<B> {
+    scspecies::pipeline::align_and_transfer(be, pair, &run.model, &run.repr, acfg, tc, None, &Default::default(), &mut |_| {}, &mut |_| {})
+        .unwrap()
 }
