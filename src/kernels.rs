@@ -22,12 +22,22 @@ pub fn entry_points(source: &str) -> Vec<String> {
     out
 }
 
+/// Run a probe that may panic (cudarc panics when a CUDA library cannot be loaded) without printing
+/// the panic message: the caller turns it into an error.
+pub fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::thread::Result<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(f);
+    std::panic::set_hook(hook);
+    r
+}
+
 /// NVRTC, loaded dynamically.
 #[cfg(feature = "cuda")]
 pub mod nvrtc {
     /// Whether libnvrtc can be loaded here (cudarc panics on first use when it cannot).
     pub fn available() -> bool {
-        std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false)
+        super::quietly(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false)
     }
 
     /// Compile one kernel module to PTX for a virtual architecture such as `compute_90`. The error is

@@ -50,16 +50,6 @@ pub struct Cuda {
     name: String,
 }
 
-/// Run a probe that may panic (cudarc panics when a CUDA library cannot be loaded) without printing
-/// the panic message: the caller turns it into an error.
-fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::thread::Result<T> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let r = std::panic::catch_unwind(f);
-    std::panic::set_hook(hook);
-    r
-}
-
 /// How a GPU could not be set up, in words for the user.
 pub fn unavailable_reason(e: &str) -> String {
     format!("no usable CUDA GPU: {e}")
@@ -70,7 +60,7 @@ impl Cuda {
     /// handle. `tf32` lets cuBLAS use TF32 tensor cores for the dense GEMMs (Ampere and later).
     pub fn new(ordinal: usize, tf32: bool) -> Result<Self, String> {
         // cudarc panics when libcuda cannot be loaded (dynamic loading): turn that into an error.
-        let ctx = quietly(|| CudaContext::new(ordinal))
+        let ctx = crate::kernels::quietly(|| CudaContext::new(ordinal))
             .map_err(|_| unavailable_reason("the CUDA driver library (libcuda.so) could not be loaded"))?
             .map_err(|e| unavailable_reason(&format!("device {ordinal}: {e:?}")))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| format!("CUDA: {e:?}"))?;
@@ -90,7 +80,7 @@ impl Cuda {
                 funcs.insert(name, f);
             }
         }
-        let blas = quietly(|| CudaBlas::new(stream.clone()))
+        let blas = crate::kernels::quietly(|| CudaBlas::new(stream.clone()))
             .map_err(|_| unavailable_reason("cuBLAS (libcublas.so) could not be loaded"))?
             .map_err(|e| format!("cuBLAS: {e:?}"))?;
         if tf32 {
