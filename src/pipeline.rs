@@ -304,6 +304,10 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
             let mut rng = crate::train::stream(acfg.seed, 0, 1, 0);
             let mut m = Model::new(be, cfg.clone(), &mut rng);
             m.copy_params_from(be, ctx_model, "inner.");
+            if acfg.decoder_init == crate::align::DecoderInit::Context {
+                let pairs: Vec<(usize, usize)> = pair.homology.context.iter().copied().zip(pair.homology.target.iter().copied()).collect();
+                m.init_decoder_from(be, ctx_model, &pairs);
+            }
             (m, None)
         }
     };

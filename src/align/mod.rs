@@ -34,6 +34,21 @@ pub struct AlignConfig {
     pub inner_dropout: bool,
     /// Decode candidates with decoder dropout (the reference's train mode).
     pub candidate_dropout: bool,
+    /// How the target decoder starts: fresh (the reference) or from the context decoder.
+    #[serde(default)]
+    pub decoder_init: DecoderInit,
+}
+
+/// Initialisation of the target decoder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderInit {
+    /// PyTorch's default initialisation, as the reference.
+    #[default]
+    Fresh,
+    /// Copied from the context decoder along the homologous genes ([`Model::init_decoder_from`]).
+    Context,
 }
 
 impl AlignConfig {
@@ -52,6 +67,7 @@ impl AlignConfig {
             seed,
             inner_dropout: false,
             candidate_dropout: true,
+            decoder_init: DecoderInit::Fresh,
         }
     }
 }

@@ -154,6 +154,10 @@ pub struct RunOptions {
     /// Decode alignment candidates without decoder dropout (the reference uses train mode).
     #[arg(long)]
     pub eval_candidates: bool,
+    /// How the target decoder starts: `fresh` (the reference) or `context` (copied from the context
+    /// decoder along the homologous genes).
+    #[arg(long, value_enum, default_value_t = crate::align::DecoderInit::Fresh)]
+    pub target_decoder_init: crate::align::DecoderInit,
     /// Robust z-score of the cross-species misfit above which a target cell is flagged unassigned.
     #[arg(long, default_value_t = 2.0)]
     pub unassigned_threshold: f64,
@@ -774,6 +778,7 @@ fn run_pipeline_on<B: crate::engine::Backend>(be: &B, inputs: &Inputs, out_dir: 
     acfg.adam.lr = o.learning_rate;
     acfg.inner_dropout = o.inner_dropout;
     acfg.candidate_dropout = !o.eval_candidates;
+    acfg.decoder_init = o.target_decoder_init;
     let tcfg = crate::transfer::TransferConfig { unassigned_threshold: o.unassigned_threshold, ..Default::default() };
     let trained = if stages == Stages::Transfer {
         let (m, meta) = crate::model::io::load(be, &tgt_stem)?;
