@@ -66,6 +66,66 @@ fn scoring_kernel_matches_exact_likelihood() {
     }
 }
 
+/// One cell scored against several decoded rows (the candidate and transfer layouts): consecutive
+/// identical count rows share their count-only terms, which must not leak across cells or batches.
+#[test]
+fn scoring_repeated_cells_matches_exact_likelihood() {
+    let (n, s) = (2000, 3);
+    let mut st = 21u64;
+    let cells = 4;
+    let mut dense = vec![0f32; cells * n];
+    for v in dense.iter_mut() {
+        if lcg(&mut st) < 0.15 {
+            *v = (lcg(&mut st) * 40.0).floor() as f32 + 1.0;
+        }
+    }
+    // Cells 2 and 3 have the same counts: a run across them must still restart at the batch change.
+    let (a, b) = dense.split_at_mut(3 * n);
+    b.copy_from_slice(&a[2 * n..3 * n]);
+    let x = Csr::from_dense(cells, n, &dense);
+    let decoded = 6;
+    // ρ ≥ ~1e-7 keeps p = μ/(μ+θ) inside the exact NB's clamp [1e-7, 1 − 1e-7], which the fast
+    // scoring path does not apply (the default ZINB has no such clamp).
+    let mut rho: Vec<f64> = (0..decoded * n).map(|_| lcg(&mut st).powi(3) + 1e-4).collect();
+    for r in 0..decoded {
+        let t: f64 = rho[r * n..(r + 1) * n].iter().sum();
+        rho[r * n..(r + 1) * n].iter_mut().for_each(|v| *v /= t);
+    }
+    let theta: Vec<f64> = (0..s * n).map(|_| (lcg(&mut st) * 8.0 - 4.0).exp()).collect();
+    let logit: Vec<f64> = (0..decoded * n).map(|_| lcg(&mut st) * 10.0 - 5.0).collect();
+    let sp = ops::softplus_all(&logit);
+    // (cell, decoded row, batch) per scored row: runs of one cell, a batch change inside a run of
+    // identical counts (cells 2 → 3), and a cell coming back after another.
+    let plan: Vec<(usize, u32, u32)> =
+        vec![(0, 0, 0), (0, 1, 0), (0, 2, 0), (1, 3, 1), (1, 4, 1), (2, 5, 2), (3, 0, 2), (3, 1, 0), (0, 5, 0), (0, 4, 0)];
+    let hr = HostRows::gather(&x, &plan.iter().map(|p| p.0).collect::<Vec<_>>());
+    let rows: Vec<u32> = plan.iter().map(|p| p.1).collect();
+    let batch: Vec<u32> = plan.iter().map(|p| p.2).collect();
+    let lib: Vec<f64> = (0..plan.len()).map(|r| 300.0 + 100.0 * r as f64).collect();
+    for dist in [Distribution::Zinb, Distribution::Nb] {
+        let mut fast = vec![0f64; plan.len()];
+        ops::likelihood_score(dist, &hr.ptr, &hr.idx, &hr.val, &rows, &batch, &rho, &theta, Some((&logit, &sp)), &lib, n, &mut fast);
+        for (r, &(c, d, bt)) in plan.iter().enumerate() {
+            let (d, bt) = (d as usize, bt as usize);
+            let dx: Vec<f64> = dense[c * n..(c + 1) * n].iter().map(|&v| v as f64).collect();
+            let mut exact = [0f64];
+            ops::likelihood(
+                dist,
+                &dx,
+                &rho[d * n..(d + 1) * n],
+                &theta[bt * n..(bt + 1) * n],
+                Some(&logit[d * n..(d + 1) * n]),
+                &[lib[r]],
+                n,
+                1.0,
+                &mut exact,
+                None,
+            );
+            assert!((fast[r] - exact[0]).abs() <= 2e-6 * exact[0].abs(), "{dist:?} scored row {r}: {} vs {}", fast[r], exact[0]);
+        }
+    }
+}
+
 #[test]
 fn candidate_choice_matches_naive_scoring() {
     let be = Cpu::<f32>::new();

@@ -761,6 +761,7 @@ pub fn likelihood_score<F: Real>(
 ) {
     let (rho32, theta32) = (F::as_f32(rho), F::as_f32(theta));
     let logit32 = logit.map(|(a, b)| (F::as_f32(a), F::as_f32(b)));
+    let counts = count_terms(nz_ptr, nz_idx, nz_val, batch, &theta32, n);
     nll.par_iter_mut().enumerate().for_each(|(i, out)| {
         let l = lib[i].d() as f32;
         let (r0, t0) = (rows[i] as usize * n, batch[i] as usize * n);
@@ -773,8 +774,9 @@ pub fn likelihood_score<F: Real>(
         let zero = zero_sum(ro, th, s, l);
         use super::fastmath as fm;
         use super::likelihood::{RHO_MAX, RHO_MIN, THETA_MIN};
-        // Genes with counts: swap the zero-count term for the exact one.
-        let mut corr = 0f64;
+        // Genes with counts: swap the zero-count term for the exact one (the count-only part, the same
+        // for every decoded row scored against this cell, comes from `counts`).
+        let mut corr = counts[i];
         for p in nz_ptr[i]..nz_ptr[i + 1] {
             let g = nz_idx[p] as usize;
             let x = nz_val[p] as f64;
@@ -782,22 +784,66 @@ pub fn likelihood_score<F: Real>(
                 continue;
             }
             let (t, r) = (th[g].max(THETA_MIN as f32), ro[g].clamp(RHO_MIN as f32, RHO_MAX as f32));
-            // exact(x) − zero term; softplus(s) cancels. The count-only part (lgamma ratio and ln x!) in
-            // f64, the rest in f32 fast math.
+            // exact(x) − zero term; softplus(s) cancels. f32 fast math.
             let mu = r * l;
             let th_log = -t * fm::ln_1p(mu / t);
-            let count_part = (super::special::lgamma_ratio(x, t as f64) - super::special::ln_factorial(x)) as f32;
             let xf = x as f32;
             corr += match s {
                 Some((sv, _)) => {
                     let sg = sv[g];
-                    sg + th_log - xf * fm::ln_1p(t / mu) + count_part - fm::softplus(sg + th_log)
+                    sg + th_log - xf * fm::ln_1p(t / mu) - fm::softplus(sg + th_log)
                 }
-                None => -xf * fm::ln_1p(t / mu) + count_part,
+                None => -xf * fm::ln_1p(t / mu),
             } as f64;
         }
         *out = F::f(-(zero + corr));
     });
+}
+
+/// Σ_g [lgamma(x+θ) − lgamma(θ) − ln x!] over the genes with counts of each scored row, in f64. It
+/// depends only on the counts and the batch's θ, so a run of identical rows (one cell against its k
+/// candidates, or a target cell against its context chunk) is computed once: the scoring paths gather
+/// the same cell's counts into consecutive rows.
+fn count_terms(nz_ptr: &[usize], nz_idx: &[u32], nz_val: &[f32], batch: &[u32], theta32: &[f32], n: usize) -> Vec<f64> {
+    use super::likelihood::THETA_MIN;
+    let rows = batch.len();
+    let same = |i: usize, j: usize| {
+        batch[i] == batch[j]
+            && nz_idx[nz_ptr[i]..nz_ptr[i + 1]] == nz_idx[nz_ptr[j]..nz_ptr[j + 1]]
+            && nz_val[nz_ptr[i]..nz_ptr[i + 1]] == nz_val[nz_ptr[j]..nz_ptr[j + 1]]
+    };
+    let mut leader: Vec<usize> = Vec::with_capacity(rows);
+    for i in 0..rows {
+        leader.push(if i > 0 && same(i, leader[i - 1]) { leader[i - 1] } else { i });
+    }
+    let firsts: Vec<usize> = (0..rows).filter(|&i| leader[i] == i).collect();
+    let sums: Vec<f64> = firsts
+        .par_iter()
+        .map(|&i| {
+            let th = &theta32[batch[i] as usize * n..][..n];
+            let mut s = 0f64;
+            for p in nz_ptr[i]..nz_ptr[i + 1] {
+                let x = nz_val[p] as f64;
+                if x < 1e-7 {
+                    continue;
+                }
+                let t = th[nz_idx[p] as usize].max(THETA_MIN as f32) as f64;
+                s += super::special::lgamma_ratio(x, t) - super::special::ln_factorial(x);
+            }
+            s
+        })
+        .collect();
+    let mut out = vec![0f64; rows];
+    let mut k = 0;
+    for i in 0..rows {
+        if leader[i] == i {
+            out[i] = sums[k];
+            k += 1;
+        } else {
+            out[i] = out[leader[i]];
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
