@@ -50,9 +50,9 @@ fn brute(ctx: &Csr, cc: &[usize], tgt: &Csr, tc: &[usize], k: usize) -> Vec<Vec<
 
 #[test]
 fn knn_matches_brute_force_across_blocks() {
-    // 1,300 context cells span two context blocks; 300 targets span two target blocks.
-    let ctx = random_counts(1300, 40, 1, &[5, 700]);
-    let tgt = random_counts(300, 50, 2, &[3]);
+    // 4,300 context cells span three context blocks (2,048); 1,100 targets span three target blocks (512).
+    let ctx = random_counts(4300, 40, 1, &[5, 2100]);
+    let tgt = random_counts(1100, 50, 2, &[3]);
     let cc: Vec<usize> = (0..30).collect();
     let tc: Vec<usize> = (10..40).rev().collect(); // a permuted gene correspondence
     let k = 25;
@@ -71,6 +71,39 @@ fn knn_matches_brute_force_across_blocks() {
     }
     // The zero target row: distance 1 to everything, so neighbours are 0..k in index order.
     assert!((0..k).all(|j| idx[3 * k + j] == j as u32 && dist[3 * k + j] == 1.0));
+}
+
+/// Thousands of context cells within ~1e-6 of each other in cosine: the f32 screen cannot order them,
+/// so this checks that every true neighbour survives it and the exact f64 re-scoring orders them.
+#[test]
+fn knn_is_exact_among_near_ties() {
+    let (genes, n) = (40, 3000);
+    let base: Vec<f32> = (0..genes).map(|g| 500.0 + 37.0 * g as f32).collect();
+    let mut d = Vec::with_capacity(n * genes);
+    for i in 0..n {
+        let mut row = base.clone();
+        row[i % genes] += 1.0 + (i / genes) as f32; // a tiny, cell-specific change of one large count
+        d.extend_from_slice(&row);
+    }
+    let ctx = Csr::from_dense(n, genes, &d);
+    let mut t = base.clone();
+    t[7] += 30.0;
+    let tgt = Csr::from_dense(1, genes, &t);
+    let cols: Vec<usize> = (0..genes).collect();
+    let k = 60;
+    let (idx, _) = cosine_knn(&ctx, &cols, &tgt, &cols, k);
+    let want = brute(&ctx, &cols, &tgt, &cols, k);
+    for j in 0..k {
+        if idx[j] != want[0][j].1 {
+            let mine = brute(&ctx, &cols, &tgt, &cols, n)[0].iter().find(|x| x.1 == idx[j]).unwrap().0;
+            assert!((mine - want[0][j].0).abs() < 1e-15, "rank {j}: index {} vs {}", idx[j], want[0][j].1);
+        }
+    }
+    // All context cells identical: every similarity ties, the neighbours are 0..k by index.
+    let same = Csr::from_dense(n, genes, &base.repeat(n));
+    let (idx, dist) = cosine_knn(&same, &cols, &tgt, &cols, k);
+    assert_eq!(idx, (0..k as u32).collect::<Vec<_>>());
+    assert!(dist.iter().all(|&x| x == dist[0]));
 }
 
 #[test]
