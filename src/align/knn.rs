@@ -135,14 +135,14 @@ pub fn cosine_knn(context: &Csr, ctx_cols: &[usize], target: &Csr, tgt_cols: &[u
     let mut ptr = Vec::with_capacity(context.n_rows + 1);
     let (mut genes, mut vals) = (Vec::new(), Vec::new());
     ptr.push(0);
-    for r in 0..context.n_rows {
-        if cnorm[r] > 0.0 {
+    for (r, &norm) in cnorm.iter().enumerate() {
+        if norm > 0.0 {
             let (idx, val) = context.row(r);
             for (&c, &v) in idx.iter().zip(val) {
                 let g = cmap[c as usize];
                 if g != u32::MAX {
                     genes.push(g);
-                    vals.push((v as f64).ln_1p() / cnorm[r]);
+                    vals.push((v as f64).ln_1p() / norm);
                 }
             }
         }
