@@ -17,6 +17,9 @@ pub struct MemoryEstimate {
     pub training: u64,
     /// Eval-mode representations and kNN tables.
     pub representations: u64,
+    /// Transient during the data-level kNN: the context's normalised f64 values for the exact
+    /// re-scoring, the screened candidates and the f32 blocks.
+    pub knn: u64,
     pub total: u64,
 }
 
@@ -42,8 +45,10 @@ pub fn estimate(
     let training = step + candidates;
     let n = (cells.0 + cells.1) as u64;
     let representations = n * (300 + 2 * 10 + 2) * 4 + cells.1 as u64 * 250 * (4 + 8);
-    let total = data + models + training + representations + (64 << 20);
-    MemoryEstimate { data, models, training, representations, total }
+    let h = genes.0.min(genes.1) as u64;
+    let knn = nnz.0 as u64 * 12 + cells.1 as u64 * (2 * 250 + 64) * 8 + (512 + 2048) * h * 4 + 512 * 2048 * 4;
+    let total = data + models + training + representations + knn + (64 << 20);
+    MemoryEstimate { data, models, training, representations, knn, total }
 }
 
 /// Memory this process may use: the smallest of the machine's available memory and the cgroup limit
