@@ -45,8 +45,8 @@ pub fn estimate(
     let training = step + candidates;
     let n = (cells.0 + cells.1) as u64;
     let representations = n * (300 + 2 * 10 + 2) * 4 + cells.1 as u64 * 250 * (4 + 8);
-    let h = genes.0.min(genes.1) as u64;
-    let knn = nnz.0 as u64 * 12 + cells.1 as u64 * (2 * 250 + 64) * 8 + (512 + 2048) * h * 4 + 512 * 2048 * 4;
+    let h = genes.0.min(genes.1);
+    let knn = crate::align::knn::transient_bytes(nnz.0, cells.1, h, 250);
     let total = data + models + training + representations + knn + (64 << 20);
     MemoryEstimate { data, models, training, representations, knn, total }
 }

@@ -59,6 +59,14 @@ fn normalised_block(m: &Csr, rows: std::ops::Range<usize>, col_map: &[u32], norm
     out
 }
 
+/// Peak bytes the search holds besides its inputs and output, for the memory estimate: the context's
+/// normalised f64 values (and gene indices) for the re-scoring, the screened candidates at their
+/// initial cap, one f32 block of each side and the similarity block.
+pub fn transient_bytes(context_nnz: usize, n_target: usize, homologous: usize, k: usize) -> u64 {
+    let (b_t, b_c) = (TARGET_BLOCK as u64, CONTEXT_BLOCK as u64);
+    context_nnz as u64 * 12 + n_target as u64 * (2 * k as u64 + 64) * 8 + (b_t + b_c) * homologous as u64 * 4 + b_t * b_c * 4
+}
+
 /// One target cell's screened candidates: (f32 similarity, context index), and the similarity below
 /// which no candidate can be a true neighbour any more.
 struct Screen {

@@ -793,7 +793,7 @@ impl<B: Backend> Model<B> {
                 let mut wt = vec![0.0; out * k_t];
                 for o in 0..out {
                     let row = &w[o * k_c..(o + 1) * k_c];
-                    let mean_batch = row[l..].iter().sum::<f64>() / s_c.max(1) as f64;
+                    let mean_batch = row[l..].iter().sum::<f64>() / s_c as f64;
                     wt[o * k_t..o * k_t + l].copy_from_slice(&row[..l]);
                     wt[o * k_t + l..(o + 1) * k_t].iter_mut().for_each(|x| *x = mean_batch);
                 }
