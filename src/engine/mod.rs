@@ -11,6 +11,7 @@ pub mod fastmath;
 pub mod likelihood;
 pub mod ops;
 pub mod real;
+pub mod simd;
 pub mod special;
 
 pub use backend::Backend;

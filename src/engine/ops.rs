@@ -462,46 +462,20 @@ fn zinb_zero_row_body(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn zinb_zero_row_avx2(
-    ro: &[f32],
-    th: &[f32],
-    s: &[f32],
-    l: f32,
-    scale: f32,
-    ll: &mut [f32],
-    dl: &mut [f32],
-    dr: &mut [f32],
-    dt: &mut [f32],
-    ds: &mut [f32],
-) {
-    zinb_zero_row_body(ro, th, s, l, scale, ll, dl, dr, dt, ds)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn zinb_zero_row(
-    ro: &[f32],
-    th: &[f32],
-    s: &[f32],
-    l: f32,
-    scale: f32,
-    ll: &mut [f32],
-    dl: &mut [f32],
-    dr: &mut [f32],
-    dt: &mut [f32],
-    ds: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected.
-            return unsafe { zinb_zero_row_avx2(ro, th, s, l, scale, ll, dl, dr, dt, ds) };
-        }
-    }
-    zinb_zero_row_body(ro, th, s, l, scale, ll, dl, dr, dt, ds)
-}
+crate::multiversion!(
+    fn zinb_zero_row(
+        ro: &[f32],
+        th: &[f32],
+        s: &[f32],
+        l: f32,
+        scale: f32,
+        ll: &mut [f32],
+        dl: &mut [f32],
+        dr: &mut [f32],
+        dt: &mut [f32],
+        ds: &mut [f32],
+    ) => zinb_zero_row_body
+);
 
 /// Sum of the zero-count log-likelihood terms over one block of genes (ZINB when `s` is given, else NB).
 /// `sp_s` holds softplus(s), precomputed once per decoded row.
@@ -552,23 +526,10 @@ fn zero_sum_body(ro: &[f32], th: &[f32], s: Option<(&[f32], &[f32])>, l: f32) ->
     total
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn zero_sum_avx2(ro: &[f32], th: &[f32], s: Option<(&[f32], &[f32])>, l: f32) -> f64 {
-    zero_sum_body(ro, th, s, l)
-}
-
-/// The zero-count sum with the widest vector unit this CPU has (AVX2+FMA when present).
-fn zero_sum(ro: &[f32], th: &[f32], s: Option<(&[f32], &[f32])>, l: f32) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected.
-            return unsafe { zero_sum_avx2(ro, th, s, l) };
-        }
-    }
-    zero_sum_body(ro, th, s, l)
-}
+crate::multiversion!(
+    /// The zero-count sum with the widest vector unit this CPU has.
+    fn zero_sum(ro: &[f32], th: &[f32], s: Option<(&[f32], &[f32])>, l: f32) -> f64 => zero_sum_body
+);
 
 /// softplus element-wise (precomputed for the scoring kernel).
 pub fn softplus_all<F: Real>(x: &[F]) -> Vec<F> {
@@ -616,11 +577,6 @@ mod simd {
         }
         [a0.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)), a1.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))]
     }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn group_max_avx2(r: &[f32], group: &[u8]) -> [f32; 2] {
-        group_max_body(r, group)
-    }
     /// exp(r − m[group]) into `out`, and the two group sums.
     #[inline(always)]
     fn grouped_exp_body(r: &[f32], group: &[u8], m: [f32; 2], out: &mut [f32]) -> [f64; 2] {
@@ -663,79 +619,16 @@ mod simd {
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn softplus_avx2(x: &[f32], out: &mut [f32]) {
-        softplus_body(x, out)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn grouped_exp_avx2(r: &[f32], group: &[u8], m: [f32; 2], out: &mut [f32]) -> [f64; 2] {
-        grouped_exp_body(r, group, m, out)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn scale_avx2(group: &[u8], scale: [f32; 2], out: &mut [f32]) {
-        scale_body(group, scale, out)
-    }
-
-    fn avx2() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
-
-    pub fn softplus(x: &[f32], out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if avx2() {
-            // SAFETY: features detected above.
-            return unsafe { softplus_avx2(x, out) };
-        }
-        softplus_body(x, out)
-    }
+    crate::multiversion!(pub fn softplus(x: &[f32], out: &mut [f32]) => softplus_body);
+    crate::multiversion!(fn group_max(r: &[f32], group: &[u8]) -> [f32; 2] => group_max_body);
+    crate::multiversion!(fn grouped_exp(r: &[f32], group: &[u8], m: [f32; 2], out: &mut [f32]) -> [f64; 2] => grouped_exp_body);
+    crate::multiversion!(fn scale(group: &[u8], scale: [f32; 2], out: &mut [f32]) => scale_body);
 
     /// One row of the split softmax in f32 fast math.
     pub fn split_softmax_row(r: &[f32], group: &[u8], weight: [f64; 2], out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        let fast = avx2();
-        #[cfg(not(target_arch = "x86_64"))]
-        let fast = false;
-        // SAFETY: the AVX2 variant runs only when the features were detected.
-        let mx = if fast {
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                group_max_avx2(r, group)
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            unreachable!()
-        } else {
-            group_max_body(r, group)
-        };
-        // SAFETY (both unsafe calls): the AVX2 variants run only when the features were detected.
-        let sum = if fast {
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                grouped_exp_avx2(r, group, mx, out)
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            unreachable!()
-        } else {
-            grouped_exp_body(r, group, mx, out)
-        };
-        let scale = [(weight[0] / sum[0]) as f32, (weight[1] / sum[1]) as f32];
-        if fast {
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                scale_avx2(group, scale, out)
-            }
-        } else {
-            scale_body(group, scale, out)
-        }
+        let mx = group_max(r, group);
+        let sum = grouped_exp(r, group, mx, out);
+        scale(group, [(weight[0] / sum[0]) as f32, (weight[1] / sum[1]) as f32], out);
     }
 }
 
@@ -772,32 +665,57 @@ pub fn likelihood_score<F: Real>(
             _ => None,
         };
         let zero = zero_sum(ro, th, s, l);
-        use super::fastmath as fm;
-        use super::likelihood::{RHO_MAX, RHO_MIN, THETA_MIN};
         // Genes with counts: swap the zero-count term for the exact one (the count-only part, the same
         // for every decoded row scored against this cell, comes from `counts`).
-        let mut corr = counts[i];
-        for p in nz_ptr[i]..nz_ptr[i + 1] {
-            let g = nz_idx[p] as usize;
-            let x = nz_val[p] as f64;
-            if x < 1e-7 {
-                continue;
-            }
-            let (t, r) = (th[g].max(THETA_MIN as f32), ro[g].clamp(RHO_MIN as f32, RHO_MAX as f32));
-            // exact(x) − zero term; softplus(s) cancels. f32 fast math.
-            let mu = r * l;
-            let th_log = -t * fm::ln_1p(mu / t);
-            let xf = x as f32;
-            corr += match s {
-                Some((sv, _)) => {
-                    let sg = sv[g];
-                    sg + th_log - xf * fm::ln_1p(t / mu) - fm::softplus(sg + th_log)
-                }
-                None => -xf * fm::ln_1p(t / mu),
-            } as f64;
-        }
+        let (p0, p1) = (nz_ptr[i], nz_ptr[i + 1]);
+        let corr = counts[i] + count_correction(ro, th, s.map(|(a, _)| a), l, &nz_idx[p0..p1], &nz_val[p0..p1]);
         *out = F::f(-(zero + corr));
     });
+}
+
+crate::multiversion!(
+    fn count_correction(ro: &[f32], th: &[f32], s: Option<&[f32]>, l: f32, idx: &[u32], val: &[f32]) -> f64 => count_correction_body
+);
+
+/// Σ over the genes with counts (`idx`, `val`) of [exact term − zero-count term], less the count-only
+/// part; softplus(s) cancels. f32 fast math on gathered blocks of 64 genes so that the arithmetic
+/// vectorises; the sum runs in f64 in gene order.
+#[inline(always)]
+fn count_correction_body(ro: &[f32], th: &[f32], s: Option<&[f32]>, l: f32, idx: &[u32], val: &[f32]) -> f64 {
+    use super::fastmath as fm;
+    use super::likelihood::{RHO_MAX, RHO_MIN, THETA_MIN};
+    const B: usize = 64;
+    let (mut r, mut t, mut sg, mut x, mut out) = ([0f32; B], [0f32; B], [0f32; B], [0f32; B], [0f32; B]);
+    let mut corr = 0f64;
+    let mut p = 0;
+    while p < idx.len() {
+        let mut m = 0;
+        while m < B && p < idx.len() {
+            if val[p] as f64 >= 1e-7 {
+                let g = idx[p] as usize;
+                (r[m], t[m], x[m]) = (ro[g], th[g], val[p]);
+                if let Some(s) = s {
+                    sg[m] = s[g];
+                }
+                m += 1;
+            }
+            p += 1;
+        }
+        // All B lanes (stale lanes are finite and ignored), so the loop has no remainder.
+        for k in 0..B {
+            let (tk, rk) = (t[k].max(THETA_MIN as f32), r[k].clamp(RHO_MIN as f32, RHO_MAX as f32));
+            let mu = rk * l;
+            let th_log = -tk * fm::ln_1p(mu / tk);
+            out[k] = match s {
+                Some(_) => sg[k] + th_log - x[k] * fm::ln_1p(tk / mu) - fm::softplus(sg[k] + th_log),
+                None => -x[k] * fm::ln_1p(tk / mu),
+            };
+        }
+        for &v in &out[..m] {
+            corr += v as f64;
+        }
+    }
+    corr
 }
 
 /// Σ_g [lgamma(x+θ) − lgamma(θ) − ln x!] over the genes with counts of each scored row, in f64. It

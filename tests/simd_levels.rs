@@ -1,0 +1,74 @@
+//! The f32 element-wise kernels are compiled for baseline x86-64, AVX2 and AVX-512 and picked at run
+//! time. The variants must give bit-identical results, so that a seeded run does not depend on the
+//! machine's vector width. Each level this CPU lacks is reported and skipped.
+
+use scspecies::data::Csr;
+use scspecies::engine::backend::HostRows;
+use scspecies::engine::likelihood::Distribution;
+use scspecies::engine::ops::{self, LikelihoodGrads};
+use scspecies::engine::simd::{self, Level};
+
+fn lcg(s: &mut u64) -> f64 {
+    *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (*s >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Every vectorised kernel's outputs, as bits.
+fn outputs() -> Vec<Vec<u32>> {
+    // 1,000 genes: not a multiple of any vector width or block size, so remainders run too.
+    let (rows, n) = (9, 1001);
+    let mut s = 5u64;
+    let mut dense = vec![0f32; rows * n];
+    for v in dense.iter_mut() {
+        if lcg(&mut s) < 0.2 {
+            *v = ((lcg(&mut s) * 50.0).floor() + 1.0) as f32;
+        }
+    }
+    let x = Csr::from_dense(rows, n, &dense);
+    let hr = HostRows::gather(&x, &(0..rows).collect::<Vec<_>>());
+    let r: Vec<f32> = (0..rows * n).map(|_| (lcg(&mut s) * 20.0 - 10.0) as f32).collect();
+    let group: Vec<u8> = (0..n).map(|g| (g % 3 == 0) as u8).collect();
+    let mut rho = vec![0f32; rows * n];
+    ops::split_softmax_fwd(&r, &group, [0.4, 0.6], &mut rho, n);
+    // Extreme logits and dispersions on purpose: clamps and overflow guards run in every variant.
+    let logit: Vec<f32> = (0..rows * n).map(|_| (lcg(&mut s) * 200.0 - 100.0) as f32).collect();
+    let theta: Vec<f32> = (0..rows * n).map(|_| (lcg(&mut s) * 30.0 - 20.0).exp() as f32).collect();
+    let lib: Vec<f32> = (0..rows).map(|i| 10f32.powi(i as i32 % 6)).collect();
+    let sp = ops::softplus_all(&logit);
+    let idx: Vec<u32> = (0..rows as u32).collect();
+    let mut out = vec![rho.iter().map(|v| v.to_bits()).collect(), sp.iter().map(|v| v.to_bits()).collect()];
+    for dist in [Distribution::Zinb, Distribution::Nb] {
+        let mut nll = vec![0f32; rows];
+        ops::likelihood_score(dist, &hr.ptr, &hr.idx, &hr.val, &idx, &idx, &rho, &theta, Some((&logit, &sp)), &lib, n, &mut nll);
+        out.push(nll.iter().map(|v| v.to_bits()).collect());
+    }
+    let mut nll = vec![0f32; rows];
+    let (mut dr, mut dt, mut ds, mut dl) = (vec![0f32; rows * n], vec![0f32; rows * n], vec![0f32; rows * n], vec![0f32; rows]);
+    let g = LikelihoodGrads { d_rho: &mut dr, d_theta: &mut dt, d_logit: Some(&mut ds), d_lib: &mut dl };
+    ops::likelihood(Distribution::Zinb, &dense, &rho, &theta, Some(&logit), &lib, n, 0.5, &mut nll, Some(g));
+    for v in [&nll, &dr, &dt, &ds, &dl] {
+        out.push(v.iter().map(|v| v.to_bits()).collect());
+    }
+    out
+}
+
+#[test]
+fn vector_width_does_not_change_results() {
+    let have = simd::detected_capped();
+    simd::set_cap(Level::Baseline);
+    let base = outputs();
+    assert!(base.iter().flatten().any(|&b| b != 0));
+    for level in [Level::Avx2, Level::Avx512] {
+        if have < level {
+            eprintln!("SKIPPED {level:?}: this CPU (or SCSPECIES_SIMD) does not offer it");
+            continue;
+        }
+        simd::set_cap(level);
+        assert_eq!(simd::level(), level);
+        let got = outputs();
+        for (k, (a, b)) in base.iter().zip(&got).enumerate() {
+            let diff = a.iter().zip(b).filter(|(x, y)| x != y).count();
+            assert_eq!(diff, 0, "{level:?}: output {k} differs from baseline in {diff} of {} values", a.len());
+        }
+    }
+}
