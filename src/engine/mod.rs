@@ -8,6 +8,8 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod fastmath;
+#[cfg(target_arch = "x86_64")]
+pub mod gemm512;
 pub mod likelihood;
 pub mod ops;
 pub mod real;

@@ -29,6 +29,18 @@ pub fn gemm<F: Real>(
     if m == 0 || n == 0 {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if F::IS_F32 && super::gemm512::available() {
+        use super::gemm512::View;
+        let (a, b) = (
+            View { ptr: a.as_ptr() as *const f32, rs: rsa as isize, cs: csa as isize },
+            View { ptr: b.as_ptr() as *const f32, rs: rsb as isize, cs: csb as isize },
+        );
+        // SAFETY: F is f32 (IS_F32); the views address the m×k and k×n operands the caller passed, and
+        // C is a distinct m×n slice (checked above).
+        unsafe { super::gemm512::gemm(m, k, n, a, b, acc, c.as_mut_ptr() as *mut f32, n) };
+        return;
+    }
     let beta = if acc { F::one() } else { F::zero() };
     let chunk = if m >= 2 * ROW_CHUNK { ROW_CHUNK.max(m.div_ceil(rayon::current_num_threads() * 2)) } else { m };
     c[..m * n].par_chunks_mut(chunk * n).enumerate().for_each(|(ci, cc)| {
