@@ -8,6 +8,9 @@ use scspecies::engine::likelihood::Distribution;
 use scspecies::engine::ops::{self, LikelihoodGrads};
 use scspecies::engine::simd::{self, Level};
 
+/// The level cap is process-wide: the tests here take turns.
+static CAP_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn lcg(s: &mut u64) -> f64 {
     *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (*s >> 11) as f64 / (1u64 << 53) as f64
@@ -54,6 +57,7 @@ fn outputs() -> Vec<Vec<u32>> {
 
 #[test]
 fn vector_width_does_not_change_results() {
+    let _turn = CAP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let have = simd::detected_capped();
     simd::set_cap(Level::Baseline);
     let base = outputs();
@@ -70,5 +74,43 @@ fn vector_width_does_not_change_results() {
             let diff = a.iter().zip(b).filter(|(x, y)| x != y).count();
             assert_eq!(diff, 0, "{level:?}: output {k} differs from baseline in {diff} of {} values", a.len());
         }
+    }
+}
+
+/// The chunked f32 Adam against the update written out element by element (bit-identical), at every
+/// vector width this CPU has.
+#[test]
+fn adam_chunks_match_the_elementwise_update() {
+    let _turn = CAP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg = ops::AdamConfig::default();
+    let n = 40_000 + 7; // several chunks plus a remainder
+    let mut s = 9u64;
+    let g: Vec<f32> = (0..n).map(|_| (lcg(&mut s) - 0.5) as f32).collect();
+    let p0: Vec<f32> = (0..n).map(|_| (lcg(&mut s) - 0.5) as f32).collect();
+    let m0: Vec<f32> = (0..n).map(|_| (lcg(&mut s) - 0.5) as f32 * 0.1).collect();
+    let v0: Vec<f32> = (0..n).map(|_| lcg(&mut s) as f32 * 0.01).collect();
+    let t = 3u64;
+    let (b1, b2) = (cfg.beta1 as f32, cfg.beta2 as f32);
+    let (ob1, ob2) = ((1.0 - cfg.beta1) as f32, (1.0 - cfg.beta2) as f32);
+    let step = (cfg.lr / (1.0 - cfg.beta1.powi(t as i32))) as f32;
+    let sq = (1.0 - cfg.beta2.powi(t as i32)).sqrt() as f32;
+    let eps = cfg.eps as f32;
+    let mut want = p0.clone();
+    for i in 0..n {
+        let m = b1 * m0[i] + ob1 * g[i];
+        let v = b2 * v0[i] + ob2 * g[i] * g[i];
+        want[i] = want[i] - step * m / (v.sqrt() / sq + eps);
+    }
+    let have = simd::detected_capped();
+    for level in [Level::Baseline, Level::Avx2, Level::Avx512] {
+        if have < level {
+            eprintln!("SKIPPED {level:?}: this CPU (or SCSPECIES_SIMD) does not offer it");
+            continue;
+        }
+        simd::set_cap(level);
+        let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
+        ops::adam_step(&cfg, t, &mut p, &g, &mut m, &mut v);
+        let diff = p.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(diff, 0, "{level:?}: {diff} of {n} parameters differ from the element-wise update");
     }
 }
