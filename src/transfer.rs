@@ -104,20 +104,26 @@ pub fn similarities<B: Backend>(
     let lib_hat: Vec<f64> = tgt.l_mu.iter().map(|&m| (m as f64).exp()).collect();
     // NLL at the cell's own latent mean.
     let mut self_nll = vec![0f64; nt];
+    let theta = model.theta_table(be);
+    let theta_host: Vec<f32> = be.download(&theta).iter().map(|&v| v as f32).collect();
+    // Each target cell's count-only terms, computed once: at scale a cell meets few of its candidates
+    // in any one context chunk, so the scoring kernel could not share them between rows.
+    let mut count_terms = vec![0f64; nt];
     for c0 in (0..nt).step_by(PAIR_GROUP) {
         let cells: Vec<usize> = (c0..(c0 + PAIR_GROUP).min(nt)).collect();
         let z: Vec<f64> = cells.iter().flat_map(|&c| tgt.z_mu[c * l..(c + 1) * l].iter().map(|&v| v as f64)).collect();
         let batch: Vec<u32> = cells.iter().map(|&c| data.batch[c]).collect();
         let lib: Vec<f64> = cells.iter().map(|&c| lib_hat[c]).collect();
-        let nll =
-            be.download(&model.decode_nll(be, &be.upload(&z), &batch, &be.upload(&lib), &HostRows::gather(data.counts, &cells), None));
+        let x = HostRows::gather(data.counts, &cells);
+        let ct = crate::engine::ops::count_terms(&x.ptr, &x.idx, &x.val, &batch, &theta_host, n);
+        count_terms[c0..c0 + cells.len()].copy_from_slice(&ct);
+        let nll = be.download(&model.decode_nll(be, &be.upload(&z), &batch, &be.upload(&lib), &x, None));
         self_nll[c0..c0 + cells.len()].copy_from_slice(&nll);
     }
     // Pairs ordered by (target batch, context chunk), stable.
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.sort_by_key(|&p| (data.batch[pairs[p].0 as usize], pairs[p].1 as usize / CONTEXT_CHUNK));
     let mut d = vec![f64::NAN; pairs.len()];
-    let theta = model.theta_table(be);
     let mut start = 0;
     while start < order.len() {
         let (j0, i0) = pairs[order[start]];
@@ -141,7 +147,8 @@ pub fn similarities<B: Backend>(
             let cells: Vec<usize> = group.iter().map(|&p| pairs[p].0 as usize).collect();
             let lib: Vec<f64> = cells.iter().map(|&j| lib_hat[j]).collect();
             let mut nll = be.zeros(g);
-            let x = HostRows::gather(data.counts, &cells);
+            let mut x = HostRows::gather(data.counts, &cells);
+            x.count_terms = Some(cells.iter().map(|&j| count_terms[j]).collect());
             be.likelihood_score(model.cfg.distribution, &x, &local, &vec![b; g], &rho, &theta, lg, &be.upload(&lib), n, &mut nll);
             for (&p, v) in group.iter().zip(be.download(&nll)) {
                 d[p] = v - self_nll[pairs[p].0 as usize];

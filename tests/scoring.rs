@@ -123,6 +123,33 @@ fn scoring_repeated_cells_matches_exact_likelihood() {
             );
             assert!((fast[r] - exact[0]).abs() <= 2e-6 * exact[0].abs(), "{dist:?} scored row {r}: {} vs {}", fast[r], exact[0]);
         }
+        // The label transfer's path: count-only terms computed once per cell (here per scored row, in
+        // one call per row, so no run sharing) and passed in, must give the same bits.
+        let theta32: Vec<f32> = theta.iter().map(|&v| v as f32).collect();
+        let cached: Vec<f64> = (0..plan.len())
+            .map(|r| {
+                let (p0, p1) = (hr.ptr[r], hr.ptr[r + 1]);
+                ops::count_terms(&[0, p1 - p0], &hr.idx[p0..p1], &hr.val[p0..p1], &batch[r..r + 1], &theta32, n)[0]
+            })
+            .collect();
+        let mut with_cache = vec![0f64; plan.len()];
+        let lg = Some((&logit[..], &sp[..]));
+        ops::likelihood_score_cached(
+            dist,
+            &hr.ptr,
+            &hr.idx,
+            &hr.val,
+            Some(&cached),
+            &rows,
+            &batch,
+            &rho,
+            &theta,
+            lg,
+            &lib,
+            n,
+            &mut with_cache,
+        );
+        assert_eq!(with_cache, fast, "{dist:?}: cached count terms change the scores");
     }
 }
 

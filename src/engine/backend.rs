@@ -15,12 +15,15 @@ pub struct HostRows {
     pub ptr: Vec<usize>,
     pub idx: Vec<u32>,
     pub val: Vec<f32>,
+    /// Each row's count-only likelihood terms (`ops::count_terms`), when the caller has them cached:
+    /// the label transfer scores every target cell against hundreds of context cells.
+    pub count_terms: Option<Vec<f64>>,
 }
 
 impl HostRows {
     /// Rows `cells` of a CSR matrix, in that order (repeats allowed).
     pub fn gather(m: &crate::data::Csr, cells: &[usize]) -> Self {
-        let mut h = HostRows { ptr: Vec::with_capacity(cells.len() + 1), idx: Vec::new(), val: Vec::new() };
+        let mut h = HostRows { ptr: Vec::with_capacity(cells.len() + 1), ..Default::default() };
         h.ptr.push(0);
         for &c in cells {
             let (i, v) = m.row(c);

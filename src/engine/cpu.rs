@@ -148,7 +148,7 @@ impl<F: Real> Backend for Cpu<F> {
         nll: &mut Vec<F>,
     ) {
         let lg = logit.map(|(a, b)| (a.as_slice(), b.as_slice()));
-        ops::likelihood_score(dist, &x.ptr, &x.idx, &x.val, rows, batch, rho, theta, lg, lib, n, nll)
+        ops::likelihood_score_cached(dist, &x.ptr, &x.idx, &x.val, x.count_terms.as_deref(), rows, batch, rho, theta, lg, lib, n, nll)
     }
     fn softplus(&self, x: &Vec<F>) -> Vec<F> {
         ops::softplus_all(x)

@@ -664,9 +664,36 @@ pub fn likelihood_score<F: Real>(
     n: usize,
     nll: &mut [F],
 ) {
+    likelihood_score_cached(dist, nz_ptr, nz_idx, nz_val, None, rows, batch, rho, theta, logit, lib, n, nll)
+}
+
+/// [`likelihood_score`] with each row's count-only terms given (`cached`, from [`count_terms`] with
+/// the same θ table) instead of computed.
+#[allow(clippy::too_many_arguments)]
+pub fn likelihood_score_cached<F: Real>(
+    dist: Distribution,
+    nz_ptr: &[usize],
+    nz_idx: &[u32],
+    nz_val: &[f32],
+    cached: Option<&[f64]>,
+    rows: &[u32],
+    batch: &[u32],
+    rho: &[F],
+    theta: &[F],
+    logit: Option<(&[F], &[F])>,
+    lib: &[F],
+    n: usize,
+    nll: &mut [F],
+) {
     let (rho32, theta32) = (F::as_f32(rho), F::as_f32(theta));
     let logit32 = logit.map(|(a, b)| (F::as_f32(a), F::as_f32(b)));
-    let counts = count_terms(nz_ptr, nz_idx, nz_val, batch, &theta32, n);
+    let counts = match cached {
+        Some(c) => {
+            assert_eq!(c.len(), nll.len(), "one cached count term per scored row");
+            std::borrow::Cow::Borrowed(c)
+        }
+        None => std::borrow::Cow::Owned(count_terms(nz_ptr, nz_idx, nz_val, batch, &theta32, n)),
+    };
     nll.par_iter_mut().enumerate().for_each(|(i, out)| {
         let l = lib[i].d() as f32;
         let (r0, t0) = (rows[i] as usize * n, batch[i] as usize * n);
@@ -734,7 +761,7 @@ fn count_correction_body(ro: &[f32], th: &[f32], s: Option<&[f32]>, l: f32, idx:
 /// depends only on the counts and the batch's θ, so a run of identical rows (one cell against its k
 /// candidates, or a target cell against its context chunk) is computed once: the scoring paths gather
 /// the same cell's counts into consecutive rows.
-fn count_terms(nz_ptr: &[usize], nz_idx: &[u32], nz_val: &[f32], batch: &[u32], theta32: &[f32], n: usize) -> Vec<f64> {
+pub fn count_terms(nz_ptr: &[usize], nz_idx: &[u32], nz_val: &[f32], batch: &[u32], theta32: &[f32], n: usize) -> Vec<f64> {
     use super::likelihood::THETA_MIN;
     let rows = batch.len();
     let same = |i: usize, j: usize| {
@@ -859,7 +886,7 @@ fn adam_chunk_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: [f
     for i in 0..n {
         m[i] = b1 * m[i] + one_b1 * g[i];
         v[i] = b2 * v[i] + one_b2 * g[i] * g[i];
-        p[i] = p[i] - step * m[i] / (v[i].sqrt() / sq + eps);
+        p[i] -= step * m[i] / (v[i].sqrt() / sq + eps);
     }
 }
 
