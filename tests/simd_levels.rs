@@ -99,7 +99,7 @@ fn adam_chunks_match_the_elementwise_update() {
     for i in 0..n {
         let m = b1 * m0[i] + ob1 * g[i];
         let v = b2 * v0[i] + ob2 * g[i] * g[i];
-        want[i] = want[i] - step * m / (v.sqrt() / sq + eps);
+        want[i] -= step * m / (v.sqrt() / sq + eps);
     }
     let have = simd::detected_capped();
     for level in [Level::Baseline, Level::Avx2, Level::Avx512] {
