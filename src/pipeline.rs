@@ -228,23 +228,48 @@ pub fn pretrain_guarded<B: crate::engine::Backend>(
     Ok(ContextRun { model, history, repr, meta, train_seconds })
 }
 
-/// Everything after pre-training: the data-level kNN and agreement, the aligned target model, its
-/// representations and the transferred labels.
+/// Everything after pre-training: the data-level kNN and agreement, the aligned target models, the
+/// first one's representations and the (consensus) transferred labels.
 pub struct AlignRun<B: crate::engine::Backend> {
     pub knn: Vec<u32>,
     pub knn_stored: usize,
+    /// Genes the data-level kNN compared on.
+    pub knn_genes: usize,
     /// Data-level kNN label (context label index) and agreement count per target cell.
     pub knn_label: Vec<u32>,
     pub agreement: Vec<u32>,
     pub top_percent: Vec<f64>,
     pub aligned: Vec<bool>,
-    pub model: crate::model::Model<B>,
-    pub history: Vec<crate::align::AlignEpoch>,
-    pub repr: crate::train::Representation,
+    /// The consensus members: member 0 (the run's seed) first. Its model, history and representation
+    /// are the run's target model, history and latent space.
+    pub members: Vec<Member<B>>,
     pub transfer: crate::transfer::Transfer,
-    pub meta: crate::model::io::ModelFile,
     /// (phase, seconds)
     pub timings: Vec<(String, f64)>,
+}
+
+/// One aligned target model of a consensus.
+pub struct Member<B: crate::engine::Backend> {
+    pub seed: u64,
+    pub model: crate::model::Model<B>,
+    pub meta: crate::model::io::ModelFile,
+    pub history: Vec<crate::align::AlignEpoch>,
+    pub repr: crate::train::Representation,
+}
+
+impl<B: crate::engine::Backend> AlignRun<B> {
+    pub fn model(&self) -> &crate::model::Model<B> {
+        &self.members[0].model
+    }
+    pub fn meta(&self) -> &crate::model::io::ModelFile {
+        &self.members[0].meta
+    }
+    pub fn history(&self) -> &[crate::align::AlignEpoch] {
+        &self.members[0].history
+    }
+    pub fn repr(&self) -> &crate::train::Representation {
+        &self.members[0].repr
+    }
 }
 
 /// Context label codes (sorted categories) of the prepared context.
@@ -253,7 +278,25 @@ pub fn context_label_codes(p: &Prepared) -> Result<(Vec<u32>, Vec<String>)> {
     Ok((l.codes.iter().map(|c| c.unwrap()).collect(), l.categories.clone()))
 }
 
-/// Data-level kNN, target fine-tuning against the context model, representations and label transfer.
+/// The checkpoint file of consensus member `m` (member 0 keeps the phase's own file).
+fn member_guard(guard: &crate::train::Guard, m: usize) -> crate::train::Guard {
+    let mut g = guard.clone();
+    if m > 0
+        && let Some(c) = g.checkpoint.as_mut()
+    {
+        let rename = |p: &Path| {
+            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            p.with_file_name(format!("{stem}_member{m}.safetensors"))
+        };
+        c.path = rename(&c.path);
+        c.resume_from = c.resume_from.as_deref().map(rename);
+    }
+    g
+}
+
+/// Data-level kNN, target fine-tuning of `acfg.members` models against the context model (seeds from
+/// [`crate::align::member_seed`]), representations, label transfer and the consensus of the members.
+/// `trained_targets`: already trained members (the `transfer` step), used instead of training.
 #[allow(clippy::too_many_arguments)]
 pub fn align_and_transfer<B: crate::engine::Backend>(
     be: &B,
@@ -262,12 +305,12 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
     ctx_repr: &crate::train::Representation,
     acfg: &crate::align::AlignConfig,
     tcfg: &crate::transfer::TransferConfig,
-    trained_target: Option<(crate::model::Model<B>, crate::model::io::ModelFile)>,
+    trained_targets: Option<Vec<(crate::model::Model<B>, crate::model::io::ModelFile)>>,
     guard: &crate::train::Guard,
     progress: &mut dyn FnMut(&crate::train::Progress),
     log: &mut dyn FnMut(&str),
 ) -> Result<AlignRun<B>> {
-    use crate::align::{Selection, agreement, knn::cosine_knn, train_target_guarded};
+    use crate::align::{Selection, agreement, knn::data_level_knn, member_seed, train_target_guarded};
     use crate::model::{Model, ModelConfig, io::ModelFile};
     let (ctx, tgt) = (&pair.context, &pair.target);
     let (ctx_labels, label_names) = context_label_codes(ctx)?;
@@ -275,17 +318,21 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
     if tgt.n_cells() < acfg.k {
         log(&format!("warning: the target has only {} cells, fewer than k = {}", tgt.n_cells(), acfg.k));
     }
+    if acfg.members == 0 {
+        return Err(Error::Config("the consensus needs at least one member".into()));
+    }
     let t = Instant::now();
     let stored = 250.min(ctx.n_cells());
-    let (knn, _) = cosine_knn(&ctx.data.counts, &pair.homology.context, &tgt.data.counts, &pair.homology.target, stored);
+    let (knn, _, knn_genes) = data_level_knn(ctx, tgt, &pair.homology, stored, acfg.knn_space);
     let (knn_label, agreement) = agreement::predict(&knn, stored, 25, &ctx_labels, label_names.len());
     let top_percent = agreement::top_percent(&knn_label, &agreement, label_names.len());
     let aligned = agreement::aligned(&top_percent, acfg.top_percent);
     timings.push(("data_knn".to_string(), t.elapsed().as_secs_f64()));
     log(&format!(
-        "data-level kNN: {} neighbours per target cell on {} homologous genes; {} of {} target cells selected for alignment (top {} %)",
+        "data-level kNN: {} neighbours per target cell on {} genes ({:?}); {} of {} target cells selected for alignment (top {} %)",
         stored,
-        pair.homology.len(),
+        knn_genes,
+        acfg.knn_space,
         aligned.iter().filter(|&&a| a).count(),
         tgt.n_cells(),
         acfg.top_percent
@@ -297,61 +344,72 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
     cfg.inner_dims = ctx_model.cfg.inner_dims.clone();
     cfg.outer_dims = ctx_model.cfg.outer_dims.clone();
     cfg.latent = ctx_model.cfg.latent;
-    let trained = trained_target.is_some();
-    let (mut model, saved_meta) = match trained_target {
-        Some((m, meta)) => (m, Some(meta)),
-        None => {
-            let mut rng = crate::train::stream(acfg.seed, 0, 1, 0);
-            let mut m = Model::new(be, cfg.clone(), &mut rng);
-            m.copy_params_from(be, ctx_model, "inner.");
-            if acfg.decoder_init == crate::align::DecoderInit::Context {
-                let pairs: Vec<(usize, usize)> = pair.homology.context.iter().copied().zip(pair.homology.target.iter().copied()).collect();
-                m.init_decoder_from(be, ctx_model, &pairs);
-            }
-            (m, None)
-        }
-    };
     let (pm, ps) = context_data(tgt);
     let data =
         crate::train::TrainData { counts: &tgt.data.counts, batch: &tgt.batch, prior_mu: &pm, prior_sig: &ps, n_batches: tgt.n_batches() };
-    let mut guard = guard.clone();
-    if let Some(c) = guard.checkpoint.as_mut() {
-        let mut fp = fingerprint("target", acfg, &model.cfg, tgt);
-        let h = |v: &mut dyn Iterator<Item = u64>| crate::train::checkpoint::Fnv::default().u64s(v).hex();
-        fp["context_inter"] = h(&mut ctx_repr.inter.iter().map(|x| x.to_bits() as u64)).into();
-        fp["data_knn"] = h(&mut knn.iter().map(|&x| x as u64)).into();
-        fp["aligned"] = h(&mut aligned.iter().map(|&x| x as u64)).into();
-        c.fingerprint = fp;
-    }
-    let t = Instant::now();
-    let history = if trained {
-        Vec::new()
-    } else {
-        let sel = Selection { knn: &knn, knn_stored: stored, aligned: &aligned, labels: Some((&ctx_labels, &knn_label)) };
-        train_target_guarded(be, &mut model, &data, ctx_repr, &sel, acfg, &guard, progress, log)?
-    };
-    timings.push(("align".to_string(), t.elapsed().as_secs_f64()));
-    let t = Instant::now();
-    let repr = crate::train::represent(be, &model, &data, 1024);
-    let hom = crate::transfer::HomologousCounts {
+    let hom_counts = crate::transfer::HomologousCounts {
         context: &ctx.data.counts,
         context_cols: &pair.homology.context,
         target_cols: &pair.homology.target,
     };
-    let transfer = crate::transfer::transfer(be, &model, &data, &repr, ctx_repr, &ctx_labels, label_names.len(), &hom, tcfg);
-    timings.push(("transfer".to_string(), t.elapsed().as_secs_f64()));
-    let meta = saved_meta.unwrap_or_else(|| ModelFile {
-        format: "scspecies".into(),
-        format_version: crate::model::io::FORMAT_VERSION,
-        scspecies_version: env!("CARGO_PKG_VERSION").into(),
-        model: cfg,
-        genes: tgt.data.genes.clone(),
-        batches: tgt.batch_names.clone(),
-        homologous_names: pair.homology.names.clone(),
-        labels: label_names,
-        training: serde_json::json!({ "config": acfg, "history": history, "backend": be.name() }),
-    });
-    Ok(AlignRun { knn, knn_stored: stored, knn_label, agreement, top_percent, aligned, model, history, repr, transfer, meta, timings })
+    let n_members = trained_targets.as_ref().map_or(acfg.members, |t| t.len());
+    let mut trained_targets = trained_targets.map(|v| v.into_iter());
+    let (mut t_align, mut t_transfer) = (0.0, 0.0);
+    let mut members = Vec::with_capacity(n_members);
+    let mut transfers = Vec::with_capacity(n_members);
+    for m in 0..n_members {
+        let mcfg = crate::align::AlignConfig { seed: member_seed(acfg.seed, m), ..acfg.clone() };
+        if n_members > 1 {
+            log(&format!("consensus member {} of {n_members} (seed {})", m + 1, mcfg.seed));
+        }
+        let t = Instant::now();
+        let (model, saved_meta, history) = match trained_targets.as_mut().and_then(|it| it.next()) {
+            Some((model, meta)) => (model, Some(meta), Vec::new()),
+            None => {
+                let mut rng = crate::train::stream(mcfg.seed, 0, 1, 0);
+                let mut model = Model::new(be, cfg.clone(), &mut rng);
+                model.copy_params_from(be, ctx_model, "inner.");
+                if mcfg.decoder_init == crate::align::DecoderInit::Context {
+                    let pairs: Vec<(usize, usize)> =
+                        pair.homology.context.iter().copied().zip(pair.homology.target.iter().copied()).collect();
+                    model.init_decoder_from(be, ctx_model, &pairs);
+                }
+                let mut guard = member_guard(guard, m);
+                if let Some(c) = guard.checkpoint.as_mut() {
+                    let mut fp = fingerprint("target", &mcfg, &model.cfg, tgt);
+                    let h = |v: &mut dyn Iterator<Item = u64>| crate::train::checkpoint::Fnv::default().u64s(v).hex();
+                    fp["context_inter"] = h(&mut ctx_repr.inter.iter().map(|x| x.to_bits() as u64)).into();
+                    fp["data_knn"] = h(&mut knn.iter().map(|&x| x as u64)).into();
+                    fp["aligned"] = h(&mut aligned.iter().map(|&x| x as u64)).into();
+                    c.fingerprint = fp;
+                }
+                let sel = Selection { knn: &knn, knn_stored: stored, aligned: &aligned, labels: Some((&ctx_labels, &knn_label)) };
+                let history = train_target_guarded(be, &mut model, &data, ctx_repr, &sel, &mcfg, &guard, progress, log)?;
+                (model, None, history)
+            }
+        };
+        t_align += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let repr = crate::train::represent(be, &model, &data, 1024);
+        transfers.push(crate::transfer::transfer(be, &model, &data, &repr, ctx_repr, &ctx_labels, label_names.len(), &hom_counts, tcfg));
+        t_transfer += t.elapsed().as_secs_f64();
+        let meta = saved_meta.unwrap_or_else(|| ModelFile {
+            format: "scspecies".into(),
+            format_version: crate::model::io::FORMAT_VERSION,
+            scspecies_version: env!("CARGO_PKG_VERSION").into(),
+            model: cfg.clone(),
+            genes: tgt.data.genes.clone(),
+            batches: tgt.batch_names.clone(),
+            homologous_names: pair.homology.names.clone(),
+            labels: label_names.clone(),
+            training: serde_json::json!({ "config": mcfg, "history": history, "backend": be.name(), "member": m, "members": n_members }),
+        });
+        members.push(Member { seed: mcfg.seed, model, meta, history, repr });
+    }
+    timings.push(("align".to_string(), t_align));
+    timings.push(("transfer".to_string(), t_transfer));
+    let transfer = crate::transfer::consensus(transfers, label_names.len(), tcfg.unassigned_threshold);
+    Ok(AlignRun { knn, knn_stored: stored, knn_genes, knn_label, agreement, top_percent, aligned, members, transfer, timings })
 }
 
 /// Balanced accuracy (mean recall over the true classes that exist in the context) and per-type recall.
@@ -369,4 +427,44 @@ pub fn balanced_accuracy(truth: &[&str], pred: &[u32], names: &[String]) -> (f64
     }
     let bas = if per.is_empty() { f64::NAN } else { per.iter().map(|p| p.2).sum::<f64>() / per.len() as f64 };
     (bas, per)
+}
+
+/// Confidence bins for calibration: [0, 0.5), [0.5, 0.7), [0.7, 0.9), [0.9, 1].
+pub const CONFIDENCE_BINS: [f64; 5] = [0.0, 0.5, 0.7, 0.9, 1.0];
+
+/// One confidence bin of target cells.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationBin {
+    pub low: f64,
+    pub high: f64,
+    /// Cells of types the context has: how many, how many predicted correctly.
+    pub shared_cells: usize,
+    pub shared_correct: usize,
+    /// Cells of types the context lacks (no prediction can be right): how many, how many flagged unassigned.
+    pub novel_cells: usize,
+    pub novel_unassigned: usize,
+}
+
+/// Target cells binned by confidence ([`CONFIDENCE_BINS`]; the last bin includes 1), with the share
+/// predicted correctly among the cells of shared types and the share flagged unassigned among the
+/// cells of types the context lacks.
+pub fn calibration(truth: &[&str], pred: &[u32], confidence: &[f64], unassigned: &[bool], names: &[String]) -> Vec<CalibrationBin> {
+    let nb = CONFIDENCE_BINS.len() - 1;
+    let mut bins: Vec<CalibrationBin> =
+        (0..nb).map(|b| CalibrationBin { low: CONFIDENCE_BINS[b], high: CONFIDENCE_BINS[b + 1], ..Default::default() }).collect();
+    for i in 0..truth.len() {
+        let b = CONFIDENCE_BINS[1..nb].iter().filter(|&&edge| confidence[i] >= edge).count();
+        let bin = &mut bins[b];
+        match names.iter().position(|n| n == truth[i]) {
+            Some(t) => {
+                bin.shared_cells += 1;
+                bin.shared_correct += (pred[i] as usize == t) as usize;
+            }
+            None => {
+                bin.novel_cells += 1;
+                bin.novel_unassigned += unassigned[i] as usize;
+            }
+        }
+    }
+    bins
 }

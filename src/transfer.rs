@@ -58,6 +58,69 @@ pub struct Transfer {
     /// pooled profile of its nearest context cells. High for cell types the context lacks.
     pub novelty: Vec<f64>,
     pub unassigned: Vec<bool>,
+    /// Votes per context label, row-major [n_target × n_labels] (pooled over the members of a consensus).
+    pub votes: Vec<u32>,
+    /// Share of the consensus members whose own prediction is `pred` (1 for a single model).
+    pub member_agreement: Vec<f64>,
+    /// Per-cell confidence in [0, 1]: member agreement × vote share.
+    pub confidence: Vec<f64>,
+    /// Each member's own predictions (one entry for a single model).
+    pub member_pred: Vec<Vec<u32>>,
+}
+
+/// The label with the most votes, ties to the smallest label; and its share of all votes.
+fn majority(votes: &[u32]) -> (u32, f64) {
+    let max = *votes.iter().max().unwrap_or(&0);
+    let label = votes.iter().position(|&v| v == max).unwrap_or(0);
+    let total: u32 = votes.iter().sum();
+    (label as u32, if total == 0 { 0.0 } else { max as f64 / total as f64 })
+}
+
+/// Pool the label transfers of several target models aligned to one context model (a consensus).
+///
+/// Each cell's votes are summed over the members (every member gives `top` votes), and the label with
+/// the most votes wins (ties to the smallest label). Pooling votes rather than counting member labels
+/// keeps a cell's evidence from every member, so a member that is unsure moves the result less than
+/// one that is sure. `member_agreement` is the share of members whose own call is the consensus label,
+/// `confidence` = member agreement × pooled vote share. The misfit behind the unassigned flag is
+/// averaged over the members before the flag is set (each member's latent neighbours differ);
+/// `best_similarity` is the first member's.
+pub fn consensus(members: Vec<Transfer>, n_labels: usize, unassigned_threshold: f64) -> Transfer {
+    assert!(!members.is_empty(), "a consensus needs at least one member");
+    let m = members.len();
+    let nt = members[0].pred.len();
+    let mut votes = vec![0u32; nt * n_labels];
+    for t in &members {
+        for (v, &x) in votes.iter_mut().zip(&t.votes) {
+            *v += x;
+        }
+    }
+    let mut pred = vec![0u32; nt];
+    let mut share = vec![0f64; nt];
+    let mut agree = vec![0f64; nt];
+    for j in 0..nt {
+        let (l, s) = majority(&votes[j * n_labels..(j + 1) * n_labels]);
+        pred[j] = l;
+        share[j] = s;
+        agree[j] = members.iter().filter(|t| t.pred[j] == l).count() as f64 / m as f64;
+    }
+    let novelty: Vec<f64> = (0..nt).map(|j| members.iter().map(|t| t.novelty[j]).sum::<f64>() / m as f64).collect();
+    let unassigned = if m == 1 { members[0].unassigned.clone() } else { flag_outliers(&novelty, unassigned_threshold) };
+    let confidence = agree.iter().zip(&share).map(|(a, s)| a * s).collect();
+    let member_pred = members.iter().flat_map(|t| t.member_pred.iter().cloned()).collect();
+    let first = members.into_iter().next().unwrap();
+    Transfer {
+        pred,
+        vote_share: share,
+        best_similarity: first.best_similarity,
+        best_per_count: first.best_per_count,
+        novelty,
+        unassigned,
+        votes,
+        member_agreement: agree,
+        confidence,
+        member_pred,
+    }
 }
 
 /// The `k` nearest context cells of every target cell in latent space (Euclidean), ascending.
@@ -184,17 +247,15 @@ pub fn transfer<B: Backend>(
     let mut pred = vec![0u32; nt];
     let mut share = vec![0f64; nt];
     let mut best = vec![0f64; nt];
+    let mut votes = vec![0u32; nt * n_labels];
     for j in 0..nt {
         let mut order: Vec<usize> = (0..nk).collect();
         order.sort_by(|&a, &b| d[j * nk + a].partial_cmp(&d[j * nk + b]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
-        let mut votes = vec![0usize; n_labels];
+        let v = &mut votes[j * n_labels..(j + 1) * n_labels];
         for &s in &order[..top] {
-            votes[ctx_labels[cand[j * nk + s] as usize] as usize] += 1;
+            v[ctx_labels[cand[j * nk + s] as usize] as usize] += 1;
         }
-        let max = *votes.iter().max().unwrap();
-        let label = votes.iter().position(|&v| v == max).unwrap(); // ties: smallest label
-        pred[j] = label as u32;
-        share[j] = max as f64 / top as f64;
+        (pred[j], share[j]) = majority(v); // ties: smallest label
         best[j] = d[j * nk + order[0]];
     }
     let totals = data.counts.row_sums();
@@ -202,7 +263,20 @@ pub fn transfer<B: Backend>(
     let nn = cfg.novelty_neighbours.min(nk).max(1);
     let novelty = cross_species_misfit(hom, data.counts, &cand, nk, nn);
     let unassigned = flag_outliers(&novelty, cfg.unassigned_threshold);
-    Transfer { pred, vote_share: share, best_similarity: best, best_per_count: per_count, novelty, unassigned }
+    let confidence = share.clone();
+    let member_pred = vec![pred.clone()];
+    Transfer {
+        pred,
+        vote_share: share,
+        best_similarity: best,
+        best_per_count: per_count,
+        novelty,
+        unassigned,
+        votes,
+        member_agreement: vec![1.0; nt],
+        confidence,
+        member_pred,
+    }
 }
 
 /// For each target cell: KL(q ‖ p) per count on the homologous genes, where q is the cell's own profile

@@ -1,5 +1,7 @@
-//! Data-level nearest neighbours (spec §4.1): cosine distance on log1p(raw counts) of the homologous
-//! genes, exact, from every target cell to the context. Blocked: a band of target rows against a band
+//! Data-level nearest neighbours (spec §4.1): cosine distance on log-transformed counts of homologous
+//! genes, exact, from every target cell to the context. Two feature spaces ([`KnnSpace`]): the
+//! reference's log1p(raw counts) of all homologous genes, and (default) the field's usual neighbour
+//! space: counts per 10,000 homologous counts, log1p, on the informative genes only. Blocked: a band of target rows against a band
 //! of context rows at a time (an f32 GEMM on normalised rows screens the candidates, which are then
 //! re-scored exactly in f64; see [`screening_error`]), so memory is O(block² + n_target·k + context
 //! non-zeros), never n_target x n_context.
@@ -10,6 +12,7 @@
 use crate::data::Csr;
 use crate::engine::ops::gemm;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 const TARGET_BLOCK: usize = 512;
 const CONTEXT_BLOCK: usize = 2048;
@@ -25,8 +28,14 @@ fn screening_error(h: usize) -> f32 {
     ((h as f64 + 3.0) * u * 1.01) as f32
 }
 
-/// Per row of `m`: its L2 norm over the mapped (homologous) columns of log1p counts, in f64.
-fn row_norms(m: &Csr, col_map: &[u32]) -> Vec<f64> {
+/// The feature of count `v` in a row with library scale `scale`: log1p(v · scale), in f64.
+#[inline]
+fn feature(v: f32, scale: f64) -> f64 {
+    (v as f64 * scale).ln_1p()
+}
+
+/// Per row of `m`: its L2 norm over the mapped (homologous) columns of the features, in f64.
+fn row_norms(m: &Csr, col_map: &[u32], scale: &[f64]) -> Vec<f64> {
     (0..m.n_rows)
         .into_par_iter()
         .map(|r| {
@@ -34,15 +43,15 @@ fn row_norms(m: &Csr, col_map: &[u32]) -> Vec<f64> {
             idx.iter()
                 .zip(val)
                 .filter(|(c, _)| col_map[**c as usize] != u32::MAX)
-                .map(|(_, &v)| (v as f64).ln_1p().powi(2))
+                .map(|(_, &v)| feature(v, scale[r]).powi(2))
                 .sum::<f64>()
                 .sqrt()
         })
         .collect()
 }
 
-/// Dense, L2-normalised log1p rows [rows.len() × width] in f32 (normalised in f64; a zero row stays zero).
-fn normalised_block(m: &Csr, rows: std::ops::Range<usize>, col_map: &[u32], norms: &[f64], width: usize) -> Vec<f32> {
+/// Dense, L2-normalised feature rows [rows.len() × width] in f32 (normalised in f64; a zero row stays zero).
+fn normalised_block(m: &Csr, rows: std::ops::Range<usize>, col_map: &[u32], scale: &[f64], norms: &[f64], width: usize) -> Vec<f32> {
     let n = rows.len();
     let mut out = vec![0f32; n * width];
     out.par_chunks_mut(width.max(1)).zip(rows.into_par_iter()).for_each(|(row, r)| {
@@ -51,7 +60,7 @@ fn normalised_block(m: &Csr, rows: std::ops::Range<usize>, col_map: &[u32], norm
             for (&c, &v) in idx.iter().zip(val) {
                 let k = col_map[c as usize];
                 if k != u32::MAX {
-                    row[k as usize] = ((v as f64).ln_1p() / norms[r]) as f32;
+                    row[k as usize] = (feature(v, scale[r]) / norms[r]) as f32;
                 }
             }
         }
@@ -91,10 +100,28 @@ impl Screen {
     }
 }
 
-/// For every target cell, the `k` nearest context cells: (indices [n_target × k], distances).
-/// `ctx_cols[h]` and `tgt_cols[h]` are the columns of homologous gene h in each matrix.
+/// For every target cell, the `k` nearest context cells on log1p(raw counts) (the reference's space):
+/// (indices [n_target × k], distances). `ctx_cols[h]` and `tgt_cols[h]` are the columns of homologous
+/// gene h in each matrix.
 pub fn cosine_knn(context: &Csr, ctx_cols: &[usize], target: &Csr, tgt_cols: &[usize], k: usize) -> (Vec<u32>, Vec<f32>) {
+    cosine_knn_scaled(context, ctx_cols, &vec![1.0; context.n_rows], target, tgt_cols, &vec![1.0; target.n_rows], k)
+}
+
+/// [`cosine_knn`] on log1p(count · scale of its row): with scale 1 the reference's features, with
+/// 10⁴ / library the log-normalised ones.
+#[allow(clippy::too_many_arguments)]
+pub fn cosine_knn_scaled(
+    context: &Csr,
+    ctx_cols: &[usize],
+    ctx_scale: &[f64],
+    target: &Csr,
+    tgt_cols: &[usize],
+    tgt_scale: &[f64],
+    k: usize,
+) -> (Vec<u32>, Vec<f32>) {
     assert_eq!(ctx_cols.len(), tgt_cols.len());
+    assert_eq!(ctx_scale.len(), context.n_rows);
+    assert_eq!(tgt_scale.len(), target.n_rows);
     let h = ctx_cols.len();
     let k = k.min(context.n_rows);
     let map = |n: usize, cols: &[usize]| {
@@ -105,7 +132,7 @@ pub fn cosine_knn(context: &Csr, ctx_cols: &[usize], target: &Csr, tgt_cols: &[u
         m
     };
     let (cmap, tmap) = (map(context.n_cols, ctx_cols), map(target.n_cols, tgt_cols));
-    let (cnorm, tnorm) = (row_norms(context, &cmap), row_norms(target, &tmap));
+    let (cnorm, tnorm) = (row_norms(context, &cmap, ctx_scale), row_norms(target, &tmap, tgt_scale));
     let nt = target.n_rows;
     let margin = 2.0 * screening_error(h);
     let cap = 2 * k + 64;
@@ -114,11 +141,11 @@ pub fn cosine_knn(context: &Csr, ctx_cols: &[usize], target: &Csr, tgt_cols: &[u
     if k > 0 {
         for c0 in (0..context.n_rows).step_by(CONTEXT_BLOCK) {
             let c1 = (c0 + CONTEXT_BLOCK).min(context.n_rows);
-            let cb = normalised_block(context, c0..c1, &cmap, &cnorm, h);
+            let cb = normalised_block(context, c0..c1, &cmap, ctx_scale, &cnorm, h);
             let cn = c1 - c0;
             for t0 in (0..nt).step_by(TARGET_BLOCK) {
                 let t1 = (t0 + TARGET_BLOCK).min(nt);
-                let tb = normalised_block(target, t0..t1, &tmap, &tnorm, h);
+                let tb = normalised_block(target, t0..t1, &tmap, tgt_scale, &tnorm, h);
                 let tn = t1 - t0;
                 // sims[tn × cn] = tb · cbᵀ
                 gemm(tn, h, cn, &tb, h, 1, &cb, 1, h, &mut sims[..tn * cn], false);
@@ -150,7 +177,7 @@ pub fn cosine_knn(context: &Csr, ctx_cols: &[usize], target: &Csr, tgt_cols: &[u
                 let g = cmap[c as usize];
                 if g != u32::MAX {
                     genes.push(g);
-                    vals.push((v as f64).ln_1p() / norm);
+                    vals.push(feature(v, ctx_scale[r]) / norm);
                 }
             }
         }
@@ -171,7 +198,7 @@ pub fn cosine_knn(context: &Csr, ctx_cols: &[usize], target: &Csr, tgt_cols: &[u
                 for (&c, &v) in idx.iter().zip(val) {
                     let g = tmap[c as usize];
                     if g != u32::MAX {
-                        dense[g as usize] = (v as f64).ln_1p() / tnorm[t];
+                        dense[g as usize] = feature(v, tgt_scale[t]) / tnorm[t];
                     }
                 }
                 let mut list: Vec<(f64, u32)> = Vec::with_capacity(k);
@@ -213,4 +240,82 @@ fn push_top_k(list: &mut Vec<(f64, u32)>, k: usize, d: f64, i: u32) {
     }
     let pos = list.partition_point(|&(ld, li)| ld < d || (ld == d && li < i));
     list.insert(pos, (d, i));
+}
+
+/// The feature space of the data-level kNN.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum KnnSpace {
+    /// Counts per 10,000 homologous counts, log1p, on the union of each species' most variable
+    /// homologous genes ([`INFORMATIVE_GENES_PER_SPECIES`], Seurat v3, batch-aware): scanpy's usual
+    /// neighbour space. Why: with all ~15,000 homologous genes the many lowly expressed ones (a count of
+    /// 1 is worth log1p(1) = 0.69, a marker at 10 only 2.4) outweigh the markers that tell related
+    /// types apart, and the log of raw counts mixes sequencing depth into the profile.
+    #[default]
+    Informative,
+    /// log1p(raw counts) of all homologous genes (the reference, spec §4.1).
+    Log1pCounts,
+}
+
+/// Most variable homologous genes taken from each species for [`KnnSpace::Informative`] (the usual
+/// 2,000 of scanpy and Seurat; the union of both species' lists is used).
+pub const INFORMATIVE_GENES_PER_SPECIES: usize = 2000;
+
+/// The data-level kNN in the chosen space: (indices [n_target × k], distances, genes used).
+pub fn data_level_knn(
+    context: &crate::preprocess::Prepared,
+    target: &crate::preprocess::Prepared,
+    homology: &crate::homology::Homology,
+    k: usize,
+    space: KnnSpace,
+) -> (Vec<u32>, Vec<f32>, usize) {
+    let (hc, ht) = (&homology.context, &homology.target);
+    match space {
+        KnnSpace::Log1pCounts => {
+            let (i, d) = cosine_knn(&context.data.counts, hc, &target.data.counts, ht, k);
+            (i, d, hc.len())
+        }
+        KnnSpace::Informative => {
+            let genes = informative_genes(context, target, homology, INFORMATIVE_GENES_PER_SPECIES);
+            let cols = |all: &[usize]| genes.iter().map(|&g| all[g]).collect::<Vec<usize>>();
+            let (cc, tc) = (cols(hc), cols(ht));
+            let (cs, ts) = (per_10k_scale(&context.data.counts, hc), per_10k_scale(&target.data.counts, ht));
+            let (i, d) = cosine_knn_scaled(&context.data.counts, &cc, &cs, &target.data.counts, &tc, &ts, k);
+            (i, d, genes.len())
+        }
+    }
+}
+
+/// Indices into the homologous-gene list: the union of each species' `n_top` most variable
+/// homologous genes (Seurat v3 on counts, batch-aware), ascending.
+pub fn informative_genes(
+    context: &crate::preprocess::Prepared,
+    target: &crate::preprocess::Prepared,
+    homology: &crate::homology::Homology,
+    n_top: usize,
+) -> Vec<usize> {
+    let top = |p: &crate::preprocess::Prepared, cols: &[usize]| {
+        crate::preprocess::hvg::seurat_v3(&p.data.counts.select_cols(cols), &p.batch, p.n_batches(), n_top)
+    };
+    let mut genes = top(context, &homology.context);
+    genes.extend(top(target, &homology.target));
+    genes.sort_unstable();
+    genes.dedup();
+    genes
+}
+
+/// Per row: 10⁴ / (its counts over the columns `cols`), 0 for a row without any.
+pub fn per_10k_scale(m: &Csr, cols: &[usize]) -> Vec<f64> {
+    let mut keep = vec![false; m.n_cols];
+    for &c in cols {
+        keep[c] = true;
+    }
+    (0..m.n_rows)
+        .map(|r| {
+            let (idx, val) = m.row(r);
+            let t: f64 = idx.iter().zip(val).filter(|(c, _)| keep[**c as usize]).map(|(_, &v)| v as f64).sum();
+            if t > 0.0 { 1e4 / t } else { 0.0 }
+        })
+        .collect()
 }

@@ -37,6 +37,33 @@ pub struct AlignConfig {
     /// How the target decoder starts: fresh (the reference) or from the context decoder.
     #[serde(default)]
     pub decoder_init: DecoderInit,
+    /// Feature space of the data-level kNN that selects the aligned cells and their candidates.
+    #[serde(default)]
+    pub knn_space: knn::KnnSpace,
+    /// Target models aligned from the one context model, each with its own seed; their label votes
+    /// are pooled per cell ([`crate::transfer::consensus`]).
+    #[serde(default = "one")]
+    pub members: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Target models in the default consensus: the smallest count with a strict majority that is not a
+/// tie between two members.
+pub const DEFAULT_MEMBERS: usize = 3;
+
+/// The seed of consensus member `m`: member 0 is the run's seed, so a one-member run is the plain run.
+pub fn member_seed(seed: u64, m: usize) -> u64 {
+    if m == 0 {
+        return seed;
+    }
+    // splitmix64 of (seed, m): unrelated streams for neighbouring seeds and members.
+    let mut z = seed ^ (m as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Initialisation of the target decoder.
@@ -52,8 +79,9 @@ pub enum DecoderInit {
 }
 
 impl AlignConfig {
-    /// The paper's defaults: 60 epochs below 10,000 target cells (else 30), k = 25, p = 50 below 10,000
-    /// cells (else 20), β 0.1 → 1 and η 10 → 25 over 10 epochs.
+    /// The defaults: 60 epochs below 10,000 target cells (else 30), k = 25, p = 20 at every size
+    /// (decisions.md), β 0.1 → 1 and η 10 → 25 over 10 epochs, the informative-gene kNN space and a
+    /// consensus of [`DEFAULT_MEMBERS`] target models.
     pub fn default_for(n_target: usize, seed: u64) -> Self {
         let small = n_target < 10_000;
         AlignConfig {
@@ -62,12 +90,14 @@ impl AlignConfig {
             beta: Schedule { start: 0.1, max: 1.0, epochs_raise: 10 },
             eta: Schedule { start: 10.0, max: 25.0, epochs_raise: 10 },
             k: 25,
-            top_percent: if small { 50.0 } else { 20.0 },
+            top_percent: 20.0,
             adam: Default::default(),
             seed,
             inner_dropout: false,
             candidate_dropout: true,
             decoder_init: DecoderInit::Fresh,
+            knn_space: knn::KnnSpace::Informative,
+            members: DEFAULT_MEMBERS,
         }
     }
 }

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod analyses;
 mod bench;
+mod robustness;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Print cells, genes, batches, labels, sparsity and homology overlap of the inputs.
     Inspect(InspectArgs),
+    /// The demo over seeds x rounding variants (one process per run): a table of balanced accuracy and
+    /// per-type recall with mean, min and max, and the confidence calibration.
+    Robustness(robustness::RobustnessArgs),
     /// Write a synthetic cross-species pair (context/, target/, homology.tsv) for benchmarks and tests.
     Simulate(SimulateArgs),
     /// Integration metrics of a finished run's joint latent space (species as the batch) and UMAP plots.
@@ -142,9 +146,19 @@ pub struct RunOptions {
     /// Also write each preprocessed dataset as <out>/<name>_preprocessed.h5ad.
     #[arg(long)]
     pub write_h5ad: bool,
-    /// Align the top p % of each data-level predicted type (default: 50 below 10,000 target cells, else 20).
-    #[arg(long)]
-    pub top_percent: Option<f64>,
+    /// Align the top p % of each data-level predicted type (the package's default 20 at every size;
+    /// the publication used 50 below 10,000 target cells).
+    #[arg(long, default_value_t = 20.0)]
+    pub top_percent: f64,
+    /// Feature space of the data-level kNN: `informative` (counts per 10,000, log1p, the union of each
+    /// species' 2,000 most variable homologous genes) or `log1p-counts` (the reference: log1p of raw
+    /// counts, all homologous genes).
+    #[arg(long, value_enum, default_value_t = crate::align::knn::KnnSpace::Informative)]
+    pub knn_space: crate::align::knn::KnnSpace,
+    /// Target models aligned from the one pre-trained context, each with its own seed; each cell's
+    /// label votes are pooled over them (1: a single model, as the reference).
+    #[arg(long, default_value_t = crate::align::DEFAULT_MEMBERS)]
+    pub members: usize,
     /// Context neighbours per aligned cell among which the best candidate is chosen.
     #[arg(long, default_value_t = 25)]
     pub k_neighbours: usize,
@@ -438,6 +452,12 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(a) => bench::bench(&a),
+        Command::Robustness(a) => {
+            if let Some(t) = a.threads {
+                let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
+            }
+            robustness::robustness(&a)
+        }
         Command::Inspect(a) => inspect(&a),
         Command::Simulate(a) => simulate(&a),
         Command::Evaluate(a) => analyses::evaluate(&a),
@@ -479,6 +499,37 @@ fn check_options(o: &RunOptions) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The alignment settings the options ask for (every alignment option is applied or refused here).
+pub fn align_config(o: &RunOptions, n_target: usize) -> Result<crate::align::AlignConfig> {
+    let mut acfg = crate::align::AlignConfig::default_for(n_target, o.seed);
+    if let Some(e) = o.epochs_target {
+        acfg.epochs = e;
+    }
+    if !(0.0..=100.0).contains(&o.top_percent) {
+        return Err(Error::Config(format!("--top-percent must be in [0, 100], got {}", o.top_percent)));
+    }
+    acfg.top_percent = o.top_percent;
+    if o.k_neighbours == 0 {
+        return Err(Error::Config("--k-neighbours must be at least 1".into()));
+    }
+    if o.members == 0 {
+        return Err(Error::Config("--members must be at least 1".into()));
+    }
+    acfg.k = o.k_neighbours;
+    acfg.adam.lr = o.learning_rate;
+    acfg.inner_dropout = o.inner_dropout;
+    acfg.candidate_dropout = !o.eval_candidates;
+    acfg.decoder_init = o.target_decoder_init;
+    acfg.knn_space = o.knn_space;
+    acfg.members = o.members;
+    Ok(acfg)
+}
+
+/// Where consensus member `m` of a run's target model is saved (member 0: `target_model`).
+pub fn member_stem(out_dir: &Path, m: usize) -> PathBuf {
+    if m == 0 { out_dir.join("target_model") } else { out_dir.join(format!("target_model_member{m}")) }
 }
 
 /// The memory a run on these prepared data will need at its peak.
@@ -758,37 +809,34 @@ fn run_pipeline_on<B: crate::engine::Backend>(be: &B, inputs: &Inputs, out_dir: 
         return Ok(());
     }
     let n_t = pair.target.n_cells();
-    let mut acfg = crate::align::AlignConfig::default_for(n_t, o.seed);
-    if let Some(e) = o.epochs_target {
-        acfg.epochs = e;
-    }
+    let mut acfg = align_config(o, n_t)?;
     if stages == Stages::Transfer {
         acfg.epochs = 0;
     }
-    if let Some(p) = o.top_percent {
-        if !(0.0..=100.0).contains(&p) {
-            return Err(Error::Config(format!("--top-percent must be in [0, 100], got {p}")));
-        }
-        acfg.top_percent = p;
-    }
-    if o.k_neighbours == 0 {
-        return Err(Error::Config("--k-neighbours must be at least 1".into()));
-    }
-    acfg.k = o.k_neighbours;
-    acfg.adam.lr = o.learning_rate;
-    acfg.inner_dropout = o.inner_dropout;
-    acfg.candidate_dropout = !o.eval_candidates;
-    acfg.decoder_init = o.target_decoder_init;
     let tcfg = crate::transfer::TransferConfig { unassigned_threshold: o.unassigned_threshold, ..Default::default() };
     let trained = if stages == Stages::Transfer {
-        let (m, meta) = crate::model::io::load(be, &tgt_stem)?;
-        check_model_genes(&meta, &pair.target, &tgt_stem)?;
-        Some((m, meta))
+        // Every member the alignment saved; --members must match what was trained.
+        let mut v = Vec::new();
+        for m in 0..acfg.members {
+            let stem = member_stem(out_dir, m);
+            if m > 0 && !stem.with_extension("json").is_file() {
+                return Err(Error::Config(format!(
+                    "--members {} but {} holds {m} aligned target model(s) (no {}): use the --members of the alignment",
+                    acfg.members,
+                    out_dir.display(),
+                    stem.with_extension("json").display()
+                )));
+            }
+            let (model, meta) = crate::model::io::load(be, &stem)?;
+            check_model_genes(&meta, &pair.target, &stem)?;
+            v.push((model, meta));
+        }
+        Some(v)
     } else {
         None
     };
     let steps = (n_t / acfg.batch_size.min(n_t)).max(1);
-    let bar = training_bar(o.quiet, (acfg.epochs * steps) as u64);
+    let bar = training_bar(o.quiet, (acfg.epochs * steps * acfg.members) as u64);
     bar.set_prefix(format!("align {}", pair.target.name));
     let run = crate::pipeline::align_and_transfer(
         be,
@@ -809,10 +857,12 @@ fn run_pipeline_on<B: crate::engine::Backend>(be: &B, inputs: &Inputs, out_dir: 
     let run = run?;
     timings.extend(run.timings.iter().cloned());
     if stages != Stages::Transfer {
-        crate::model::io::save(&run.model, be, &run.meta, &tgt_stem)?;
+        for (m, member) in run.members.iter().enumerate() {
+            crate::model::io::save(&member.model, be, &member.meta, &member_stem(out_dir, m))?;
+        }
     }
     let eval = write_alignment_outputs(out_dir, &pair, &ctx_repr, &run, inputs)?;
-    if let Some(last) = run.history.last() {
+    if let Some(last) = run.history().last() {
         log(&format!(
             "target epoch {:>3}: loss {:.2} NLL {:.2} KL_z {:.3} align {:.3} ({:.0} aligned cells per step, {:.1} ms/step)",
             last.stats.epoch, last.stats.nelbo, last.stats.nll, last.stats.kl_z, last.align, last.aligned_per_step, last.stats.ms_per_step
@@ -831,7 +881,9 @@ fn run_pipeline_on<B: crate::engine::Backend>(be: &B, inputs: &Inputs, out_dir: 
     metrics["align"] = json!({
         "epochs": acfg.epochs,
         "config": acfg,
-        "history": run.history,
+        "history": run.history(),
+        "members": run.members.iter().map(|m| m.seed).collect::<Vec<_>>(),
+        "data_knn_genes": run.knn_genes,
         "aligned_cells": run.aligned.iter().filter(|&&a| a).count(),
         "unassigned_cells": flagged,
         "transfer_config": tcfg,
@@ -956,12 +1008,14 @@ fn write_alignment_outputs<B: crate::engine::Backend>(
 ) -> Result<Option<serde_json::Value>> {
     use crate::out::h5ad::{AnnData, Uns, Values};
     let (ctx, tgt) = (&pair.context, &pair.target);
-    let names = &run.meta.labels;
+    let names = &run.meta().labels;
     let tr = &run.transfer;
     let truth: Option<Vec<&str>> = tgt.labels.as_ref().map(|l| (0..tgt.n_cells()).map(|i| l.value(i).unwrap_or("unknown")).collect());
     let mut header = vec![
         "cell",
         "predicted_label",
+        "confidence",
+        "member_agreement",
         "vote_share",
         "best_similarity",
         "best_similarity_per_count",
@@ -982,7 +1036,9 @@ fn write_alignment_outputs<B: crate::engine::Backend>(
             let mut r = vec![
                 tgt.data.cells[i].clone(),
                 names[tr.pred[i] as usize].clone(),
-                format!("{:.2}", tr.vote_share[i]),
+                format!("{:.4}", tr.confidence[i]),
+                format!("{:.4}", tr.member_agreement[i]),
+                format!("{:.4}", tr.vote_share[i]),
                 format!("{:.4}", tr.best_similarity[i]),
                 format!("{:.6}", tr.best_per_count[i]),
                 format!("{:.5}", tr.novelty[i]),
@@ -998,7 +1054,7 @@ fn write_alignment_outputs<B: crate::engine::Backend>(
             r
         }),
     )?;
-    write_latent(out_dir, pair, ctx_repr, Some(&run.repr))?;
+    write_latent(out_dir, pair, ctx_repr, Some(run.repr()))?;
     // results.h5ad: both species, latent means in obsm, predictions in obs; var = homologous genes.
     let l = ctx_repr.latent;
     let nc = ctx.n_cells();
@@ -1013,7 +1069,7 @@ fn write_alignment_outputs<B: crate::engine::Backend>(
     let mut label: Vec<String> = (0..nc).map(|i| ctx_l.value(i).unwrap().to_string()).collect();
     label.extend((0..nt).map(|i| names[tr.pred[i] as usize].clone()));
     let mut z = ctx_repr.z_mu.clone();
-    z.extend_from_slice(&run.repr.z_mu);
+    z.extend_from_slice(&run.repr().z_mu);
     let mut obs = vec![
         ("dataset".to_string(), Values::Categorical(crate::data::Categorical::from_strings(&dataset))),
         ("batch".to_string(), Values::Categorical(crate::data::Categorical::from_strings(&batch))),
@@ -1024,12 +1080,15 @@ fn write_alignment_outputs<B: crate::engine::Backend>(
         o.extend(v);
         o
     };
+    obs.push(("confidence".into(), Values::F64(pad(tr.confidence.clone()))));
+    obs.push(("member_agreement".into(), Values::F64(pad(tr.member_agreement.clone()))));
     obs.push(("vote_share".into(), Values::F64(pad(tr.vote_share.clone()))));
     obs.push(("best_similarity".into(), Values::F64(pad(tr.best_similarity.clone()))));
     obs.push(("novelty".into(), Values::F64(pad(tr.novelty.clone()))));
-    let mut un = vec![String::new(); nc];
-    un.extend(tr.unassigned.iter().map(|u| u.to_string()));
-    obs.push(("unassigned".into(), Values::Categorical(crate::data::Categorical::from_strings(&un))));
+    // Context cells carry their own labels: never unassigned.
+    let mut un = vec![false; nc];
+    un.extend(tr.unassigned.iter().copied());
+    obs.push(("unassigned".into(), Values::Bool(un)));
     let mut knn_l = vec![String::new(); nc];
     knn_l.extend(run.knn_label.iter().map(|&k| names[k as usize].clone()));
     obs.push(("knn_label".into(), Values::Categorical(crate::data::Categorical::from_strings(&knn_l))));
@@ -1069,8 +1128,20 @@ fn write_alignment_outputs<B: crate::engine::Backend>(
         let f = idx.iter().filter(|&&i| tr.unassigned[i]).count();
         json!({"cells": idx.len(), "unassigned": f, "rate": if idx.is_empty() { f64::NAN } else { f as f64 / idx.len() as f64 }})
     };
+    let members: Vec<serde_json::Value> = run
+        .members
+        .iter()
+        .zip(&tr.member_pred)
+        .map(|(m, p)| {
+            let (b, per) = crate::pipeline::balanced_accuracy(&t, p, names);
+            json!({"seed": m.seed, "balanced_accuracy": b, "recall_per_type": per.iter().map(|x| json!({"type": x.0, "recall": x.2})).collect::<Vec<_>>()})
+        })
+        .collect();
+    let calibration = crate::pipeline::calibration(&t, &tr.pred, &tr.confidence, &tr.unassigned, names);
     Ok(Some(json!({
         "balanced_accuracy": {"latent_transfer": bas, "data_level_knn": bas_knn},
+        "members": members,
+        "calibration": calibration,
         "recall_per_type": per.iter().zip(&per_knn).map(|(a, b)| json!({"type": a.0, "cells": a.1, "latent_transfer": a.2, "data_level_knn": b.2})).collect::<Vec<_>>(),
         "unassigned": {"shared_types": rate(true), "types_absent_from_context": rate(false)},
     })))

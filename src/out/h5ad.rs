@@ -15,6 +15,8 @@ pub enum Values {
     F64(Vec<f64>),
     F32(Vec<f32>),
     I64(Vec<i64>),
+    /// Stored as h5py stores numpy's bool (an int8 enum FALSE = 0, TRUE = 1), read by anndata as bool.
+    Bool(Vec<bool>),
 }
 
 /// An `uns` entry.
@@ -81,6 +83,15 @@ fn write_values(g: &mut GB, name: &str, v: &Values) {
         Values::F64(x) => array(g.create_dataset(name).with_f64_data(x)),
         Values::F32(x) => array(g.create_dataset(name).with_f32_data(x)),
         Values::I64(x) => array(g.create_dataset(name).with_i64_data(x)),
+        Values::Bool(x) => {
+            let dt = hdf5_pure::EnumTypeBuilder::with_base(hdf5_pure::make_i8_type())
+                .value("FALSE", 0)
+                .value("TRUE", 1)
+                .build()
+                .expect("a two-member int8 enum is a valid datatype");
+            let v: Vec<u8> = x.iter().map(|&b| b as u8).collect();
+            array(g.create_dataset(name).with_enum_u8_data(dt, &v))
+        }
     }
 }
 
@@ -222,5 +233,6 @@ fn values_len(v: &Values) -> usize {
         Values::F64(x) => x.len(),
         Values::F32(x) => x.len(),
         Values::I64(x) => x.len(),
+        Values::Bool(x) => x.len(),
     }
 }
