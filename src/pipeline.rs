@@ -368,7 +368,9 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
             None => {
                 let mut rng = crate::train::stream(mcfg.seed, 0, 1, 0);
                 let mut model = Model::new(be, cfg.clone(), &mut rng);
-                model.copy_params_from(be, ctx_model, "inner.");
+                if mcfg.space == crate::align::AlignSpace::Inter {
+                    model.copy_params_from(be, ctx_model, "inner.");
+                }
                 if mcfg.decoder_init == crate::align::DecoderInit::Context {
                     let pairs: Vec<(usize, usize)> =
                         pair.homology.context.iter().copied().zip(pair.homology.target.iter().copied()).collect();

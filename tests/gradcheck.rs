@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use scspecies::engine::likelihood::{Distribution, nb, zinb};
 use scspecies::engine::ops::{self, SparseBatch};
 use scspecies::engine::{Backend, Cpu};
-use scspecies::model::{Batch, InterTarget, Model, ModelConfig, Noise};
+use scspecies::model::{AlignSpace, Batch, InterTarget, Model, ModelConfig, Noise};
 
 /// Deterministic values in [-1, 1).
 fn vals(n: usize, seed: u64) -> Vec<f64> {
@@ -340,7 +340,7 @@ proptest! {
 
 /// The whole training-step loss (train mode: dropout masks, sampled z and library, alignment term)
 /// against finite differences of every parameter, on a small model in f64.
-fn whole_model(dist: Distribution) {
+fn whole_model(dist: Distribution, space: AlignSpace) {
     let be = Cpu::<f64>::new();
     let (rows, n, s) = (6, 9, 2);
     let cfg = ModelConfig {
@@ -375,8 +375,13 @@ fn whole_model(dist: Distribution) {
     let noise = Noise::sample(&be, &model, rows, true, &mut rng);
     let (beta, eta) = (0.6, 2.0);
     let aligned = vec![1usize, 4];
-    let targets = vec![vals(7, 60), vals(7, 61)];
-    let t = InterTarget::<Cpu<f64>>::new(&aligned, &targets, eta);
+    let t_dim = if space == AlignSpace::Latent { 3 } else { 7 };
+    let targets = vec![vals(t_dim, 60), vals(t_dim, 61)];
+    let t = match space {
+        AlignSpace::Inter => InterTarget::<Cpu<f64>>::new(&aligned, &targets, eta),
+        AlignSpace::Latent => InterTarget::<Cpu<f64>>::latent(&aligned, &targets, eta),
+    };
+    assert!(model.losses(&be, &model.forward(&be, &b, &noise), Some(&t)).align > 0.0);
     let loss = |m: &Model<Cpu<f64>>| {
         let f = m.forward(&be, &b, &noise);
         m.losses(&be, &f, Some(&t)).total(beta, eta)
@@ -405,8 +410,9 @@ fn whole_model(dist: Distribution) {
             let floor = 1e-12 * (1.0 + l0.abs()) / h;
             assert!(
                 (num - g[j]).abs() <= 1e-5 * num.abs().max(g[j].abs()) + floor,
-                "{:?} {}[{j}]: analytic {} vs numeric {num}",
+                "{:?} {:?} {}[{j}]: analytic {} vs numeric {num}",
                 dist,
+                space,
                 model.params[i].name,
                 g[j]
             );
@@ -418,12 +424,20 @@ fn whole_model(dist: Distribution) {
 
 #[test]
 fn whole_training_step_loss_zinb() {
-    whole_model(Distribution::Zinb);
+    whole_model(Distribution::Zinb, AlignSpace::Inter);
 }
 
 #[test]
 fn whole_training_step_loss_nb() {
-    whole_model(Distribution::Nb);
+    whole_model(Distribution::Nb, AlignSpace::Inter);
+}
+
+/// The latent-space alignment term (η·mean_S ‖z − z̃‖² on the sampled z) through the reparameterisation
+/// into the inner encoder and below.
+#[test]
+fn whole_training_step_loss_latent_alignment() {
+    whole_model(Distribution::Zinb, AlignSpace::Latent);
+    whole_model(Distribution::Nb, AlignSpace::Latent);
 }
 
 /// The f32 training kernel (zero-count terms in vectorised fast math, genes with counts exact) against

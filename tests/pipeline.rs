@@ -67,6 +67,9 @@ fn run_writes_every_output_and_is_reproducible() {
         "context_model.safetensors",
         "target_model.json",
         "target_model.safetensors",
+        // The default consensus saves every member.
+        "target_model_member1.json",
+        "target_model_member2.safetensors",
     ] {
         assert!(a.join(f).is_file(), "{f} missing");
     }
@@ -74,7 +77,7 @@ fn run_writes_every_output_and_is_reproducible() {
         assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f} differs between two runs with the same seed");
     }
     let pred = std::fs::read_to_string(a.join("target_predictions.tsv")).unwrap();
-    assert!(pred.starts_with("cell\tpredicted_label\tvote_share\tbest_similarity\tbest_similarity_per_count\tnovelty\tunassigned\tknn_label\tagreement\ttop_percent\taligned\ttrue_label\n"));
+    assert!(pred.starts_with("cell\tpredicted_label\tconfidence\tmember_agreement\tvote_share\tbest_similarity\tbest_similarity_per_count\tnovelty\tunassigned\tknn_label\tagreement\ttop_percent\taligned\ttrue_label\n"));
     assert_eq!(pred.lines().count(), 91);
     assert_eq!(std::fs::read_to_string(a.join("latent.tsv")).unwrap().lines().count(), 181);
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("metrics.json")).unwrap()).unwrap();
@@ -92,6 +95,15 @@ fn run_writes_every_output_and_is_reproducible() {
     assert!(r.is_err());
     let f = hdf5_pure::File::open(a.join("results.h5ad")).unwrap();
     assert_eq!(f.dataset("obsm/X_scspecies").unwrap().shape().unwrap(), vec![180, 10]);
+    // Three members, each scored on its own in metrics.json; confidence in [0, 1] for every target cell.
+    assert_eq!(e["members"].as_array().unwrap().len(), 3);
+    assert_eq!(m["align"]["members"].as_array().unwrap().len(), 3);
+    for line in pred.lines().skip(1) {
+        let c: f64 = line.split('\t').nth(2).unwrap().parse().unwrap();
+        assert!((0.0..=1.0).contains(&c), "confidence {c} outside [0, 1]");
+    }
+    let bins: usize = e["calibration"].as_array().unwrap().iter().map(|b| b["shared_cells"].as_u64().unwrap() + b["novel_cells"].as_u64().unwrap()).sum::<u64>() as usize;
+    assert_eq!(bins, 90, "every target cell in one calibration bin");
     // A different seed gives a different result.
     let c2 = tmp.path().join("c");
     bin(&args("run", c.to_str().unwrap(), t.to_str().unwrap(), c2.to_str().unwrap(), "5"));

@@ -223,6 +223,7 @@ fn writer_output_reads_in_python_anndata() {
             ),
             ("name".into(), Values::Strings(vec!["x".into(), "y".into(), "z".into()])),
             ("sim".into(), Values::F32(vec![0.5, -1.0, 2.0])),
+            ("unassigned".into(), Values::Bool(vec![false, true, false])),
         ],
         var_names: vec!["G1".into(), "G2".into()],
         var: vec![("homologous".into(), Values::I64(vec![1, 0]))],
@@ -241,6 +242,7 @@ assert str(a.obs["label"].dtype) == "category"
 assert a.obs["label"].tolist()[:2] == ["B", "T"] and a.obs["label"].isna().tolist() == [False, False, True]
 assert a.obs["name"].tolist() == ["x", "y", "z"]
 assert np.allclose(a.obs["sim"].to_numpy(), [0.5, -1.0, 2.0])
+assert a.obs["unassigned"].dtype == bool and a.obs["unassigned"].tolist() == [False, True, False], a.obs["unassigned"]
 assert a.var["homologous"].tolist() == [1, 0]
 assert a.obsm["X_scspecies"].shape == (3, 2) and a.obsm["X_scspecies"][2, 1] == 6
 assert a.uns["scspecies"]["version"] == "0.1.0" and a.uns["scspecies"]["eta"] == 25.0

@@ -36,9 +36,25 @@ pub fn choose<B: Backend>(
     train_mode: bool,
     rng: &mut impl Rng,
 ) -> (Vec<usize>, Vec<Vec<f64>>) {
+    let (chosen, nll, _) = choose_with_latents(be, model, ctx, counts, queries, train_mode, rng);
+    (chosen, nll)
+}
+
+/// [`choose`], also returning each query's chosen candidate's sampled latent z̃ (the target of the
+/// latent-space alignment). The same random draws as [`choose`].
+pub fn choose_with_latents<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    ctx: &Representation,
+    counts: &Csr,
+    queries: &[Query],
+    train_mode: bool,
+    rng: &mut impl Rng,
+) -> (Vec<usize>, Vec<Vec<f64>>, Vec<Vec<f64>>) {
     let l = model.cfg.latent;
     let mut chosen = Vec::with_capacity(queries.len());
     let mut all_nll = Vec::with_capacity(queries.len());
+    let mut latents = Vec::with_capacity(queries.len());
     let k = queries.first().map(|q| q.neighbours.len()).unwrap_or(1).max(1);
     let per_chunk = (CHUNK_ROWS / k).max(1);
     for chunk in queries.chunks(per_chunk) {
@@ -72,9 +88,10 @@ pub fn choose<B: Backend>(
                 }
             }
             chosen.push(best);
+            latents.push(z[(off + best) * l..(off + best + 1) * l].to_vec());
             all_nll.push(v);
             off += q.neighbours.len();
         }
     }
-    (chosen, all_nll)
+    (chosen, all_nll, latents)
 }

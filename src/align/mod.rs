@@ -9,11 +9,12 @@ use crate::data::Csr;
 use crate::engine::Backend;
 use crate::engine::ops::AdamConfig;
 use crate::error::{Error, Result};
+pub use crate::model::AlignSpace;
 use crate::model::{InterTarget, Model, Noise};
 use crate::train::{
     Divergence, EpochStats, Guard, Progress, Representation, Schedule, TrainData, check_step, drive_epochs, permutation, stream,
 };
-use candidates::{Query, choose};
+use candidates::{Query, choose_with_latents};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +38,10 @@ pub struct AlignConfig {
     /// How the target decoder starts: fresh (the reference) or from the context decoder.
     #[serde(default)]
     pub decoder_init: DecoderInit,
+    /// Where the alignment term acts: the intermediate space (frozen shared inner encoder, the
+    /// default) or the latent space (fresh trainable inner encoder).
+    #[serde(default)]
+    pub space: AlignSpace,
     /// Feature space of the data-level kNN that selects the aligned cells and their candidates.
     #[serde(default)]
     pub knn_space: knn::KnnSpace,
@@ -96,6 +101,7 @@ impl AlignConfig {
             inner_dropout: false,
             candidate_dropout: true,
             decoder_init: DecoderInit::Fresh,
+            space: AlignSpace::Inter,
             knn_space: knn::KnnSpace::Informative,
             members: DEFAULT_MEMBERS,
         }
@@ -168,7 +174,10 @@ pub fn train_target_guarded<B: Backend>(
     let bs = cfg.batch_size.min(n);
     let steps = (n / bs).max(1);
     let d = model.cfg.inter_dim();
-    let trainable = |name: &str| !name.starts_with("inner.");
+    // Inter mode: the shared inner encoder is frozen; latent mode: every module trains.
+    let latent = cfg.space == AlignSpace::Latent;
+    let trainable = |name: &str| latent || !name.starts_with("inner.");
+    let inner_dropout = latent || cfg.inner_dropout;
     let mut one_epoch = |model: &mut Model<B>, epoch: usize, adam: &AdamConfig| -> std::result::Result<AlignEpoch, Divergence> {
         let (beta, eta) = (cfg.beta.at(epoch), cfg.eta.at(epoch));
         let perm = permutation(n, cfg.seed, epoch);
@@ -179,7 +188,7 @@ pub fn train_target_guarded<B: Backend>(
             let rows = &perm[step * bs..(step + 1) * bs];
             let batch = data.batch(be, rows);
             let mut rng = stream(cfg.seed, crate::train::STREAM_STEP, epoch as u64, step as u64);
-            let noise = Noise::sample_modes(be, model, rows.len(), true, cfg.inner_dropout, &mut rng);
+            let noise = Noise::sample_modes(be, model, rows.len(), true, inner_dropout, &mut rng);
             let f = model.forward_with(be, &batch, &noise, true);
             // Aligned cells of this minibatch; if none, one random cell (the reference's fallback).
             let mut sel: Vec<usize> = (0..rows.len()).filter(|&i| aligned[rows[i]]).collect();
@@ -197,22 +206,28 @@ pub fn train_target_guarded<B: Backend>(
                     neighbours: &knn[rows[i] * knn_stored..rows[i] * knn_stored + k],
                 })
                 .collect();
-            let (chosen, _) = choose(be, model, ctx, data.counts, &queries, cfg.candidate_dropout, &mut rng);
+            let (chosen, _, sampled) = choose_with_latents(be, model, ctx, data.counts, &queries, cfg.candidate_dropout, &mut rng);
             if let Some((ctx_labels, knn_label)) = sel_in.labels {
                 for (q, &j) in queries.iter().zip(&chosen) {
                     same_label += (ctx_labels[q.neighbours[j] as usize] == knn_label[q.cell]) as usize;
                 }
                 chosen_total += queries.len();
             }
-            let targets: Vec<Vec<f64>> = queries
-                .iter()
-                .zip(&chosen)
-                .map(|(q, &j)| {
-                    let c = q.neighbours[j] as usize;
-                    ctx.inter[c * d..(c + 1) * d].iter().map(|&v| v as f64).collect()
-                })
-                .collect();
-            let t = InterTarget::new(&sel, &targets, eta);
+            let (targets, t);
+            if latent {
+                targets = sampled;
+                t = InterTarget::latent(&sel, &targets, eta);
+            } else {
+                targets = queries
+                    .iter()
+                    .zip(&chosen)
+                    .map(|(q, &j)| {
+                        let c = q.neighbours[j] as usize;
+                        ctx.inter[c * d..(c + 1) * d].iter().map(|&v| v as f64).collect()
+                    })
+                    .collect::<Vec<Vec<f64>>>();
+                t = InterTarget::new(&sel, &targets, eta);
+            }
             let l = model.losses(be, &f, Some(&t));
             model.backward(be, &batch, &noise, &f, beta, Some(&t));
             check_step(be, model, &l, &trainable, (epoch, step, steps))?;

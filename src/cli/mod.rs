@@ -150,6 +150,10 @@ pub struct RunOptions {
     /// the publication used 50 below 10,000 target cells).
     #[arg(long, default_value_t = 20.0)]
     pub top_percent: f64,
+    /// Alignment space: `inter` (intermediate space, the context's inner encoder shared and frozen)
+    /// or `latent` (sampled latents, a fresh trainable inner encoder; the reference's other mode).
+    #[arg(long, value_enum, default_value_t = crate::model::AlignSpace::Inter)]
+    pub alignment: crate::model::AlignSpace,
     /// Feature space of the data-level kNN: `informative` (counts per 10,000, log1p, the union of each
     /// species' 2,000 most variable homologous genes) or `log1p-counts` (the reference: log1p of raw
     /// counts, all homologous genes).
@@ -523,6 +527,10 @@ pub fn align_config(o: &RunOptions, n_target: usize) -> Result<crate::align::Ali
     acfg.candidate_dropout = !o.eval_candidates;
     acfg.decoder_init = o.target_decoder_init;
     acfg.knn_space = o.knn_space;
+    acfg.space = o.alignment;
+    if o.alignment == crate::model::AlignSpace::Latent && o.inner_dropout {
+        return Err(Error::Config("--inner-dropout applies to the frozen shared inner encoder of --alignment inter; in latent mode the inner encoder trains with dropout anyway".into()));
+    }
     acfg.members = o.members;
     Ok(acfg)
 }

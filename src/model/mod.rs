@@ -336,18 +336,51 @@ impl Losses {
     }
 }
 
-/// Alignment of the intermediate representation: rows of the minibatch and their targets [|S|×300].
+/// Where the alignment term pulls the target cells (spec §5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum AlignSpace {
+    /// The intermediate (outer-encoder) output towards the chosen context cell's eval-mode output,
+    /// with the context's inner encoder shared and frozen (the reference's default `'inter'`).
+    #[default]
+    Inter,
+    /// The sampled latent z towards the chosen candidate's sampled latent z̃, with a fresh, trainable
+    /// inner encoder (the reference's `'latent'`).
+    Latent,
+}
+
+/// Alignment targets: rows of the minibatch and their targets ([|S|×300] in the intermediate space,
+/// [|S|×latent] in the latent space).
 pub struct InterTarget<'a, B: Backend> {
     pub rows: &'a [usize],
     pub targets: &'a [Vec<f64>],
     pub eta: f64,
+    pub space: AlignSpace,
     _b: std::marker::PhantomData<B>,
 }
 
 impl<'a, B: Backend> InterTarget<'a, B> {
+    /// Targets in the intermediate space.
     pub fn new(rows: &'a [usize], targets: &'a [Vec<f64>], eta: f64) -> Self {
-        InterTarget { rows, targets, eta, _b: std::marker::PhantomData }
+        InterTarget { rows, targets, eta, space: AlignSpace::Inter, _b: std::marker::PhantomData }
     }
+    /// Targets in the latent space: Align = mean_S ‖z_i − z̃_i‖² on the sampled z.
+    pub fn latent(rows: &'a [usize], targets: &'a [Vec<f64>], eta: f64) -> Self {
+        InterTarget { rows, targets, eta, space: AlignSpace::Latent, _b: std::marker::PhantomData }
+    }
+}
+
+/// ∂(η·Align)/∂h for Align = mean_S ‖h_i − c_i‖²: η·2(h − c)/|S| on the aligned rows of h [rows × d].
+fn align_grad<B: Backend>(h: &[f64], t: &InterTarget<B>, d: usize, rows: usize) -> Vec<f64> {
+    let mut g = vec![0f64; rows * d];
+    let c = t.eta * 2.0 / t.rows.len() as f64;
+    for (k, &r) in t.rows.iter().enumerate() {
+        for j in 0..d {
+            g[r * d + j] = c * (h[r * d + j] - t.targets[k][j]);
+        }
+    }
+    g
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -839,8 +872,10 @@ impl<B: Backend> Model<B> {
         if t.rows.is_empty() {
             return 0.0;
         }
-        let h = be.download(&f.outer.last().unwrap().out);
-        let d = self.cfg.inter_dim();
+        let (h, d) = match t.space {
+            AlignSpace::Inter => (be.download(&f.outer.last().unwrap().out), self.cfg.inter_dim()),
+            AlignSpace::Latent => (be.download(&f.z), self.cfg.latent),
+        };
         let mut s = 0.0;
         for (k, &r) in t.rows.iter().enumerate() {
             for j in 0..d {
@@ -897,6 +932,10 @@ impl<B: Backend> Model<B> {
         let d_in = self.stack_bwd(be, &dec, &f.decoder, d_hd, Some(&f.dec_in), None, rows, md, true).unwrap();
         let mut dz = be.zeros(rows * l);
         be.copy_cols(&d_in, l + s, 0, l, &mut dz);
+        // latent alignment: Align = mean_S ‖z − z̃‖² → dz += η·2(z − z̃)/|S| on the aligned rows
+        if let Some(t) = align.filter(|t| t.space == AlignSpace::Latent && !t.rows.is_empty()) {
+            be.axpy(1.0, &be.upload(&align_grad(&be.download(&f.z), t, l, rows)), &mut dz);
+        }
 
         // z = μ + σε and KL_z → dμ, dls
         let mut kl = be.zeros(rows);
@@ -919,19 +958,8 @@ impl<B: Backend> Model<B> {
         let mut d_inter = self.stack_bwd(be, &inner, &f.inner, d_hi, Some(inter), None, rows, mi, true).unwrap();
 
         // alignment of the intermediate space: η·2(h − c)/|S| on the aligned rows
-        if let Some(t) = align
-            && !t.rows.is_empty()
-        {
-            let d = self.cfg.inter_dim();
-            let h = be.download(inter);
-            let mut g = vec![0f64; rows * d];
-            let c = t.eta * 2.0 / t.rows.len() as f64;
-            for (k, &r) in t.rows.iter().enumerate() {
-                for j in 0..d {
-                    g[r * d + j] = c * (h[r * d + j] - t.targets[k][j]);
-                }
-            }
-            be.axpy(1.0, &be.upload(&g), &mut d_inter);
+        if let Some(t) = align.filter(|t| t.space == AlignSpace::Inter && !t.rows.is_empty()) {
+            be.axpy(1.0, &be.upload(&align_grad(&be.download(inter), t, self.cfg.inter_dim(), rows)), &mut d_inter);
         }
         let outer = self.outer.clone();
         self.stack_bwd(be, &outer, &f.outer, d_inter, None, Some(&batch.sparse), rows, mo, false);
