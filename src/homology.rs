@@ -44,6 +44,24 @@ pub struct HomologyReport {
     pub table_rows: usize,
     /// Homologous gene pairs used by the model.
     pub homologous_genes: usize,
+    /// Of these, pairs matched by symbol because the table lists neither gene ([`SymbolFill::Gaps`]).
+    pub symbol_matched_gaps: usize,
+}
+
+/// With an ortholog table: whether genes the table lists on neither side may still be paired by
+/// their symbol (case-insensitively).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum SymbolFill {
+    /// Only the table's pairs (the reference: a gene missing from its table is non-homologous).
+    None,
+    /// Also pair a context and a target gene with the same symbol when the table lists neither of them.
+    /// Why: curated one-to-one tables leave out genes (the bundled mouse-human table lacks Ppy-PPY, the
+    /// marker of PP cells), and symbols across mammals follow one nomenclature; a gene the table does
+    /// list keeps the table's partner, so the table is never overruled.
+    #[default]
+    Gaps,
 }
 
 /// Homologous index pairs: `context[k]` and `target[k]` are the same gene, sorted by `names[k]`.
@@ -90,10 +108,17 @@ fn intersect(ctx: &HashMap<&str, usize>, tgt: &HashMap<&str, usize>) -> (Vec<usi
     (c, t, n)
 }
 
-/// Match the genes of two species. With a table, each target gene is translated to the context gene of
-/// its first row in the table (genes absent from the table are non-homologous); without one, symbols are
-/// compared case-insensitively. Zero homologous genes is an error: nothing could be aligned.
+/// Match the genes of two species with the table's pairs only ([`SymbolFill::None`], the reference).
 pub fn match_genes(context_genes: &[String], target_genes: &[String], table: Option<&OrthologTable>) -> Result<Homology> {
+    match_genes_with(context_genes, target_genes, table, SymbolFill::None)
+}
+
+/// Match the genes of two species. With a table, each target gene is translated to the context gene of
+/// its first row in the table; a gene absent from the table is non-homologous, or with
+/// [`SymbolFill::Gaps`] paired with the context gene of the same symbol (case-insensitively) that the
+/// table does not list either. Without a table, symbols are compared case-insensitively. Zero
+/// homologous genes is an error: nothing could be aligned.
+pub fn match_genes_with(context_genes: &[String], target_genes: &[String], table: Option<&OrthologTable>, fill: SymbolFill) -> Result<Homology> {
     let (c, t, n, report) = match table {
         Some(tab) => {
             let ctx_set: std::collections::HashSet<&str> = context_genes.iter().map(|s| s.as_str()).collect();
@@ -108,6 +133,22 @@ pub fn match_genes(context_genes: &[String], target_genes: &[String], table: Opt
             let mut translate: HashMap<&str, &str> = HashMap::new();
             for (cg, tg) in rows {
                 translate.entry(tg.as_str()).or_insert(cg.as_str());
+            }
+            let mut filled: std::collections::HashSet<&str> = std::collections::HashSet::new();
+            if fill == SymbolFill::Gaps {
+                let listed: std::collections::HashSet<&str> = rows.iter().flat_map(|(a, b)| [a.as_str(), b.as_str()]).collect();
+                let mut by_symbol: HashMap<String, &str> = HashMap::new();
+                for g in context_genes.iter().filter(|g| !listed.contains(g.as_str())) {
+                    by_symbol.entry(g.to_uppercase()).or_insert(g.as_str());
+                }
+                for g in target_genes.iter().filter(|g| !listed.contains(g.as_str())) {
+                    if let Some(&cg) = by_symbol.get(&g.to_uppercase())
+                        && !translate.contains_key(g.as_str())
+                    {
+                        translate.insert(g.as_str(), cg);
+                        filled.insert(cg);
+                    }
+                }
             }
             let ctx = first_index(context_genes.iter().map(|g| Some(g.as_str())));
             let tgt = first_index(target_genes.iter().map(|g| translate.get(g.as_str()).copied()));
@@ -133,12 +174,17 @@ pub fn match_genes(context_genes: &[String], target_genes: &[String], table: Opt
                 };
                 return Err(Error::Input(format!("{}: zero homologous genes between context and target.{hint}", tab.path.display())));
             }
+            let symbol_matched_gaps = n.iter().filter(|g| filled.contains(g.as_str())).count();
             let report = HomologyReport {
-                method: format!("ortholog table {}", tab.path.display()),
+                method: match fill {
+                    SymbolFill::None => format!("ortholog table {}", tab.path.display()),
+                    SymbolFill::Gaps => format!("ortholog table {}, plus symbol matches for genes it does not list", tab.path.display()),
+                },
                 context_genes: context_genes.len(),
                 target_genes: target_genes.len(),
                 table_rows: rows.len(),
                 homologous_genes: c.len(),
+                symbol_matched_gaps,
             };
             (c, t, n, report)
         }
@@ -159,6 +205,7 @@ pub fn match_genes(context_genes: &[String], target_genes: &[String], table: Opt
                 target_genes: target_genes.len(),
                 table_rows: 0,
                 homologous_genes: c.len(),
+                symbol_matched_gaps: 0,
             };
             (c, t, n, report)
         }

@@ -3,7 +3,7 @@
 
 use crate::data::{Dataset, read_dataset_layer};
 use crate::error::{Error, Result};
-use crate::homology::{Homology, OrthologTable, match_genes};
+use crate::homology::{Homology, OrthologTable};
 use crate::preprocess::{Prepared, PreprocessConfig, preprocess};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -25,6 +25,14 @@ pub struct Inputs {
     /// `.h5ad` only: take the counts from `raw` or `layers/<name>` instead of `X`.
     pub context_layer: Option<String>,
     pub target_layer: Option<String>,
+    /// With an ortholog table: pair genes it lists on neither side by symbol. Runs recorded before
+    /// this option existed used the table only.
+    #[serde(default = "table_only")]
+    pub homology_fill: crate::homology::SymbolFill,
+}
+
+fn table_only() -> crate::homology::SymbolFill {
+    crate::homology::SymbolFill::None
 }
 
 /// Both species, preprocessed, with their homologous genes.
@@ -68,7 +76,13 @@ pub fn prepare(inputs: &Inputs, cfg: &PreprocessConfig, log: &mut dyn FnMut(&str
     timings.push(("preprocess".to_string(), t.elapsed().as_secs_f64()));
 
     let t = Instant::now();
-    let homology = match_genes(&context.data.genes, &target.data.genes, table.as_ref())?;
+    let homology = crate::homology::match_genes_with(&context.data.genes, &target.data.genes, table.as_ref(), inputs.homology_fill)?;
+    if homology.report.symbol_matched_gaps > 0 {
+        log(&format!(
+            "homology: {} of the pairs matched by symbol, for genes the ortholog table does not list (--homology-fill none: the table only)",
+            homology.report.symbol_matched_gaps
+        ));
+    }
     log(&format!(
         "homology ({}): {} homologous genes ({:.1} % of {} context genes, {:.1} % of {} target genes)",
         homology.report.method,
@@ -130,6 +144,7 @@ pub fn demo_like_inputs(dir: &Path) -> Inputs {
         target_name: "human".into(),
         context_layer: None,
         target_layer: None,
+        homology_fill: Default::default(),
     }
 }
 

@@ -26,6 +26,7 @@ fn pair() -> &'static PreparedPair {
             target_name: "target".into(),
             context_layer: None,
             target_layer: None,
+            homology_fill: Default::default(),
         };
         let p = prepare(&inputs, &Default::default(), &mut |_| {}).unwrap();
         (tmp, p)

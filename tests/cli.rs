@@ -230,3 +230,41 @@ fn device_cuda_without_a_gpu_is_a_clear_error() {
     assert_ne!(code, 0);
     assert!(err.contains("--tf32 applies to the GPU only"), "{err}");
 }
+
+/// Every option `bench` accepts takes effect (the alignment options reach the timed alignment and the
+/// report says so) or is refused with the flag's name before any work.
+#[test]
+fn bench_applies_or_refuses_every_option() {
+    for (flag, value) in [("--epochs-target", Some("3")), ("--epochs-context", Some("2")), ("--max-memory", Some("8G")), ("--keep-checkpoints", None)]
+    {
+        let mut args = vec!["bench", flag];
+        args.extend(value);
+        let (code, _, err) = bin(&args);
+        assert_ne!(code, 0, "{flag} must be refused");
+        assert!(err.contains("bench does not use") && err.contains(flag), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("bench.json");
+    let (code, _, err) = bin(&[
+        "bench",
+        "--repeat",
+        "1",
+        "--quiet",
+        "--top-percent",
+        "35",
+        "--members",
+        "1",
+        "--knn-space",
+        "log1p-counts",
+        "--k-neighbours",
+        "10",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let t = &r["target_training"];
+    assert_eq!((t["top_percent"].as_f64(), t["members"].as_u64(), t["k"].as_u64()), (Some(35.0), Some(1), Some(10)), "{t}");
+    assert_eq!(t["knn_space"], "log1p-counts");
+}

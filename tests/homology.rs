@@ -2,7 +2,7 @@
 //! case-insensitive symbols, the zero-overlap error, and the real Baron table.
 
 mod common;
-use scspecies::homology::{OrthologTable, match_genes};
+use scspecies::homology::{OrthologTable, SymbolFill, match_genes, match_genes_with};
 
 fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
@@ -76,4 +76,46 @@ fn baron_table_on_bundled_and_shared_genes() {
     let gh: Vec<String> = gh.rows.into_iter().map(|r| r[0].clone()).collect();
     let h = match_genes(&gm, &gh, Some(&t)).unwrap();
     assert_eq!(h.len(), 11_674);
+}
+
+/// `SymbolFill::Gaps` pairs genes the table lists on neither side by symbol, and never overrules the
+/// table: a gene the table lists keeps the table's partner (or stays unpaired if that partner is absent).
+#[test]
+fn symbol_fill_covers_only_genes_the_table_does_not_list() {
+    let ctx = s(&["Ppy", "Gcg", "Sst", "Cd4", "Foo1", "Ins2"]);
+    let tgt = s(&["PPY", "GCG", "SST", "CD4", "FOO1", "INS"]);
+    let t = table(&[
+        ("context_gene", "target_gene"),
+        ("Gcg", "GCG"),
+        ("Sst", "SST"),
+        ("Cd4", "CD8"),  // Cd4 is listed (with a partner absent here): not re-paired with CD4 by symbol
+        ("Bar", "FOO1"), // FOO1 is listed: not paired with Foo1
+        ("Ins2", "INS"),
+    ]);
+    let none = match_genes_with(&ctx, &tgt, Some(&t), SymbolFill::None).unwrap();
+    assert_eq!(none.names, s(&["Gcg", "Ins2", "Sst"]));
+    assert_eq!(none.report.symbol_matched_gaps, 0);
+    let plain = match_genes(&ctx, &tgt, Some(&t)).unwrap();
+    assert_eq!(plain.names, none.names, "match_genes is the table-only matching");
+    let gaps = match_genes_with(&ctx, &tgt, Some(&t), SymbolFill::Gaps).unwrap();
+    assert_eq!(gaps.names, s(&["Gcg", "Ins2", "Ppy", "Sst"]), "Ppy-PPY added; Cd4-CD4 and Foo1-FOO1 not");
+    assert_eq!(gaps.context, vec![1, 5, 0, 2]);
+    assert_eq!(gaps.target, vec![1, 5, 0, 2]);
+    assert_eq!(gaps.report.symbol_matched_gaps, 1);
+    assert_eq!(gaps.report.homologous_genes, 4);
+    assert!(gaps.report.method.contains("symbol"), "{}", gaps.report.method);
+}
+
+/// The bundled Baron table lacks Ppy-PPY (the PP-cell marker); the gap fill adds it and 1,060 others.
+#[test]
+fn baron_table_gaps() {
+    let dir = common::bundled();
+    let read = |p: &str| std::fs::read_to_string(dir.join(p).join("genes.tsv")).unwrap().lines().skip(1).map(String::from).collect::<Vec<_>>();
+    let (m, h) = (read("mouse"), read("human"));
+    let t = OrthologTable::read(&dir.join("homology.tsv")).unwrap();
+    let none = match_genes_with(&m, &h, Some(&t), SymbolFill::None).unwrap();
+    let gaps = match_genes_with(&m, &h, Some(&t), SymbolFill::Gaps).unwrap();
+    assert!(!none.names.iter().any(|n| n == "Ppy"));
+    assert!(gaps.names.iter().any(|n| n == "Ppy"));
+    assert_eq!((gaps.len(), gaps.report.symbol_matched_gaps), (none.len() + 1061, 1061));
 }

@@ -154,6 +154,10 @@ pub struct RunOptions {
     /// or `latent` (sampled latents, a fresh trainable inner encoder; the reference's other mode).
     #[arg(long, value_enum, default_value_t = crate::model::AlignSpace::Inter)]
     pub alignment: crate::model::AlignSpace,
+    /// With --homology: `gaps` also pairs genes the ortholog table lists on neither side when their
+    /// symbols match (case-insensitively); `none` uses the table's pairs only (the reference).
+    #[arg(long, value_enum, default_value_t = crate::homology::SymbolFill::Gaps)]
+    pub homology_fill: crate::homology::SymbolFill,
     /// Feature space of the data-level kNN: `informative` (counts per 10,000, log1p, the union of each
     /// species' 2,000 most variable homologous genes) or `log1p-counts` (the reference: log1p of raw
     /// counts, all homologous genes).
@@ -348,6 +352,7 @@ impl PipelineArgs {
             target_name: String::new(),
             context_layer: self.context_layer.clone(),
             target_layer: self.target_layer.clone(),
+            homology_fill: self.opts.homology_fill,
         }
     }
 }
@@ -407,6 +412,9 @@ pub struct InspectArgs {
     /// Ortholog table (context gene, target gene); default: case-insensitive symbol match.
     #[arg(long)]
     pub homology: Option<PathBuf>,
+    /// With --homology: also pair genes the table lists on neither side by symbol (`gaps`), or not (`none`).
+    #[arg(long, value_enum, default_value_t = crate::homology::SymbolFill::Gaps)]
+    pub homology_fill: crate::homology::SymbolFill,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -740,6 +748,7 @@ pub(crate) use on_device;
 /// Run the requested stages and write their outputs. Nothing is written unless preprocessing succeeded.
 fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages) -> Result<()> {
     check_options(o)?;
+    let inputs = &Inputs { homology_fill: o.homology_fill, ..inputs.clone() };
     on_device!(o, be => run_pipeline_on(be, inputs, out_dir, o, stages))
 }
 
@@ -1265,7 +1274,7 @@ fn inspect(a: &InspectArgs) -> Result<()> {
     }
     if let (Some(c), Some(t)) = (&genes[0], &genes[1]) {
         let table = a.homology.as_deref().map(crate::homology::OrthologTable::read).transpose()?;
-        let h = crate::homology::match_genes(c, t, table.as_ref())?;
+        let h = crate::homology::match_genes_with(c, t, table.as_ref(), a.homology_fill)?;
         text += &format!(
             "homology ({})\n  homologous genes   {} ({:.1} % of context genes, {:.1} % of target genes)\n",
             h.report.method,
