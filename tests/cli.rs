@@ -106,11 +106,16 @@ fn inspect_reports_bundled_data_as_json_and_text() {
     assert_eq!(v["context"]["summary"]["cells"], 1886);
     assert_eq!(v["target"]["summary"]["genes"], 16413);
     assert_eq!(v["context"]["summary"]["batches"][1], serde_json::json!(["mouse2", 1064]));
-    assert_eq!(v["homology"]["homologous_genes"], 11312);
+    // The table's 11,312 pairs plus 1,061 genes it lists on neither side, matched by symbol.
+    assert_eq!(v["homology"]["homologous_genes"], 12373);
+    assert_eq!(v["homology"]["symbol_matched_gaps"], 1061);
     assert!(v["target"]["summary"]["labels"].is_null());
     let (code, out, _) = bin(&args);
     assert_eq!(code, 0);
-    assert!(out.contains("1,886 x 14,860") && out.contains("homologous genes   11,312"), "{out}");
+    assert!(out.contains("1,886 x 14,860") && out.contains("homologous genes   12,373"), "{out}");
+    let (code, out, _) = bin(&[&args[..], &["--homology-fill", "none"]].concat());
+    assert_eq!(code, 0);
+    assert!(out.contains("homologous genes   11,312"), "{out}");
 }
 
 #[test]
@@ -183,7 +188,7 @@ fn demo_runs_on_bundled_data() {
     } else {
         assert!(backend.starts_with("cuda") && err.contains("device: cuda"), "{backend}\n{err}");
     }
-    assert_eq!(m["homology"]["homologous_genes"], 11312);
+    assert_eq!(m["homology"]["homologous_genes"], 12373);
     // The target's labels are for evaluation: no target cell type is filtered out.
     assert_eq!(m["preprocessing"]["human"]["cells_out"], 2142);
     assert!(m["evaluation"]["balanced_accuracy"]["latent_transfer"].is_f64());
@@ -197,7 +202,7 @@ fn demo_runs_on_bundled_data() {
     assert_eq!(p.n_cells(), 1855);
     assert_eq!(p.labels("label").unwrap().categories.len(), 8);
     let hom = std::fs::read_to_string(out.join("homologous_genes.tsv")).unwrap();
-    assert_eq!(hom.lines().count(), 11312 + 1);
+    assert_eq!(hom.lines().count(), 12373 + 1);
     // The context model, its training log and the latent space.
     let hist = std::fs::read_to_string(out.join("context_training.tsv")).unwrap();
     assert_eq!(hist.lines().count(), 3);
@@ -209,7 +214,7 @@ fn demo_runs_on_bundled_data() {
     let (model, meta) = scspecies::model::io::load(&be, &out.join("context_model")).unwrap();
     assert_eq!(meta.genes.len(), 14860);
     assert_eq!(meta.batches, vec!["mouse1", "mouse2"]);
-    assert_eq!(model.cfg.homologous.len(), 11312);
+    assert_eq!(model.cfg.homologous.len(), 12373);
 }
 
 #[test]

@@ -55,7 +55,10 @@ fn run_writes_every_output_and_is_reproducible() {
     species(&t, true, ["alpha", "beta", "delta"], 2);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     for out in [&a, &b] {
-        let (code, err) = bin(&args("run", c.to_str().unwrap(), t.to_str().unwrap(), out.to_str().unwrap(), "4"));
+        // A consensus of three target models, through the command line.
+        let mut a = args("run", c.to_str().unwrap(), t.to_str().unwrap(), out.to_str().unwrap(), "4");
+        a.extend(["--members", "3"]);
+        let (code, err) = bin(&a);
         assert_eq!(code, 0, "{err}");
     }
     for f in [
@@ -67,7 +70,7 @@ fn run_writes_every_output_and_is_reproducible() {
         "context_model.safetensors",
         "target_model.json",
         "target_model.safetensors",
-        // The default consensus saves every member.
+        // A consensus saves every member.
         "target_model_member1.json",
         "target_model_member2.safetensors",
     ] {
