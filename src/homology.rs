@@ -118,7 +118,12 @@ pub fn match_genes(context_genes: &[String], target_genes: &[String], table: Opt
 /// [`SymbolFill::Gaps`] paired with the context gene of the same symbol (case-insensitively) that the
 /// table does not list either. Without a table, symbols are compared case-insensitively. Zero
 /// homologous genes is an error: nothing could be aligned.
-pub fn match_genes_with(context_genes: &[String], target_genes: &[String], table: Option<&OrthologTable>, fill: SymbolFill) -> Result<Homology> {
+pub fn match_genes_with(
+    context_genes: &[String],
+    target_genes: &[String],
+    table: Option<&OrthologTable>,
+    fill: SymbolFill,
+) -> Result<Homology> {
     let (c, t, n, report) = match table {
         Some(tab) => {
             let ctx_set: std::collections::HashSet<&str> = context_genes.iter().map(|s| s.as_str()).collect();

@@ -303,8 +303,8 @@ fn member_guard(guard: &crate::train::Guard, m: usize) -> crate::train::Guard {
             let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             p.with_file_name(format!("{stem}_member{m}.safetensors"))
         };
-        c.path = rename(&c.path);
         c.resume_from = c.resume_from.as_deref().map(rename);
+        c.path = rename(&c.path);
     }
     g
 }

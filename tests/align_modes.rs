@@ -48,8 +48,9 @@ fn run(space: AlignSpace, members: usize, seed: u64) -> (Vec<Vec<f64>>, scspecie
     acfg.epochs = 2;
     acfg.space = space;
     acfg.members = members;
-    let r = align_and_transfer(&be, p, &ctx.model, &ctx.repr, &acfg, &Default::default(), None, &Default::default(), &mut |_| {}, &mut |_| {})
-        .unwrap();
+    let r =
+        align_and_transfer(&be, p, &ctx.model, &ctx.repr, &acfg, &Default::default(), None, &Default::default(), &mut |_| {}, &mut |_| {})
+            .unwrap();
     (params(&be, &ctx.model, "inner."), r)
 }
 

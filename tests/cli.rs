@@ -241,7 +241,8 @@ fn device_cuda_without_a_gpu_is_a_clear_error() {
 /// report says so) or is refused with the flag's name before any work.
 #[test]
 fn bench_applies_or_refuses_every_option() {
-    for (flag, value) in [("--epochs-target", Some("3")), ("--epochs-context", Some("2")), ("--max-memory", Some("8G")), ("--keep-checkpoints", None)]
+    for (flag, value) in
+        [("--epochs-target", Some("3")), ("--epochs-context", Some("2")), ("--max-memory", Some("8G")), ("--keep-checkpoints", None)]
     {
         let mut args = vec!["bench", flag];
         args.extend(value);

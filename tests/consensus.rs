@@ -87,7 +87,8 @@ fn calibration_bins_shared_and_novel_cells() {
     let conf = [0.1, 0.55, 0.7, 0.95, 0.2, 0.9, 1.0];
     let un = [false, false, false, false, true, false, false];
     let bins = calibration(&truth, &pred, &conf, &un, &names);
-    let got: Vec<(usize, usize, usize, usize)> = bins.iter().map(|b| (b.shared_cells, b.shared_correct, b.novel_cells, b.novel_unassigned)).collect();
+    let got: Vec<(usize, usize, usize, usize)> =
+        bins.iter().map(|b| (b.shared_cells, b.shared_correct, b.novel_cells, b.novel_unassigned)).collect();
     // [0, .5): A right, X flagged; [.5, .7): A wrong; [.7, .9): B right; [.9, 1]: B right, A right, X not flagged.
     assert_eq!(got, vec![(1, 1, 1, 1), (1, 0, 0, 0), (1, 1, 0, 0), (2, 2, 1, 0)]);
     assert_eq!((bins[0].low, bins[3].high), (0.0, 1.0));

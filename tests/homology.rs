@@ -110,7 +110,8 @@ fn symbol_fill_covers_only_genes_the_table_does_not_list() {
 #[test]
 fn baron_table_gaps() {
     let dir = common::bundled();
-    let read = |p: &str| std::fs::read_to_string(dir.join(p).join("genes.tsv")).unwrap().lines().skip(1).map(String::from).collect::<Vec<_>>();
+    let read =
+        |p: &str| std::fs::read_to_string(dir.join(p).join("genes.tsv")).unwrap().lines().skip(1).map(String::from).collect::<Vec<_>>();
     let (m, h) = (read("mouse"), read("human"));
     let t = OrthologTable::read(&dir.join("homology.tsv")).unwrap();
     let none = match_genes_with(&m, &h, Some(&t), SymbolFill::None).unwrap();

@@ -105,7 +105,12 @@ fn run_writes_every_output_and_is_reproducible() {
         let c: f64 = line.split('\t').nth(2).unwrap().parse().unwrap();
         assert!((0.0..=1.0).contains(&c), "confidence {c} outside [0, 1]");
     }
-    let bins: usize = e["calibration"].as_array().unwrap().iter().map(|b| b["shared_cells"].as_u64().unwrap() + b["novel_cells"].as_u64().unwrap()).sum::<u64>() as usize;
+    let bins: usize = e["calibration"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["shared_cells"].as_u64().unwrap() + b["novel_cells"].as_u64().unwrap())
+        .sum::<u64>() as usize;
     assert_eq!(bins, 90, "every target cell in one calibration bin");
     // A different seed gives a different result.
     let c2 = tmp.path().join("c");

@@ -115,11 +115,15 @@ fn stats(x: &[f64]) -> (f64, f64, f64) {
 
 fn summarise(runs: &[(u64, String, PathBuf, Value)], cpu: &str, avx512: bool, demo_args: &[String]) -> Result<Table> {
     let eval = |m: &Value, dir: &Path| -> Result<Value> {
-        m.get("evaluation").cloned().ok_or_else(|| Error::format(dir.join("metrics.json"), "no evaluation (the demo data carry target labels)"))
+        m.get("evaluation")
+            .cloned()
+            .ok_or_else(|| Error::format(dir.join("metrics.json"), "no evaluation (the demo data carry target labels)"))
     };
     let first = eval(&runs[0].3, &runs[0].2)?;
-    let types: Vec<String> =
-        first["recall_per_type"].as_array().map(|a| a.iter().filter_map(|t| t["type"].as_str().map(String::from)).collect()).unwrap_or_default();
+    let types: Vec<String> = first["recall_per_type"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t["type"].as_str().map(String::from)).collect())
+        .unwrap_or_default();
     let mut tsv = format!("seed\tvariant\tbalanced_accuracy\tmember_balanced_accuracy\tdata_level_knn\tseconds\t{}\n", types.join("\t"));
     let mut rows = Vec::new();
     let (mut bas, mut member_bas, mut secs) = (Vec::new(), Vec::new(), Vec::new());
@@ -134,7 +138,10 @@ fn summarise(runs: &[(u64, String, PathBuf, Value)], cpu: &str, avx512: bool, de
         let recall: Vec<f64> = types
             .iter()
             .map(|ty| {
-                e["recall_per_type"].as_array().and_then(|a| a.iter().find(|x| x["type"] == ty.as_str())).map_or(f64::NAN, |x| f(&x["latent_transfer"]))
+                e["recall_per_type"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|x| x["type"] == ty.as_str()))
+                    .map_or(f64::NAN, |x| f(&x["latent_transfer"]))
             })
             .collect();
         for (mr, r) in min_recall.iter_mut().zip(&recall) {
@@ -176,7 +183,10 @@ fn summarise(runs: &[(u64, String, PathBuf, Value)], cpu: &str, avx512: bool, de
         runs.iter().map(|r| r.1.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", "),
         if demo_args.is_empty() { String::new() } else { format!("; demo options `{}`", demo_args.join(" ")) }
     );
-    md += &format!("| seed | rounding | balanced accuracy | members | kNN | {} | minutes |\n", types.iter().map(|t| short(t)).collect::<Vec<_>>().join(" | "));
+    md += &format!(
+        "| seed | rounding | balanced accuracy | members | kNN | {} | minutes |\n",
+        types.iter().map(|t| short(t)).collect::<Vec<_>>().join(" | ")
+    );
     md += &format!("|---|---|---|---|---|{}---|\n", "---|".repeat(types.len()));
     for r in &rows {
         md += &format!(
@@ -184,9 +194,15 @@ fn summarise(runs: &[(u64, String, PathBuf, Value)], cpu: &str, avx512: bool, de
             r["seed"],
             r["variant"].as_str().unwrap_or(""),
             f(&r["balanced_accuracy"]),
-            r["member_balanced_accuracy"].as_array().map(|a| a.iter().map(|x| format!("{:.3}", f(x))).collect::<Vec<_>>().join(" / ")).unwrap_or_default(),
+            r["member_balanced_accuracy"]
+                .as_array()
+                .map(|a| a.iter().map(|x| format!("{:.3}", f(x))).collect::<Vec<_>>().join(" / "))
+                .unwrap_or_default(),
             f(&r["data_level_knn"]),
-            r["recall"].as_array().map(|a| a.iter().map(|x| format!("{:.2}", f(&x["recall"]))).collect::<Vec<_>>().join(" | ")).unwrap_or_default(),
+            r["recall"]
+                .as_array()
+                .map(|a| a.iter().map(|x| format!("{:.2}", f(&x["recall"]))).collect::<Vec<_>>().join(" | "))
+                .unwrap_or_default(),
             f(&r["seconds"]) / 60.0
         );
     }
@@ -197,7 +213,10 @@ fn summarise(runs: &[(u64, String, PathBuf, Value)], cpu: &str, avx512: bool, de
     );
     if !member_bas.is_empty() {
         let (mm, mmin, mmax) = stats(&member_bas);
-        md += &format!("Single target models (each member on its own): mean {mm:.3}, min {mmin:.3}, max {mmax:.3} over {} models.\n", member_bas.len());
+        md += &format!(
+            "Single target models (each member on its own): mean {mm:.3}, min {mmin:.3}, max {mmax:.3} over {} models.\n",
+            member_bas.len()
+        );
     }
     if !bins.is_empty() {
         md += "\nCalibration, all runs pooled (confidence = member agreement x vote share):\n\n";
