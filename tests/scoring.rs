@@ -188,7 +188,7 @@ fn candidate_choice_matches_naive_scoring() {
     let neigh: Vec<Vec<u32>> = (0..6).map(|c| (0..7).map(|j| ((c * 5 + j * 3) % nc) as u32).collect()).collect();
     let queries: Vec<Query> =
         (0..6).map(|c| Query { cell: c, batch: (c % 2) as u32, lib: 200.0 + 50.0 * c as f64, neighbours: &neigh[c] }).collect();
-    let (chosen, nlls) = choose(&be, &model, &ctx, &counts, &queries, false, &mut rng);
+    let (chosen, nlls, _) = choose(&be, &model, &ctx, &counts, &queries, false, &mut rng);
     for (q, (&c, v)) in queries.iter().zip(chosen.iter().zip(&nlls)) {
         // Naive: one candidate at a time at its latent mean, exact likelihood.
         let naive: Vec<f64> = q

@@ -25,24 +25,10 @@ pub struct Query<'a> {
     pub neighbours: &'a [u32],
 }
 
-/// For each query, the position (0..k) of the chosen neighbour and the candidates' NLLs.
+/// For each query: the position (0..k) of the chosen neighbour, the candidates' NLLs, and the chosen
+/// candidate's sampled latent z̃ (the target of the latent-space alignment).
 /// `train_mode` draws decoder dropout masks like the reference (the decoder is in train mode there).
 pub fn choose<B: Backend>(
-    be: &B,
-    model: &Model<B>,
-    ctx: &Representation,
-    counts: &Csr,
-    queries: &[Query],
-    train_mode: bool,
-    rng: &mut impl Rng,
-) -> (Vec<usize>, Vec<Vec<f64>>) {
-    let (chosen, nll, _) = choose_with_latents(be, model, ctx, counts, queries, train_mode, rng);
-    (chosen, nll)
-}
-
-/// [`choose`], also returning each query's chosen candidate's sampled latent z̃ (the target of the
-/// latent-space alignment). The same random draws as [`choose`].
-pub fn choose_with_latents<B: Backend>(
     be: &B,
     model: &Model<B>,
     ctx: &Representation,

@@ -14,7 +14,7 @@ use crate::model::{InterTarget, Model, Noise};
 use crate::train::{
     Divergence, EpochStats, Guard, Progress, Representation, Schedule, TrainData, check_step, drive_epochs, permutation, stream,
 };
-use candidates::{Query, choose_with_latents};
+use candidates::{Query, choose};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
@@ -206,7 +206,7 @@ pub fn train_target_guarded<B: Backend>(
                     neighbours: &knn[rows[i] * knn_stored..rows[i] * knn_stored + k],
                 })
                 .collect();
-            let (chosen, _, sampled) = choose_with_latents(be, model, ctx, data.counts, &queries, cfg.candidate_dropout, &mut rng);
+            let (chosen, _, sampled) = choose(be, model, ctx, data.counts, &queries, cfg.candidate_dropout, &mut rng);
             if let Some((ctx_labels, knn_label)) = sel_in.labels {
                 for (q, &j) in queries.iter().zip(&chosen) {
                     same_label += (ctx_labels[q.neighbours[j] as usize] == knn_label[q.cell]) as usize;
