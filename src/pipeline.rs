@@ -400,7 +400,8 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
                     fp["aligned"] = h(&mut aligned.iter().map(|&x| x as u64)).into();
                     c.fingerprint = fp;
                 }
-                let sel = Selection { knn: &knn, knn_stored: stored, aligned: &aligned, labels: Some((&ctx_labels, &knn_label)) };
+                let sel =
+                    Selection { knn: &knn, knn_stored: stored, aligned: &aligned, context_labels: &ctx_labels, knn_label: &knn_label };
                 let history = train_target_guarded(be, &mut model, &data, ctx_repr, &sel, &mcfg, &guard, progress, log)?;
                 (model, None, history)
             }

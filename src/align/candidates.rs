@@ -41,10 +41,17 @@ pub fn choose<B: Backend>(
     let mut chosen = Vec::with_capacity(queries.len());
     let mut all_nll = Vec::with_capacity(queries.len());
     let mut latents = Vec::with_capacity(queries.len());
-    let k = queries.first().map(|q| q.neighbours.len()).unwrap_or(1).max(1);
-    let per_chunk = (CHUNK_ROWS / k).max(1);
-    for chunk in queries.chunks(per_chunk) {
-        let rows: usize = chunk.iter().map(|q| q.neighbours.len()).sum();
+    let mut start = 0;
+    while start < queries.len() {
+        // Whole queries up to CHUNK_ROWS candidate rows (at least one query).
+        let mut end = start + 1;
+        let mut rows = queries[start].neighbours.len();
+        while end < queries.len() && rows + queries[end].neighbours.len() <= CHUNK_ROWS {
+            rows += queries[end].neighbours.len();
+            end += 1;
+        }
+        let chunk = &queries[start..end];
+        start = end;
         let mut z = Vec::with_capacity(rows * l);
         let mut batch = Vec::with_capacity(rows);
         let mut lib = Vec::with_capacity(rows);

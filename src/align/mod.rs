@@ -49,6 +49,28 @@ pub struct AlignConfig {
     /// are pooled per cell ([`crate::transfer::consensus`]).
     #[serde(default = "one")]
     pub members: usize,
+    /// Which of an aligned cell's k neighbours compete in the likelihood choice. Runs saved before
+    /// this field existed used all of them.
+    #[serde(default = "all_candidates")]
+    pub candidates: CandidateSet,
+}
+
+fn all_candidates() -> CandidateSet {
+    CandidateSet::All
+}
+
+/// The neighbours among which an aligned cell's candidate is chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum CandidateSet {
+    /// Those of the k neighbours whose context label is the cell's data-level kNN label: the label
+    /// that selected the cell for alignment. A cell is never pulled onto a type its own selection
+    /// evidence voted against.
+    #[default]
+    KnnLabel,
+    /// All k neighbours (the reference).
+    All,
 }
 
 fn one() -> usize {
@@ -104,6 +126,7 @@ impl AlignConfig {
             space: AlignSpace::Inter,
             knn_space: knn::KnnSpace::Informative,
             members: DEFAULT_MEMBERS,
+            candidates: CandidateSet::KnnLabel,
         }
     }
 }
@@ -115,9 +138,10 @@ pub struct AlignEpoch {
     pub eta: f64,
     pub align: f64,
     pub aligned_per_step: f64,
-    /// Share of the chosen candidates whose context label is the target cell's data-level kNN label
-    /// (when labels were given). A fall over the first epochs means the likelihood choice pulls cells
-    /// of a type onto a neighbouring type: the failure mode seen on small endocrine types.
+    /// Share of the chosen candidates whose context label is the target cell's data-level kNN label.
+    /// With [`CandidateSet::All`], a fall over the first epochs means the likelihood choice pulls cells
+    /// of a type onto a neighbouring type (the failure mode seen on small endocrine types); with
+    /// [`CandidateSet::KnnLabel`] it is 1 by construction.
     #[serde(default)]
     pub candidate_label_agreement: Option<f64>,
 }
@@ -126,30 +150,42 @@ const STREAM_ALIGN_FALLBACK: u64 = 3;
 
 /// Fine-tune a target model whose inner encoder is the (frozen) context one, aligning the intermediate
 /// space of the selected cells to their best context candidates.
-#[allow(clippy::too_many_arguments)]
 pub fn train_target<B: Backend>(
     be: &B,
     model: &mut Model<B>,
     data: &TrainData,
     ctx: &Representation,
-    knn: &[u32],
-    knn_stored: usize,
-    aligned: &[bool],
+    sel: &Selection,
     cfg: &AlignConfig,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<AlignEpoch>> {
-    let sel = Selection { knn, knn_stored, aligned, labels: None };
-    train_target_guarded(be, model, data, ctx, &sel, cfg, &Guard::default(), progress, &mut |_| {})
+    train_target_guarded(be, model, data, ctx, sel, cfg, &Guard::default(), progress, &mut |_| {})
 }
 
-/// The data-level neighbours and the cells selected for alignment.
+/// The data-level neighbours, the cells selected for alignment and the labels behind the selection.
 pub struct Selection<'a> {
     pub knn: &'a [u32],
     pub knn_stored: usize,
     pub aligned: &'a [bool],
-    /// Context labels and each target cell's data-level kNN label, for the per-epoch
-    /// `candidate_label_agreement` diagnostic (no effect on training).
-    pub labels: Option<(&'a [u32], &'a [u32])>,
+    /// Each context cell's label code.
+    pub context_labels: &'a [u32],
+    /// Each target cell's data-level kNN label ([`agreement::predict`]).
+    pub knn_label: &'a [u32],
+}
+
+impl Selection<'_> {
+    /// Each target cell's candidates: its first `k` neighbours, or with [`CandidateSet::KnnLabel`] those
+    /// of them that carry its kNN label (never empty: the majority label occurs among the first k).
+    fn candidates(&self, k: usize, set: CandidateSet) -> Vec<Vec<u32>> {
+        let n = self.knn.len() / self.knn_stored;
+        (0..n)
+            .map(|i| {
+                let first = &self.knn[i * self.knn_stored..i * self.knn_stored + k];
+                let same: Vec<u32> = first.iter().copied().filter(|&j| self.context_labels[j as usize] == self.knn_label[i]).collect();
+                if set == CandidateSet::All || same.is_empty() { first.to_vec() } else { same }
+            })
+            .collect()
+    }
 }
 
 /// [`train_target`] with checkpoints, resume and a divergence policy.
@@ -171,6 +207,15 @@ pub fn train_target_guarded<B: Backend>(
     if n == 0 {
         return Err(Error::Input("no target cells to train on".into()));
     }
+    check_knn(knn, knn_stored, data.counts)?;
+    if sel_in.knn_label.len() != n || aligned.len() != n {
+        return Err(Error::Input(format!(
+            "the selection has {} kNN labels and {} aligned flags for {n} target cells",
+            sel_in.knn_label.len(),
+            aligned.len()
+        )));
+    }
+    let candidates = sel_in.candidates(k, cfg.candidates);
     let bs = cfg.batch_size.min(n);
     let steps = (n / bs).max(1);
     let d = model.cfg.inter_dim();
@@ -199,20 +244,13 @@ pub fn train_target_guarded<B: Backend>(
             let lib = be.download(&f.lib);
             let queries: Vec<Query> = sel
                 .iter()
-                .map(|&i| Query {
-                    cell: rows[i],
-                    batch: data.batch[rows[i]],
-                    lib: lib[i],
-                    neighbours: &knn[rows[i] * knn_stored..rows[i] * knn_stored + k],
-                })
+                .map(|&i| Query { cell: rows[i], batch: data.batch[rows[i]], lib: lib[i], neighbours: &candidates[rows[i]] })
                 .collect();
             let (chosen, _, sampled) = choose(be, model, ctx, data.counts, &queries, cfg.candidate_dropout, &mut rng);
-            if let Some((ctx_labels, knn_label)) = sel_in.labels {
-                for (q, &j) in queries.iter().zip(&chosen) {
-                    same_label += (ctx_labels[q.neighbours[j] as usize] == knn_label[q.cell]) as usize;
-                }
-                chosen_total += queries.len();
+            for (q, &j) in queries.iter().zip(&chosen) {
+                same_label += (sel_in.context_labels[q.neighbours[j] as usize] == sel_in.knn_label[q.cell]) as usize;
             }
+            chosen_total += queries.len();
             let (targets, t);
             if latent {
                 targets = sampled;
@@ -272,4 +310,25 @@ pub fn check_knn(knn: &[u32], stored: usize, counts: &Csr) -> Result<()> {
         return Err(Error::Input(format!("the data-level kNN has {} entries for {} target cells x {stored}", knn.len(), counts.n_rows)));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_keep_the_neighbours_with_the_knn_label() {
+        // Two target cells, 4 stored neighbours each; context labels 0,1,0,1,2.
+        let knn = [0u32, 1, 2, 3, 4, 1, 3, 0];
+        let context_labels = [0u32, 1, 0, 1, 2];
+        let knn_label = [0u32, 0];
+        let aligned = [true, true];
+        let sel = Selection { knn: &knn, knn_stored: 4, aligned: &aligned, context_labels: &context_labels, knn_label: &knn_label };
+        let c = sel.candidates(3, CandidateSet::KnnLabel);
+        assert_eq!(c[0], vec![0, 2]);
+        // Cell 1's first three neighbours lack label 0 (k smaller than the kNN's vote): all of them.
+        assert_eq!(c[1], vec![4, 1, 3]);
+        let c = sel.candidates(3, CandidateSet::All);
+        assert_eq!(c, vec![vec![0, 1, 2], vec![4, 1, 3]]);
+    }
 }

@@ -146,6 +146,7 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
             "k": acfg.k,
             "top_percent": acfg.top_percent,
             "knn_space": acfg.knn_space,
+            "candidates": acfg.candidates,
             "members": acfg.members,
             "epoch_s_all_members": phase("align"),
             "cells_per_s": 128.0 / (tgt_ms / 1000.0),

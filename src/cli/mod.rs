@@ -170,6 +170,10 @@ pub struct RunOptions {
     /// Context neighbours per aligned cell among which the best candidate is chosen.
     #[arg(long, default_value_t = 25)]
     pub k_neighbours: usize,
+    /// Which of those neighbours compete: `knn-label` (those carrying the cell's data-level kNN
+    /// label, the label that selected it for alignment) or `all` (the reference).
+    #[arg(long, value_enum, default_value_t = crate::align::CandidateSet::KnnLabel)]
+    pub candidates: crate::align::CandidateSet,
     /// Keep dropout on in the frozen inner encoder during alignment (the package's behaviour).
     #[arg(long)]
     pub inner_dropout: bool,
@@ -535,6 +539,7 @@ pub fn align_config(o: &RunOptions, n_target: usize) -> Result<crate::align::Ali
     acfg.candidate_dropout = !o.eval_candidates;
     acfg.decoder_init = o.target_decoder_init;
     acfg.knn_space = o.knn_space;
+    acfg.candidates = o.candidates;
     acfg.space = o.alignment;
     if o.alignment == crate::model::AlignSpace::Latent && o.inner_dropout {
         return Err(Error::Config("--inner-dropout applies to the frozen shared inner encoder of --alignment inter; in latent mode the inner encoder trains with dropout anyway".into()));
