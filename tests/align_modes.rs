@@ -2,7 +2,7 @@
 //! context's inner encoder frozen, the latent mode trains a fresh one; a consensus run trains one model
 //! per member (member 0 is the plain run), pools their votes and is reproducible.
 
-use scspecies::align::{AlignConfig, AlignSpace, member_seed};
+use scspecies::align::{AlignConfig, AlignSpace, CandidateSet, member_seed};
 use scspecies::engine::{Backend, Cpu};
 use scspecies::pipeline::{Inputs, PreparedPair, align_and_transfer, prepare, pretrain};
 use scspecies::simulate::{SimConfig, simulate};
@@ -39,6 +39,15 @@ fn params<B: Backend>(be: &B, m: &scspecies::model::Model<B>, prefix: &str) -> V
 }
 
 fn run(space: AlignSpace, members: usize, seed: u64) -> (Vec<Vec<f64>>, scspecies::pipeline::AlignRun<Cpu<f32>>) {
+    run_with(space, members, seed, |_| {})
+}
+
+fn run_with(
+    space: AlignSpace,
+    members: usize,
+    seed: u64,
+    edit: impl Fn(&mut AlignConfig),
+) -> (Vec<Vec<f64>>, scspecies::pipeline::AlignRun<Cpu<f32>>) {
     let be = Cpu::<f32>::new();
     let p = pair();
     let mut tcfg = scspecies::train::TrainConfig::default_for(p.context.n_cells(), 3);
@@ -48,6 +57,7 @@ fn run(space: AlignSpace, members: usize, seed: u64) -> (Vec<Vec<f64>>, scspecie
     acfg.epochs = 2;
     acfg.space = space;
     acfg.members = members;
+    edit(&mut acfg);
     let r =
         align_and_transfer(&be, p, &ctx.model, &ctx.repr, &acfg, &Default::default(), None, &Default::default(), &mut |_| {}, &mut |_| {})
             .unwrap();
@@ -92,4 +102,32 @@ fn consensus_members_and_reproducibility() {
     let (_, again) = run(AlignSpace::Inter, 3, 21);
     assert_eq!(again.transfer.pred, three.transfer.pred);
     assert_eq!(again.transfer.confidence, three.transfer.confidence);
+}
+
+#[test]
+fn candidates_carry_the_knn_label_during_warm_up() {
+    let short = |set: CandidateSet| {
+        move |c: &mut AlignConfig| {
+            c.epochs = 4;
+            c.beta.epochs_raise = 2;
+            c.eta.epochs_raise = 2;
+            c.candidates = set;
+        }
+    };
+    let (_, label) = run_with(AlignSpace::Inter, 1, 5, short(CandidateSet::KnnLabel));
+    let (_, warm) = run_with(AlignSpace::Inter, 1, 5, short(CandidateSet::Warmup));
+    let (_, all) = run_with(AlignSpace::Inter, 1, 5, short(CandidateSet::All));
+    let agreement = |r: &scspecies::pipeline::AlignRun<Cpu<f32>>| -> Vec<f64> {
+        r.history().iter().map(|e| e.candidate_label_agreement.unwrap()).collect()
+    };
+    // Restricted to the kNN label, every chosen candidate carries it.
+    assert!(agreement(&label).iter().all(|&a| a == 1.0), "{:?}", agreement(&label));
+    // During the 2-epoch ramp the warm-up run is the restricted run, step for step.
+    for e in 0..2 {
+        assert_eq!(warm.history()[e].stats.nelbo, label.history()[e].stats.nelbo, "epoch {e}");
+        assert_eq!(agreement(&warm)[e], 1.0);
+    }
+    // All 25 neighbours draw other candidates' latents: another trajectory from the first step.
+    assert_ne!(all.history()[0].stats.nelbo, label.history()[0].stats.nelbo);
+    assert!(agreement(&all).iter().all(|&a| (0.0..=1.0).contains(&a)));
 }

@@ -67,8 +67,12 @@ pub enum CandidateSet {
     /// Those of the k neighbours whose context label is the cell's data-level kNN label: the label
     /// that selected the cell for alignment. A cell is never pulled onto a type its own selection
     /// evidence voted against.
-    #[default]
     KnnLabel,
+    /// Those with the kNN label while β and η ramp up, then all k. The target decoder that scores
+    /// the candidates learns from the cells' current places, so early on it confirms wherever a cell
+    /// sits; once it has learnt where the anchored types lie, the likelihood may overrule the kNN.
+    #[default]
+    Warmup,
     /// All k neighbours (the reference).
     All,
 }
@@ -107,8 +111,8 @@ pub enum DecoderInit {
 
 impl AlignConfig {
     /// The defaults: 60 epochs below 10,000 target cells (else 30), k = 25, p = 20 at every size
-    /// (decisions.md), β 0.1 → 1 and η 10 → 25 over 10 epochs, the informative-gene kNN space and
-    /// [`DEFAULT_MEMBERS`] target model.
+    /// (decisions.md), β 0.1 → 1 and η 10 → 25 over 10 epochs, the informative-gene kNN space,
+    /// candidates of the kNN label during that ramp and [`DEFAULT_MEMBERS`] target model.
     pub fn default_for(n_target: usize, seed: u64) -> Self {
         let small = n_target < 10_000;
         AlignConfig {
@@ -126,7 +130,7 @@ impl AlignConfig {
             space: AlignSpace::Inter,
             knn_space: knn::KnnSpace::Informative,
             members: DEFAULT_MEMBERS,
-            candidates: CandidateSet::KnnLabel,
+            candidates: CandidateSet::Warmup,
         }
     }
 }
@@ -182,7 +186,7 @@ impl Selection<'_> {
             .map(|i| {
                 let first = &self.knn[i * self.knn_stored..i * self.knn_stored + k];
                 let same: Vec<u32> = first.iter().copied().filter(|&j| self.context_labels[j as usize] == self.knn_label[i]).collect();
-                if set == CandidateSet::All || same.is_empty() { first.to_vec() } else { same }
+                if set != CandidateSet::KnnLabel || same.is_empty() { first.to_vec() } else { same }
             })
             .collect()
     }
@@ -215,7 +219,9 @@ pub fn train_target_guarded<B: Backend>(
             aligned.len()
         )));
     }
-    let candidates = sel_in.candidates(k, cfg.candidates);
+    let restricted = sel_in.candidates(k, if cfg.candidates == CandidateSet::All { CandidateSet::All } else { CandidateSet::KnnLabel });
+    let all = sel_in.candidates(k, CandidateSet::All);
+    let warmup = cfg.beta.epochs_raise.max(cfg.eta.epochs_raise);
     let bs = cfg.batch_size.min(n);
     let steps = (n / bs).max(1);
     let d = model.cfg.inter_dim();
@@ -225,6 +231,7 @@ pub fn train_target_guarded<B: Backend>(
     let inner_dropout = latent || cfg.inner_dropout;
     let mut one_epoch = |model: &mut Model<B>, epoch: usize, adam: &AdamConfig| -> std::result::Result<AlignEpoch, Divergence> {
         let (beta, eta) = (cfg.beta.at(epoch), cfg.eta.at(epoch));
+        let candidates = if cfg.candidates == CandidateSet::Warmup && epoch >= warmup { &all } else { &restricted };
         let perm = permutation(n, cfg.seed, epoch);
         let t0 = std::time::Instant::now();
         let mut sums = [0f64; 6];

@@ -170,9 +170,10 @@ pub struct RunOptions {
     /// Context neighbours per aligned cell among which the best candidate is chosen.
     #[arg(long, default_value_t = 25)]
     pub k_neighbours: usize,
-    /// Which of those neighbours compete: `knn-label` (those carrying the cell's data-level kNN
-    /// label, the label that selected it for alignment) or `all` (the reference).
-    #[arg(long, value_enum, default_value_t = crate::align::CandidateSet::KnnLabel)]
+    /// Which of those neighbours compete: `warmup` (those carrying the cell's data-level kNN label,
+    /// the label that selected it for alignment, while β and η ramp up; then all), `knn-label` (those,
+    /// throughout) or `all` (the reference).
+    #[arg(long, value_enum, default_value_t = crate::align::CandidateSet::Warmup)]
     pub candidates: crate::align::CandidateSet,
     /// Keep dropout on in the frozen inner encoder during alignment (the package's behaviour).
     #[arg(long)]
