@@ -144,8 +144,9 @@ pub struct AlignEpoch {
     pub aligned_per_step: f64,
     /// Share of the chosen candidates whose context label is the target cell's data-level kNN label.
     /// With [`CandidateSet::All`], a fall over the first epochs means the likelihood choice pulls cells
-    /// of a type onto a neighbouring type (the failure mode seen on small endocrine types); with
-    /// [`CandidateSet::KnnLabel`] it is 1 by construction.
+    /// of a type onto a neighbouring type (the failure mode seen on small endocrine types); while the
+    /// candidates are restricted to the kNN label ([`CandidateSet::KnnLabel`], or the warm-up of
+    /// [`CandidateSet::Warmup`]) it is 1 by construction.
     #[serde(default)]
     pub candidate_label_agreement: Option<f64>,
 }
@@ -178,15 +179,18 @@ pub struct Selection<'a> {
 }
 
 impl Selection<'_> {
-    /// Each target cell's candidates: its first `k` neighbours, or with [`CandidateSet::KnnLabel`] those
-    /// of them that carry its kNN label (never empty: the majority label occurs among the first k).
+    /// Each target cell's first `k` neighbours, or ([`CandidateSet::KnnLabel`]) those of them that carry
+    /// its kNN label; all k where none does (`k` below the kNN's vote size).
     fn candidates(&self, k: usize, set: CandidateSet) -> Vec<Vec<u32>> {
         let n = self.knn.len() / self.knn_stored;
         (0..n)
             .map(|i| {
                 let first = &self.knn[i * self.knn_stored..i * self.knn_stored + k];
+                if set != CandidateSet::KnnLabel {
+                    return first.to_vec();
+                }
                 let same: Vec<u32> = first.iter().copied().filter(|&j| self.context_labels[j as usize] == self.knn_label[i]).collect();
-                if set != CandidateSet::KnnLabel || same.is_empty() { first.to_vec() } else { same }
+                if same.is_empty() { first.to_vec() } else { same }
             })
             .collect()
     }
@@ -219,8 +223,9 @@ pub fn train_target_guarded<B: Backend>(
             aligned.len()
         )));
     }
-    let restricted = sel_in.candidates(k, if cfg.candidates == CandidateSet::All { CandidateSet::All } else { CandidateSet::KnnLabel });
     let all = sel_in.candidates(k, CandidateSet::All);
+    let same_label = (cfg.candidates != CandidateSet::All).then(|| sel_in.candidates(k, CandidateSet::KnnLabel));
+    // The warm-up is the β/η ramp.
     let warmup = cfg.beta.epochs_raise.max(cfg.eta.epochs_raise);
     let bs = cfg.batch_size.min(n);
     let steps = (n / bs).max(1);
@@ -231,7 +236,11 @@ pub fn train_target_guarded<B: Backend>(
     let inner_dropout = latent || cfg.inner_dropout;
     let mut one_epoch = |model: &mut Model<B>, epoch: usize, adam: &AdamConfig| -> std::result::Result<AlignEpoch, Divergence> {
         let (beta, eta) = (cfg.beta.at(epoch), cfg.eta.at(epoch));
-        let candidates = if cfg.candidates == CandidateSet::Warmup && epoch >= warmup { &all } else { &restricted };
+        let candidates = match (&same_label, cfg.candidates) {
+            (Some(c), CandidateSet::KnnLabel) => c,
+            (Some(c), CandidateSet::Warmup) if epoch < warmup => c,
+            _ => &all,
+        };
         let perm = permutation(n, cfg.seed, epoch);
         let t0 = std::time::Instant::now();
         let mut sums = [0f64; 6];
