@@ -28,6 +28,19 @@ fn fast_math_accuracy() {
         let l1 = fastmath::ln_1p(z) as f64;
         let w = (z as f64).ln_1p();
         assert!((l1 - w).abs() <= 5e-7 * w, "ln_1p({z}) = {l1} vs {w}");
+        // The division-free forms of the scoring kernel: f32 rounding of the argument (2^-24) plus the
+        // polynomials' own error bound the relative error.
+        assert!((fastmath::ln_poly(y) as f64 - (y as f64).ln()).abs() <= 3e-7 * (y as f64).ln().abs().max(1.0), "ln_poly({y})");
+        let lp = fastmath::ln_1p_pos(z) as f64;
+        assert!((lp - w).abs() <= 5e-7 * w, "ln_1p_pos({z}) = {lp} vs {w}");
+        let xn = -(lcg(&mut s) * 90.0) as f32;
+        let en = fastmath::exp_neg(xn) as f64;
+        let want = (xn.max(-87.0) as f64).exp();
+        assert!((en - want).abs() <= 5e-7 * want, "exp_neg({xn}) = {en} vs {want}");
+        let a = (lcg(&mut s) * 100.0 - 50.0) as f32;
+        let sp = fastmath::softplus_poly(a) as f64;
+        let want = (a as f64).exp().ln_1p();
+        assert!((sp - want).abs() <= 5e-7 * want.max(1e-30) + 1e-37, "softplus_poly({a}) = {sp} vs {want}");
     }
 }
 

@@ -489,58 +489,65 @@ crate::multiversion!(
     ) => zinb_zero_row_body
 );
 
-/// Sum of the zero-count log-likelihood terms over one block of genes (ZINB when `s` is given, else NB).
-/// `sp_s` holds softplus(s), precomputed once per decoded row.
+/// Lanes of the scoring kernel: the gene loop runs in fixed groups of 16 so that it maps onto one
+/// AVX-512 register, two AVX2 registers or four SSE registers with the same operations in each lane.
+const LANES: usize = 16;
+
+/// One gene's zero-count term (ZINB when `s` = (logit, softplus(logit)) is given, else NB), division-
+/// free: `t` is θ clamped, `it` its reciprocal (both per batch, precomputed).
 #[inline(always)]
-fn zero_block(ro: &[f32], th: &[f32], s: Option<(&[f32], &[f32])>, l: f32, buf: &mut [f32]) -> f32 {
+fn zero_term(r: f32, t: f32, it: f32, s: Option<(f32, f32)>, l: f32) -> f32 {
     use super::fastmath as fm;
-    use super::likelihood::{RHO_MAX, RHO_MIN, THETA_MIN};
-    let m = ro.len();
+    use super::likelihood::{RHO_MAX, RHO_MIN};
+    let mu = r.clamp(RHO_MIN as f32, RHO_MAX as f32) * l;
+    let tl = -t * fm::ln_1p_pos(mu * it);
     match s {
-        Some((s, sp)) => {
-            for k in 0..m {
-                let t = th[k].max(THETA_MIN as f32);
-                let mu = ro[k].clamp(RHO_MIN as f32, RHO_MAX as f32) * l;
-                let tl = -t * fm::ln_1p(mu / t);
-                buf[k] = fm::softplus(s[k] + tl) - sp[k];
-            }
-        }
-        None => {
-            for k in 0..m {
-                let t = th[k].max(THETA_MIN as f32);
-                let mu = ro[k].clamp(RHO_MIN as f32, RHO_MAX as f32) * l;
-                buf[k] = -t * fm::ln_1p(mu / t);
-            }
-        }
+        Some((s, sp)) => fm::softplus_poly(s + tl) - sp,
+        None => tl,
     }
-    // Eight independent accumulators: a reduction LLVM may vectorise.
-    let mut a = [0f32; 8];
-    let mut it = buf[..m].chunks_exact(8);
-    for c in &mut it {
-        for q in 0..8 {
-            a[q] += c[q];
-        }
-    }
-    a.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
 }
 
-/// Σ over all genes of the zero-count terms, in blocks of 256 (f32 inside a block, f64 across).
+/// Σ over all genes of the zero-count terms: blocks of 256 genes mapped into a buffer (a plain loop the
+/// vectoriser takes whole), each block summed in 16 f32 lanes whose sums are added in order into an f64
+/// total. The same operations in the same order at every vector width.
 #[inline(always)]
-fn zero_sum_body(ro: &[f32], th: &[f32], s: Option<(&[f32], &[f32])>, l: f32) -> f64 {
+fn zero_sum_body(ro: &[f32], tc: &[f32], ti: &[f32], s: Option<(&[f32], &[f32])>, l: f32) -> f64 {
+    const B: usize = 256;
     let n = ro.len();
-    let mut buf = [0f32; 256];
+    let mut buf = [0f32; B];
     let mut total = 0f64;
-    for b0 in (0..n).step_by(256) {
-        let b1 = (b0 + 256).min(n);
-        let ss = s.map(|(a, b)| (&a[b0..b1], &b[b0..b1]));
-        total += zero_block(&ro[b0..b1], &th[b0..b1], ss, l, &mut buf) as f64;
+    for g0 in (0..n).step_by(B) {
+        let m = B.min(n - g0);
+        let (r, t, it, out) = (&ro[g0..g0 + m], &tc[g0..g0 + m], &ti[g0..g0 + m], &mut buf[..m]);
+        match s {
+            Some((a, b)) => {
+                let (a, b) = (&a[g0..g0 + m], &b[g0..g0 + m]);
+                for k in 0..m {
+                    out[k] = zero_term(r[k], t[k], it[k], Some((a[k], b[k])), l);
+                }
+            }
+            None => {
+                for k in 0..m {
+                    out[k] = zero_term(r[k], t[k], it[k], None, l);
+                }
+            }
+        }
+        let mut acc = [0f32; LANES];
+        let mut it = out.chunks_exact(LANES);
+        for c in &mut it {
+            for q in 0..LANES {
+                acc[q] += c[q];
+            }
+        }
+        total += acc.iter().map(|&v| v as f64).sum::<f64>();
+        total += it.remainder().iter().map(|&v| v as f64).sum::<f64>();
     }
     total
 }
 
 crate::multiversion!(
     /// The zero-count sum with the widest vector unit this CPU has.
-    fn zero_sum(ro: &[f32], th: &[f32], s: Option<(&[f32], &[f32])>, l: f32) -> f64 => zero_sum_body
+    fn zero_sum(ro: &[f32], tc: &[f32], ti: &[f32], s: Option<(&[f32], &[f32])>, l: f32) -> f64 => zero_sum_body
 );
 
 /// softplus element-wise (precomputed for the scoring kernel).
@@ -694,16 +701,27 @@ pub fn likelihood_score_cached<F: Real>(
         }
         None => std::borrow::Cow::Owned(count_terms(nz_ptr, nz_idx, nz_val, batch, &theta32, n)),
     };
+    // θ clamped and its reciprocal, once per table row that is used: the gene loop then has no division.
+    let mut used = vec![false; theta32.len() / n.max(1)];
+    batch.iter().for_each(|&b| used[b as usize] = true);
+    let (mut tc, mut ti) = (vec![0f32; theta32.len()], vec![0f32; theta32.len()]);
+    for (b, _) in used.iter().enumerate().filter(|u| *u.1) {
+        for g in b * n..(b + 1) * n {
+            tc[g] = theta32[g].max(super::likelihood::THETA_MIN as f32);
+            ti[g] = 1.0 / tc[g];
+        }
+    }
     nll.par_iter_mut().enumerate().for_each(|(i, out)| {
         let l = lib[i].d() as f32;
         let (r0, t0) = (rows[i] as usize * n, batch[i] as usize * n);
         let ro = &rho32[r0..r0 + n];
         let th = &theta32[t0..t0 + n];
+        let (tc, ti) = (&tc[t0..t0 + n], &ti[t0..t0 + n]);
         let s = match (dist, &logit32) {
             (Distribution::Zinb, Some((a, b))) => Some((&a[r0..r0 + n], &b[r0..r0 + n])),
             _ => None,
         };
-        let zero = zero_sum(ro, th, s, l);
+        let zero = zero_sum(ro, tc, ti, s, l);
         // Genes with counts: swap the zero-count term for the exact one (the count-only part, the same
         // for every decoded row scored against this cell, comes from `counts`).
         let (p0, p1) = (nz_ptr[i], nz_ptr[i + 1]);
