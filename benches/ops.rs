@@ -41,6 +41,19 @@ fn ops(c: &mut Criterion) {
     g.bench_function("linear_bwd_decoder_head", |bb| bb.iter(|| be.linear_bwd(&x, &w, &dy, Some(&mut dx), &mut dw, &mut db, b, 300, n)));
     let (cx, mut cy) = (be.upload(&vals(512 * 300, 1.0, 5)), be.zeros(512 * n));
     g.bench_function("linear_fwd_candidate_chunk_512x300xN", |bb| bb.iter(|| be.linear_fwd(&cx, &w, &bias, &mut cy, 512, 300, n)));
+    // The same in bf16 (the ranking GEMMs' precision), where the CPU has AVX512-BF16.
+    if scspecies::engine::precision::set_ranking(scspecies::engine::precision::Precision::Bf16).is_ok() {
+        use scspecies::engine::precision::ranking;
+        g.bench_function("linear_fwd_candidate_chunk_512x300xN_bf16", |bb| {
+            bb.iter(|| ranking(|| be.linear_fwd(&cx, &w, &bias, &mut cy, 512, 300, n)))
+        });
+        g.bench_function("linear_fwd_decoder_head_128x300xN_bf16", |bb| {
+            bb.iter(|| ranking(|| be.linear_fwd(&x, &w, &bias, &mut y, b, 300, n)))
+        });
+        scspecies::engine::precision::set_ranking(scspecies::engine::precision::Precision::F32).unwrap();
+    } else {
+        eprintln!("SKIPPED the bf16 GEMM benches: this CPU has no AVX512-BF16");
+    }
 
     // Sparse input layer: raw counts + one-hot batch → 300.
     let h = HostRows::gather(&tgt.data.counts, &rows);

@@ -14,6 +14,7 @@
 
 use crate::engine::Backend;
 use crate::engine::backend::HostRows;
+use crate::engine::precision::ranking;
 use crate::model::Model;
 use crate::train::{Representation, TrainData};
 use rayon::prelude::*;
@@ -153,6 +154,7 @@ const CONTEXT_CHUNK: usize = 256;
 /// d(j, i) = NLL(x_j | z_mu_ctx[i]) − NLL(x_j | z_mu_tgt[j]) for each pair (target j, context i) of
 /// `pairs` (spec §8.1): the target decoder in eval mode, j's batch, library exp(l_mu_j). Context cells
 /// are decoded once per (chunk of 256, target batch); pairs are scored in groups of 512.
+/// d is only ranked (the vote takes the `top` smallest), so the decoding runs in the ranking precision.
 pub fn similarities<B: Backend>(
     be: &B,
     model: &Model<B>,
@@ -180,12 +182,13 @@ pub fn similarities<B: Backend>(
         let x = HostRows::gather(data.counts, &cells);
         let ct = crate::engine::ops::count_terms(&x.ptr, &x.idx, &x.val, &batch, &theta_host, n);
         count_terms[c0..c0 + cells.len()].copy_from_slice(&ct);
-        let nll = be.download(&model.decode_nll(be, &be.upload(&z), &batch, &be.upload(&lib), &x, None));
+        let nll = ranking(|| be.download(&model.decode_nll(be, &be.upload(&z), &batch, &be.upload(&lib), &x, None)));
         self_nll[c0..c0 + cells.len()].copy_from_slice(&nll);
     }
-    // Pairs ordered by (target batch, context chunk), stable.
+    // Pairs ordered by (target batch, context chunk, context cell), stable: consecutive pairs then score
+    // against the same decoded row, which stays in cache (each pair's value does not depend on the order).
     let mut order: Vec<usize> = (0..pairs.len()).collect();
-    order.sort_by_key(|&p| (data.batch[pairs[p].0 as usize], pairs[p].1 as usize / CONTEXT_CHUNK));
+    order.sort_by_key(|&p| (data.batch[pairs[p].0 as usize], pairs[p].1 as usize / CONTEXT_CHUNK, pairs[p].1));
     let mut d = vec![f64::NAN; pairs.len()];
     let mut start = 0;
     while start < order.len() {
@@ -201,7 +204,7 @@ pub fn similarities<B: Backend>(
         }
         let (c0, c1) = (chunk * CONTEXT_CHUNK, ((chunk + 1) * CONTEXT_CHUNK).min(nc));
         let z: Vec<f64> = ctx_z_mu[c0 * l..c1 * l].iter().map(|&v| v as f64).collect();
-        let (rho, logit) = model.decode(be, &be.upload(&z), b, c1 - c0);
+        let (rho, logit) = ranking(|| model.decode(be, &be.upload(&z), b, c1 - c0));
         let sp = logit.as_ref().map(|lg| be.softplus(lg));
         let lg = logit.as_ref().zip(sp.as_ref());
         for group in order[start..end].chunks(PAIR_GROUP) {

@@ -70,7 +70,10 @@ pub fn choose<B: Backend>(
         }
         let x = HostRows::gather(counts, &cells);
         let masks = train_mode.then(|| model.decoder_masks(be, rows, rng));
-        let nll = be.download(&model.decode_nll(be, &be.upload(&z), &batch, &be.upload(&lib), &x, masks.as_deref()));
+        // Only the ranking of the candidates is used: the decoding may run in the ranking precision.
+        let nll = crate::engine::precision::ranking(|| {
+            be.download(&model.decode_nll(be, &be.upload(&z), &batch, &be.upload(&lib), &x, masks.as_deref()))
+        });
         let mut off = 0;
         for q in chunk {
             let v = nll[off..off + q.neighbours.len()].to_vec();

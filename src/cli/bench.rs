@@ -1,8 +1,8 @@
 //! `scspecies bench`: the pipeline's phases timed end to end on real shapes, as one JSON report: data
 //! phases, the machine's measured GEMM peak, the decoder heads' share of it, one epoch of context
 //! pre-training and of target fine-tuning (ms per step, cells per second), the data-level kNN, the label
-//! transfer (cells per second), peak RSS, and the speed-up over the reference's single-thread timings
-//! (from the performance issue; compare at `--threads 1` for the same thread count).
+//! transfer (cells per second), peak RSS, and, given the reference's metrics JSON from `run_ref.py`
+//! (`--reference`), the measured speed-up of each phase over it.
 
 use super::{BenchArgs, check_options, demo_inputs};
 use crate::engine::Backend;
@@ -12,10 +12,40 @@ use crate::pipeline::prepare;
 use serde_json::json;
 use std::time::Instant;
 
-/// The reference (scspecies 0.1.4, PyTorch, one thread) on the Baron pair, as the issue states them.
-const REF_CONTEXT_STEP_S: f64 = 0.5;
-const REF_TARGET_STEP_S: f64 = 2.6;
-const REF_TRANSFER_6000_CELLS_S: f64 = 300.0;
+/// The reference's figures from a `run_ref.py` metrics JSON: ms per training step of each phase and
+/// the label transfer's wall time, with the thread count and shapes they were measured at.
+struct Reference {
+    context_ms: f64,
+    target_ms: f64,
+    transfer_s: Option<f64>,
+    threads: Option<u64>,
+    target_cells: Option<u64>,
+    raw: serde_json::Value,
+}
+
+fn read_reference(path: &std::path::Path) -> Result<Reference> {
+    use crate::error::Error;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::format(path, format!("not JSON: {e}")))?;
+    let num = |ptr: &str| v.pointer(ptr).and_then(|x| x.as_f64());
+    let need = |ptr: &str| {
+        num(ptr)
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .ok_or_else(|| Error::format(path, format!("no positive number at {ptr} (expected the metrics JSON of run_ref.py)")))
+    };
+    let transfer_s = v
+        .pointer("/phases_s")
+        .and_then(|p| p.as_object())
+        .and_then(|p| p.iter().find(|(k, _)| k.starts_with("label transfer")).and_then(|(_, x)| x.as_f64()));
+    Ok(Reference {
+        context_ms: need("/context_training/ms_per_iteration")?,
+        target_ms: need("/target_training/ms_per_iteration")?,
+        transfer_s,
+        threads: v.pointer("/args/threads").and_then(|x| x.as_u64()),
+        target_cells: v.pointer("/data/target_cells").and_then(|x| x.as_u64()),
+        raw: json!({ "file": path, "versions": v.get("versions"), "data": v.get("data"), "threads": v.pointer("/args/threads") }),
+    })
+}
 
 /// Best GFLOP/s of `reps` products [m×k]·[k×n] through the engine's GEMM.
 fn gemm_gflops<B: Backend>(be: &B, m: usize, k: usize, n: usize, reps: usize) -> f64 {
@@ -42,6 +72,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
 }
 
 fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
+    let reference = a.reference.as_deref().map(read_reference).transpose()?;
     let inputs = demo_inputs(a.data.as_deref())?;
     let cfg = a.opts.preprocess_config();
     let quiet = a.opts.quiet;
@@ -118,6 +149,9 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let cells_per_s = tgt.n_cells() as f64 / transfer_s;
     say(&format!("target step {tgt_ms:.1} ms, transfer {transfer_s:.1} s"));
 
+    let agreement = ranking_agreement(be, &pair, &crun, &arun, &acfg, &tfcfg, a.opts.seed)?;
+    say(&format!("bf16 against f32: {agreement}"));
+    let ref_transfer = reference.as_ref().and_then(|r| r.transfer_s.zip(r.target_cells));
     let bytes_per_nnz = crate::resources::peak_rss().map(|b| b as f64 / (ctx.data.counts.nnz() + tgt.data.counts.nnz()) as f64);
     let report = json!({
         "scspecies_version": env!("CARGO_PKG_VERSION"),
@@ -137,8 +171,8 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
             "ms_per_step": ctx_ms,
             "cells_per_s": 128.0 / (ctx_ms / 1000.0),
             "epoch_s": ctx_epoch_s,
-            "reference_ms_per_step_1_thread": REF_CONTEXT_STEP_S * 1000.0,
-            "speedup_vs_reference": REF_CONTEXT_STEP_S * 1000.0 / ctx_ms,
+            "reference_ms_per_step": reference.as_ref().map(|r| r.context_ms),
+            "speedup_vs_reference": reference.as_ref().map(|r| r.context_ms / ctx_ms),
         },
         "target_training": {
             "ms_per_step": tgt_ms,
@@ -150,8 +184,8 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
             "members": acfg.members,
             "epoch_s_all_members": phase("align"),
             "cells_per_s": 128.0 / (tgt_ms / 1000.0),
-            "reference_ms_per_step_1_thread": REF_TARGET_STEP_S * 1000.0,
-            "speedup_vs_reference": REF_TARGET_STEP_S * 1000.0 / tgt_ms,
+            "reference_ms_per_step": reference.as_ref().map(|r| r.target_ms),
+            "speedup_vs_reference": reference.as_ref().map(|r| r.target_ms / tgt_ms),
         },
         "data_knn_s": phase("data_knn"),
         "label_transfer": {
@@ -159,12 +193,20 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
             "cells": tgt.n_cells(),
             "seconds": transfer_s,
             "cells_per_s": cells_per_s,
-            "reference_s_for_6000_cells_1_thread": REF_TRANSFER_6000_CELLS_S,
-            "speedup_vs_reference": REF_TRANSFER_6000_CELLS_S / (6000.0 / cells_per_s),
+            // Per cell: the reference's preprocessing keeps a slightly different number of cells.
+            "reference_s": ref_transfer.map(|r| r.0),
+            "reference_cells": ref_transfer.map(|r| r.1),
+            "speedup_vs_reference": ref_transfer.map(|(s, c)| s / c as f64 * cells_per_s),
         },
+        "ranking_precision": agreement,
         "peak_rss_bytes": crate::resources::peak_rss(),
         "peak_rss_bytes_per_nonzero": bytes_per_nnz,
-        "note": "speed-ups compare with the reference's single-thread timings: run with --threads 1 for the same thread count",
+        "reference": reference.as_ref().map(|r| &r.raw),
+        "note": match &reference {
+            None => "no --reference given: no speed-ups (run ../shared/reference/run_ref.py on this machine and pass its metrics JSON)".to_string(),
+            Some(r) if r.threads != Some(threads as u64) => format!("WARNING: the reference ran on {:?} threads, this bench on {threads}: the ratios are not at equal threads", r.threads),
+            Some(_) => "speed-ups at equal threads, against the reference measured on this machine".to_string(),
+        },
     });
     match &a.out {
         Some(p) => out::write_json(p, &report)?,
@@ -199,4 +241,67 @@ fn refuse_unused(o: &super::RunOptions) -> Result<()> {
         "bench does not use {}: it times one epoch of each phase, without checkpoints or a memory check",
         unused.join(", ")
     )))
+}
+
+/// The ranking paths in bf16 against f32 on the models just trained: the share of candidate choices
+/// (every aligned target cell, its k candidates, eval mode, the same latent samples) and of label
+/// transfer predictions that agree, and both transfers' times. Null where the CPU has no bf16 GEMM.
+fn ranking_agreement<B: Backend>(
+    be: &B,
+    pair: &crate::pipeline::PreparedPair,
+    crun: &crate::pipeline::ContextRun<B>,
+    arun: &crate::pipeline::AlignRun<B>,
+    acfg: &crate::align::AlignConfig,
+    tfcfg: &crate::transfer::TransferConfig,
+    seed: u64,
+) -> Result<serde_json::Value> {
+    use crate::engine::precision::{self, Precision};
+    use rand::SeedableRng;
+    if !be.name().starts_with("cpu") || !precision::bf16_available() {
+        return Ok(serde_json::Value::Null);
+    }
+    let before = precision::ranking_precision();
+    let (ctx, tgt) = (&pair.context, &pair.target);
+    let (ctx_labels, names) = crate::pipeline::context_label_codes(ctx)?;
+    let (pm, ps) = crate::pipeline::context_data(tgt);
+    let data =
+        crate::train::TrainData { counts: &tgt.data.counts, batch: &tgt.batch, prior_mu: &pm, prior_sig: &ps, n_batches: tgt.n_batches() };
+    let hom = crate::transfer::HomologousCounts {
+        context: &ctx.data.counts,
+        context_cols: &pair.homology.context,
+        target_cols: &pair.homology.target,
+    };
+    let repr = arun.repr();
+    let queries: Vec<crate::align::candidates::Query> = (0..tgt.n_cells())
+        .filter(|&j| arun.aligned[j])
+        .map(|j| crate::align::candidates::Query {
+            cell: j,
+            batch: tgt.batch[j],
+            lib: (repr.l_mu[j] as f64).exp(),
+            neighbours: &arun.knn[j * arun.knn_stored..j * arun.knn_stored + acfg.k],
+        })
+        .collect();
+    let run = |p: Precision| {
+        precision::set_ranking(p).expect("bf16 is available");
+        let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(seed);
+        let chosen = crate::align::candidates::choose(be, arun.model(), &crun.repr, &tgt.data.counts, &queries, false, &mut rng).0;
+        let t = Instant::now();
+        let tr = crate::transfer::transfer(be, arun.model(), &data, repr, &crun.repr, &ctx_labels, names.len(), &hom, tfcfg);
+        (chosen, tr.pred, t.elapsed().as_secs_f64())
+    };
+    let (c32, p32, t32) = run(Precision::F32);
+    let (c16, p16, t16) = run(Precision::Bf16);
+    precision::set_ranking(before).expect("restoring the setting");
+    let share = |a: &[usize], b: &[usize]| a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len().max(1) as f64;
+    let p32: Vec<usize> = p32.iter().map(|&v| v as usize).collect();
+    let p16: Vec<usize> = p16.iter().map(|&v| v as usize).collect();
+    Ok(json!({
+        "candidate_choices": queries.len(),
+        "candidate_choice_agreement": share(&c32, &c16),
+        "transfer_cells": p32.len(),
+        "transfer_prediction_agreement": share(&p32, &p16),
+        "transfer_s_f32": t32,
+        "transfer_s_bf16": t16,
+        "note": "after one epoch of each phase (bench); the run's own models give the figures in the README",
+    }))
 }

@@ -103,6 +103,24 @@ pub enum NanPolicy {
     Rollback,
 }
 
+/// `--precision` (see [`crate::engine::precision`]).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionArg {
+    F32,
+    Bf16,
+    Auto,
+}
+impl PrecisionArg {
+    fn to_engine(self) -> crate::engine::precision::Precision {
+        use crate::engine::precision::Precision;
+        match self {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::Auto => Precision::Auto,
+        }
+    }
+}
+
 /// Options shared by every command that trains or analyses.
 #[derive(Args, Debug, Clone)]
 pub struct RunOptions {
@@ -113,6 +131,11 @@ pub struct RunOptions {
     /// GPU: let cuBLAS use TF32 tensor cores for the dense GEMMs (faster on Ampere/Hopper, ~1e-3 relative rounding).
     #[arg(long)]
     pub tf32: bool,
+    /// GEMM precision of the forward-only decoding that is only ranked (candidate choice, label
+    /// transfer): `bf16` (AVX512-BF16, f32 accumulation; refused where the CPU lacks it), `f32`, or
+    /// `auto` (bf16 where the CPU has it). Training always runs in f32.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionArg,
     /// Epochs of context pre-training (default: 60 below 10,000 cells, else 30).
     #[arg(long)]
     pub epochs_context: Option<usize>,
@@ -388,6 +411,10 @@ pub struct BenchArgs {
     /// Repetitions of each phase.
     #[arg(long, default_value_t = 3)]
     pub repeat: usize,
+    /// The reference's metrics JSON from `run_ref.py` (run on this machine, at the same thread count):
+    /// the report then gives measured speed-ups. Without it the report has none.
+    #[arg(long, value_name = "JSON")]
+    pub reference: Option<PathBuf>,
     #[command(flatten)]
     pub opts: RunOptions,
 }
@@ -488,6 +515,10 @@ fn check_options(o: &RunOptions) -> Result<()> {
     if o.tf32 && o.device == Device::Cpu {
         return Err(Error::Config("--tf32 applies to the GPU only: add --device cuda (or auto)".into()));
     }
+    if o.precision == PrecisionArg::Bf16 && o.device != Device::Cpu {
+        return Err(Error::Config("--precision bf16 applies to the CPU backend only (the GPU has --tf32)".into()));
+    }
+    crate::engine::precision::set_ranking(o.precision.to_engine()).map_err(Error::Config)?;
     match o.threads {
         Some(0) => return Err(Error::Config("--threads must be at least 1".into())),
         Some(t) => {
@@ -797,6 +828,11 @@ fn run_pipeline_on<B: crate::engine::Backend>(be: &B, inputs: &Inputs, out_dir: 
         "seed": o.seed,
         "device": o.device,
         "backend": be.name(),
+        "precision": {
+            "requested": format!("{:?}", o.precision).to_lowercase(),
+            "ranking_gemms": if be.name().starts_with("cpu") { crate::engine::precision::ranking_precision() } else { crate::engine::precision::Precision::F32 },
+            "training_gemms": "f32",
+        },
         "preprocessing": { &pair.context.name: pair.context.report, &pair.target.name: pair.target.report },
         "library_prior": {
             &pair.context.name: prior_json(&pair.context),

@@ -58,6 +58,13 @@ pub fn softplus(a: f32) -> f32 {
     a.max(0.0) + ln_1p(exp(-a.abs()))
 }
 
+/// max(a, b) as one compare-and-select (x86 `maxps`); `f32::max` also orders NaNs, which costs a
+/// blend per call and is not needed here (NaN inputs give NaN outputs either way).
+#[inline(always)]
+fn max(a: f32, b: f32) -> f32 {
+    if a > b { a } else { b }
+}
+
 /// ln x for normal x > 0, without a division (Cephes' `logf` polynomial; relative error ~1e-7).
 #[inline(always)]
 pub fn ln_poly(x: f32) -> f32 {
@@ -69,7 +76,9 @@ pub fn ln_poly(x: f32) -> f32 {
     let e = (e + big as i32) as f32;
     let z = f * f;
     let mut p = 7.037_683_6e-2f32;
-    for c in [-1.151_461e-1f32, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_4e-1, -2.499_999_4e-1, 3.333_333e-1] {
+    for c in
+        [-1.151_461e-1f32, 1.167_699_9e-1, -1.242_014_1e-1, 1.424_932_3e-1, -1.666_805_8e-1, 2.000_071_4e-1, -2.499_999_4e-1, 3.333_333e-1]
+    {
         p = p.mul_add(f, c);
     }
     let y = (f * z).mul_add(p, e.mul_add(-2.121_944_4e-4, -0.5 * z));
@@ -83,13 +92,13 @@ pub fn ln_poly(x: f32) -> f32 {
 pub fn ln_1p_pos(y: f32) -> f32 {
     let u = 1.0 + y;
     let d = u - 1.0;
-    (y - d).mul_add((2.0 - u).max(0.0), ln_poly(u))
+    (y - d).mul_add(max(2.0 - u, 0.0), ln_poly(u))
 }
 
 /// e^x for x ≤ 0 (clamped at −87), with fused multiply-adds.
 #[inline(always)]
 pub fn exp_neg(x: f32) -> f32 {
-    let x = x.max(-87.0);
+    let x = max(x, -87.0);
     const SHIFT: f32 = 12_582_912.0;
     let k = x.mul_add(LOG2E, SHIFT);
     let n = k - SHIFT;
@@ -104,5 +113,5 @@ pub fn exp_neg(x: f32) -> f32 {
 /// ln(1 + e^a), division-free (for the scoring kernel).
 #[inline(always)]
 pub fn softplus_poly(a: f32) -> f32 {
-    a.max(0.0) + ln_1p_pos(exp_neg(-a.abs()))
+    max(a, 0.0) + ln_1p_pos(exp_neg(-a.abs()))
 }

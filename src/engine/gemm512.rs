@@ -26,7 +26,7 @@ pub struct View {
 }
 impl View {
     /// The view starting `i` rows and `j` columns further (pointer arithmetic only).
-    fn offset(self, i: usize, j: usize) -> View {
+    pub(crate) fn offset(self, i: usize, j: usize) -> View {
         View { ptr: self.ptr.wrapping_offset(i as isize * self.rs + j as isize * self.cs), ..self }
     }
 }

@@ -10,8 +10,11 @@ pub mod cuda;
 pub mod fastmath;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm512;
+#[cfg(target_arch = "x86_64")]
+pub mod gemm_bf16;
 pub mod likelihood;
 pub mod ops;
+pub mod precision;
 pub mod real;
 pub mod simd;
 pub mod special;

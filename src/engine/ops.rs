@@ -30,6 +30,17 @@ pub fn gemm<F: Real>(
         return;
     }
     #[cfg(target_arch = "x86_64")]
+    if F::IS_F32 && super::precision::gemm_in_bf16() && super::gemm_bf16::available() {
+        use super::gemm512::View;
+        let (a, b) = (
+            View { ptr: a.as_ptr() as *const f32, rs: rsa as isize, cs: csa as isize },
+            View { ptr: b.as_ptr() as *const f32, rs: rsb as isize, cs: csb as isize },
+        );
+        // SAFETY: as below; the bf16 kernel runs only where `available` says the CPU has it.
+        unsafe { super::gemm_bf16::gemm(m, k, n, a, b, acc, c.as_mut_ptr() as *mut f32, n) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if F::IS_F32 && super::gemm512::available() {
         use super::gemm512::View;
         let (a, b) = (
