@@ -35,7 +35,19 @@ fn run(m: usize, k: usize, n: usize, ta: bool, tb: bool, acc: bool, seed: u64) -
 
 #[test]
 fn gemm_matches_f64_reference() {
-    let shapes = [(1, 1, 1), (12, 7, 32), (13, 385, 33), (25, 300, 545), (128, 10, 300), (5, 800, 17), (200, 3, 1030), (40, 0, 9)];
+    // The last two take the k-split path (k ≥ 8·KC, small C).
+    let shapes = [
+        (1, 1, 1),
+        (12, 7, 32),
+        (13, 385, 33),
+        (25, 300, 545),
+        (128, 10, 300),
+        (5, 800, 17),
+        (200, 3, 1030),
+        (40, 0, 9),
+        (14, 3100, 35),
+        (3, 4000, 2),
+    ];
     let mut seed = 1;
     for &(m, k, n) in &shapes {
         for (ta, tb, acc) in [(false, false, false), (true, false, true), (false, true, false), (true, true, true)] {
@@ -54,7 +66,7 @@ fn gemm_matches_f64_reference() {
 fn gemm_does_not_depend_on_thread_count() {
     let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-    for &(m, k, n) in &[(130, 700, 97), (37, 300, 1500)] {
+    for &(m, k, n) in &[(130, 700, 97), (37, 300, 1500), (30, 3500, 50)] {
         let a = one.install(|| run(m, k, n, false, true, true, 9).0);
         let b = three.install(|| run(m, k, n, false, true, true, 9).0);
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{m}x{k}x{n} differs between 1 and 3 threads");

@@ -16,6 +16,9 @@ const NR: usize = 32;
 const KC: usize = 384;
 const MC: usize = 16 * MR;
 const NC: usize = 16 * NR;
+/// Products with k of at least this many and C of at most this many elements split k instead of C.
+const K_SPLIT_MIN: usize = 8 * KC;
+const K_SPLIT_MAX_C: usize = 512 * 512;
 
 /// Raw matrix view: element (i, j) at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
@@ -63,6 +66,35 @@ pub unsafe fn gemm(m: usize, k: usize, n: usize, a: View, b: View, acc: bool, c:
     }
     let threads = rayon::current_num_threads();
     let out = Out(c);
+    if k >= K_SPLIT_MIN && m * n <= K_SPLIT_MAX_C {
+        // A small C over a long k (the decoder head's input gradient, 128 x 300 over ~20,000 genes):
+        // too few tiles of C to share, so the KC blocks are the tasks. Each block's product is the
+        // same chain from zero that the serial loop computes, and the products are added to C in
+        // block order: the result is bit-identical to the serial loop's.
+        let parts: Vec<Vec<f32>> = (0..k.div_ceil(KC))
+            .into_par_iter()
+            .map(|blk| {
+                let (p0, kc) = (blk * KC, KC.min(k - blk * KC));
+                let mut part = vec![0f32; m * n];
+                // SAFETY: columns p0..p0+kc of A and rows p0..p0+kc of B exist; `part` is m×n.
+                unsafe { gemm_serial(m, kc, n, a.offset(0, p0), b.offset(p0, 0), false, part.as_mut_ptr(), n) };
+                part
+            })
+            .collect();
+        for (blk, part) in parts.iter().enumerate() {
+            for i in 0..m {
+                // SAFETY: row i of C has n elements at stride rsc.
+                let row = unsafe { std::slice::from_raw_parts_mut(out.at(i * rsc), n) };
+                let src = &part[i * n..(i + 1) * n];
+                if blk == 0 && !acc {
+                    row.copy_from_slice(src);
+                } else {
+                    row.iter_mut().zip(src).for_each(|(c, &p)| *c += p);
+                }
+            }
+        }
+        return;
+    }
     // Split the longer side of C into tasks (columns in multiples of NR, rows in multiples of MR).
     if n >= m {
         let per = n.div_ceil(threads * 2).div_ceil(NR).max(1) * NR;
