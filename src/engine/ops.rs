@@ -726,7 +726,6 @@ pub fn likelihood_score_cached<F: Real>(
         let l = lib[i].d() as f32;
         let (r0, t0) = (rows[i] as usize * n, batch[i] as usize * n);
         let ro = &rho32[r0..r0 + n];
-        let th = &theta32[t0..t0 + n];
         let (tc, ti) = (&tc[t0..t0 + n], &ti[t0..t0 + n]);
         let s = match (dist, &logit32) {
             (Distribution::Zinb, Some((a, b))) => Some((&a[r0..r0 + n], &b[r0..r0 + n])),
@@ -736,24 +735,25 @@ pub fn likelihood_score_cached<F: Real>(
         // Genes with counts: swap the zero-count term for the exact one (the count-only part, the same
         // for every decoded row scored against this cell, comes from `counts`).
         let (p0, p1) = (nz_ptr[i], nz_ptr[i + 1]);
-        let corr = counts[i] + count_correction(ro, th, s.map(|(a, _)| a), l, &nz_idx[p0..p1], &nz_val[p0..p1]);
+        let corr = counts[i] + count_correction(ro, tc, ti, s.map(|(a, _)| a), l, &nz_idx[p0..p1], &nz_val[p0..p1]);
         *out = F::f(-(zero + corr));
     });
 }
 
 crate::multiversion!(
-    fn count_correction(ro: &[f32], th: &[f32], s: Option<&[f32]>, l: f32, idx: &[u32], val: &[f32]) -> f64 => count_correction_body
+    fn count_correction(ro: &[f32], tc: &[f32], ti: &[f32], s: Option<&[f32]>, l: f32, idx: &[u32], val: &[f32]) -> f64 => count_correction_body
 );
 
 /// Σ over the genes with counts (`idx`, `val`) of [exact term − zero-count term], less the count-only
-/// part; softplus(s) cancels. f32 fast math on gathered blocks of 64 genes so that the arithmetic
-/// vectorises; the sum runs in f64 in gene order.
+/// part; softplus(s) cancels. The zero-count term is [`zero_term`]'s own expression, so that the swap
+/// is exact. f32 fast math on gathered blocks of 64 genes so that the arithmetic vectorises; the sum
+/// runs in f64 in gene order. `tc`, `ti`: θ clamped and its reciprocal.
 #[inline(always)]
-fn count_correction_body(ro: &[f32], th: &[f32], s: Option<&[f32]>, l: f32, idx: &[u32], val: &[f32]) -> f64 {
+fn count_correction_body(ro: &[f32], tc: &[f32], ti: &[f32], s: Option<&[f32]>, l: f32, idx: &[u32], val: &[f32]) -> f64 {
     use super::fastmath as fm;
-    use super::likelihood::{RHO_MAX, RHO_MIN, THETA_MIN};
+    use super::likelihood::{RHO_MAX, RHO_MIN};
     const B: usize = 64;
-    let (mut r, mut t, mut sg, mut x, mut out) = ([0f32; B], [0f32; B], [0f32; B], [0f32; B], [0f32; B]);
+    let (mut r, mut t, mut it, mut sg, mut x, mut out) = ([0f32; B], [1f32; B], [1f32; B], [0f32; B], [0f32; B], [0f32; B]);
     let mut corr = 0f64;
     let mut p = 0;
     while p < idx.len() {
@@ -761,7 +761,7 @@ fn count_correction_body(ro: &[f32], th: &[f32], s: Option<&[f32]>, l: f32, idx:
         while m < B && p < idx.len() {
             if val[p] as f64 >= 1e-7 {
                 let g = idx[p] as usize;
-                (r[m], t[m], x[m]) = (ro[g], th[g], val[p]);
+                (r[m], t[m], it[m], x[m]) = (ro[g], tc[g], ti[g], val[p]);
                 if let Some(s) = s {
                     sg[m] = s[g];
                 }
@@ -771,12 +771,13 @@ fn count_correction_body(ro: &[f32], th: &[f32], s: Option<&[f32]>, l: f32, idx:
         }
         // All B lanes (stale lanes are finite and ignored), so the loop has no remainder.
         for k in 0..B {
-            let (tk, rk) = (t[k].max(THETA_MIN as f32), r[k].clamp(RHO_MIN as f32, RHO_MAX as f32));
-            let mu = rk * l;
-            let th_log = -tk * fm::ln_1p(mu / tk);
+            let mu = r[k].clamp(RHO_MIN as f32, RHO_MAX as f32) * l;
+            let tl = -t[k] * fm::ln_1p_pos(mu * it[k]);
+            // x·log(μ/(θ+μ)) = −x·log1p(θ/μ)
+            let xl = x[k] * fm::ln_1p_pos(t[k] / mu);
             out[k] = match s {
-                Some(_) => sg[k] + th_log - x[k] * fm::ln_1p(tk / mu) - fm::softplus(sg[k] + th_log),
-                None => -x[k] * fm::ln_1p(tk / mu),
+                Some(_) => (sg[k] + tl) - xl - fm::softplus_poly(sg[k] + tl),
+                None => -xl,
             };
         }
         for &v in &out[..m] {
