@@ -148,7 +148,30 @@ impl<F: Real> SparseBatch<F> {
     }
 }
 
+/// One row of y += v · W[k, :] over a row's non-zeros (f32, at the widest vector width: this loop runs
+/// once per non-zero of every minibatch).
+#[inline(always)]
+fn sparse_row_body(row: &mut [f32], idx: &[u32], val: &[f32], w: &[f32]) {
+    let n = row.len();
+    for (&k, &v) in idx.iter().zip(val) {
+        let wr = &w[k as usize * n..][..n];
+        for (o, &ww) in row.iter_mut().zip(wr) {
+            *o += v * ww;
+        }
+    }
+}
+crate::multiversion!(fn sparse_row(row: &mut [f32], idx: &[u32], val: &[f32], w: &[f32]) => sparse_row_body);
+
 pub fn sparse_linear_fwd<F: Real>(x: &SparseBatch<F>, w: &[F], b: &[F], y: &mut [F], n: usize) {
+    if let Some(y32) = F::as_f32_mut(&mut y[..x.rows * n]) {
+        let (w32, b32, v32) = (F::as_f32(w), F::as_f32(b), F::as_f32(&x.values));
+        y32.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+            row.copy_from_slice(&b32);
+            let (p0, p1) = (x.indptr[r], x.indptr[r + 1]);
+            sparse_row(row, &x.indices[p0..p1], &v32[p0..p1], &w32);
+        });
+        return;
+    }
     y[..x.rows * n].par_chunks_mut(n).enumerate().for_each(|(r, row)| {
         row.copy_from_slice(b);
         for p in x.indptr[r]..x.indptr[r + 1] {
@@ -163,6 +186,16 @@ pub fn sparse_linear_fwd<F: Real>(x: &SparseBatch<F>, w: &[F], b: &[F], y: &mut 
 
 /// dw[K×N] = Xᵀ·dy (only rows of features present in the batch are non-zero), db = Σ_rows dy.
 pub fn sparse_linear_bwd<F: Real>(x: &SparseBatch<F>, dy: &[F], dw: &mut [F], db: &mut [F], n: usize) {
+    if let Some(dw32) = F::as_f32_mut(dw) {
+        let (dy32, v32) = (F::as_f32(dy), F::as_f32(&x.t_values));
+        dw32.par_chunks_mut(n).enumerate().for_each(|(j, row)| {
+            row.fill(0.0);
+            let (p0, p1) = (x.t_indptr[j], x.t_indptr[j + 1]);
+            sparse_row(row, &x.t_rows[p0..p1], &v32[p0..p1], &dy32);
+        });
+        col_sums(dy, db, x.rows, n);
+        return;
+    }
     dw.par_chunks_mut(n).enumerate().for_each(|(j, row)| {
         row.iter_mut().for_each(|v| *v = F::zero());
         for p in x.t_indptr[j]..x.t_indptr[j + 1] {
