@@ -178,10 +178,18 @@ fn demo_runs_on_bundled_data() {
         "5",
         "--device",
         "auto",
+        "--precision",
+        "auto",
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("mouse: 1855 cells"), "{err}");
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    // The precision asked for and the one the ranking GEMMs ran in (bf16 only on the CPU backend, and
+    // only where the CPU has AVX512-BF16).
+    assert_eq!(m["precision"]["requested"], "auto");
+    let bf16_here = m["backend"].as_str().unwrap().starts_with("cpu") && scspecies::engine::precision::bf16_available();
+    assert_eq!(m["precision"]["ranking_gemms"], if bf16_here { "bf16" } else { "f32" }, "{}", m["precision"]);
+    assert_eq!(m["precision"]["training_gemms"], "f32");
     // `auto` takes the GPU where there is one and says why not otherwise.
     let backend = m["backend"].as_str().unwrap();
     if err.contains("device auto:") {
@@ -235,6 +243,27 @@ fn device_cuda_without_a_gpu_is_a_clear_error() {
     let (code, _, err) = bin(&["demo", "--out", out.to_str().unwrap(), "--tf32"]);
     assert_ne!(code, 0);
     assert!(err.contains("--tf32 applies to the GPU only"), "{err}");
+    let (code, _, err) = bin(&["demo", "--out", out.to_str().unwrap(), "--device", "auto", "--precision", "bf16"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--precision bf16 applies to the CPU backend only"), "{err}");
+    assert!(!out.exists(), "nothing may be written");
+}
+
+/// `--precision bf16` where the CPU cannot run it (here: capped below AVX-512) is refused, naming why.
+#[test]
+fn precision_bf16_without_the_instructions_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x");
+    let exe = env!("CARGO_BIN_EXE_scspecies");
+    let o = std::process::Command::new(exe)
+        .args(["demo", "--out", out.to_str().unwrap(), "--precision", "bf16"])
+        .env("SCSPECIES_SIMD", "avx2")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("AVX512-BF16"), "{err}");
+    assert!(!out.exists(), "nothing may be written");
 }
 
 /// Every option `bench` accepts takes effect (the alignment options reach the timed alignment and the
@@ -253,8 +282,19 @@ fn bench_applies_or_refuses_every_option() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let report = tmp.path().join("bench.json");
+    // A reference in run_ref.py's format, at a different thread count than this bench.
+    let reference = tmp.path().join("reference.json");
+    std::fs::write(
+        &reference,
+        r#"{"args": {"threads": 64}, "data": {"target_cells": 2000},
+            "context_training": {"ms_per_iteration": 400.0}, "target_training": {"ms_per_iteration": 2000.0},
+            "phases_s": {"label transfer (transfer_labels_data)": 1000.0}}"#,
+    )
+    .unwrap();
     let (code, _, err) = bin(&[
         "bench",
+        "--reference",
+        reference.to_str().unwrap(),
         "--repeat",
         "1",
         "--quiet",
@@ -274,4 +314,25 @@ fn bench_applies_or_refuses_every_option() {
     let t = &r["target_training"];
     assert_eq!((t["top_percent"].as_f64(), t["members"].as_u64(), t["k"].as_u64()), (Some(35.0), Some(1), Some(10)), "{t}");
     assert_eq!(t["knn_space"], "log1p-counts");
+    // Speed-ups from the reference's own figures; the thread mismatch is called out.
+    let c = &r["context_training"];
+    let want = 400.0 / c["ms_per_step"].as_f64().unwrap();
+    assert!((c["speedup_vs_reference"].as_f64().unwrap() - want).abs() < 1e-9 * want, "{c}");
+    let lt = &r["label_transfer"];
+    let want = 1000.0 / 2000.0 * lt["cells_per_s"].as_f64().unwrap();
+    assert!((lt["speedup_vs_reference"].as_f64().unwrap() - want).abs() < 1e-9 * want, "{lt}");
+    assert!(r["note"].as_str().unwrap().contains("WARNING") && r["note"].as_str().unwrap().contains("64"), "{}", r["note"]);
+    // bf16 against f32 on the ranking paths, where the CPU has bf16.
+    if scspecies::engine::precision::bf16_available() {
+        let a = r["ranking_precision"]["candidate_choice_agreement"].as_f64().unwrap();
+        assert!((0.5..=1.0).contains(&a), "{}", r["ranking_precision"]);
+    } else {
+        assert!(r["ranking_precision"].is_null());
+    }
+    // A reference file that is not run_ref.py's JSON is refused, naming the file and the key.
+    let bad = tmp.path().join("ref.json");
+    std::fs::write(&bad, r#"{"context_training": {}}"#).unwrap();
+    let (code, _, err) = bin(&["bench", "--quiet", "--reference", bad.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("ref.json") && err.contains("/context_training/ms_per_iteration"), "{err}");
 }
