@@ -204,7 +204,10 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
         "reference": reference.as_ref().map(|r| &r.raw),
         "note": match &reference {
             None => "no --reference given: no speed-ups (run ../shared/reference/run_ref.py on this machine and pass its metrics JSON)".to_string(),
-            Some(r) if r.threads != Some(threads as u64) => format!("WARNING: the reference ran on {:?} threads, this bench on {threads}: the ratios are not at equal threads", r.threads),
+            Some(r) if r.threads != Some(threads as u64) => format!(
+                "WARNING: the reference ran on {} threads, this bench on {threads}: the ratios are not at equal threads",
+                r.threads.map_or("an unknown number of".to_string(), |t| t.to_string())
+            ),
             Some(_) => "speed-ups at equal threads, against the reference measured on this machine".to_string(),
         },
     });

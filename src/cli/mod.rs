@@ -134,7 +134,7 @@ pub struct RunOptions {
     /// GEMM precision of the forward-only decoding that is only ranked (candidate choice, label
     /// transfer): `bf16` (AVX512-BF16, f32 accumulation; refused where the CPU lacks it), `f32`, or
     /// `auto` (bf16 where the CPU has it). Training always runs in f32.
-    #[arg(long, value_enum, default_value = "f32")]
+    #[arg(long, value_enum, default_value = "auto")]
     pub precision: PrecisionArg,
     /// Epochs of context pre-training (default: 60 below 10,000 cells, else 30).
     #[arg(long)]
