@@ -190,6 +190,7 @@ pub fn similarities<B: Backend>(
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.sort_by_key(|&p| (data.batch[pairs[p].0 as usize], pairs[p].1 as usize / CONTEXT_CHUNK, pairs[p].1));
     let mut d = vec![f64::NAN; pairs.len()];
+    let mut stored = HostRows::all(data.counts);
     let mut start = 0;
     while start < order.len() {
         let (j0, i0) = pairs[order[start]];
@@ -213,9 +214,10 @@ pub fn similarities<B: Backend>(
             let cells: Vec<usize> = group.iter().map(|&p| pairs[p].0 as usize).collect();
             let lib: Vec<f64> = cells.iter().map(|&j| lib_hat[j]).collect();
             let mut nll = be.zeros(g);
-            let mut x = HostRows::gather(data.counts, &cells);
-            x.count_terms = Some(cells.iter().map(|&j| count_terms[j]).collect());
-            be.likelihood_score(model.cfg.distribution, &x, &local, &vec![b; g], &rho, &theta, lg, &be.upload(&lib), n, &mut nll);
+            // The pairs point at their cells' stored counts: no copy per pair.
+            stored.count_terms = Some(cells.iter().map(|&j| count_terms[j]).collect());
+            stored.row_of = Some(cells.iter().map(|&j| j as u32).collect());
+            be.likelihood_score(model.cfg.distribution, &stored, &local, &vec![b; g], &rho, &theta, lg, &be.upload(&lib), n, &mut nll);
             for (&p, v) in group.iter().zip(be.download(&nll)) {
                 d[p] = v - self_nll[pairs[p].0 as usize];
             }

@@ -152,6 +152,7 @@ fn scoring_repeated_cells_matches_exact_likelihood() {
             &hr.ptr,
             &hr.idx,
             &hr.val,
+            None,
             Some(&cached),
             &rows,
             &batch,
@@ -163,6 +164,27 @@ fn scoring_repeated_cells_matches_exact_likelihood() {
             &mut with_cache,
         );
         assert_eq!(with_cache, fast, "{dist:?}: cached count terms change the scores");
+        // The transfer's other shortcut: every cell stored once, the scored rows pointing at theirs.
+        let stored = HostRows::all(&x);
+        let row_of: Vec<u32> = plan.iter().map(|p| p.0 as u32).collect();
+        let mut in_place = vec![0f64; plan.len()];
+        ops::likelihood_score_cached(
+            dist,
+            &stored.ptr,
+            &stored.idx,
+            &stored.val,
+            Some(&row_of),
+            Some(&cached),
+            &rows,
+            &batch,
+            &rho,
+            &theta,
+            lg,
+            &lib,
+            n,
+            &mut in_place,
+        );
+        assert_eq!(in_place, fast, "{dist:?}: reading the stored rows in place changes the scores");
     }
 }
 

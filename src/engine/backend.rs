@@ -18,20 +18,58 @@ pub struct HostRows {
     /// Each row's count-only likelihood terms (`ops::count_terms`), when the caller has them cached:
     /// the label transfer scores every target cell against hundreds of context cells.
     pub count_terms: Option<Vec<f64>>,
+    /// When set, scored row i reads stored row `row_of[i]` (the label transfer keeps all target cells
+    /// stored once and points each (cell, candidate) pair at its cell instead of copying its counts).
+    /// The CPU backend needs `count_terms` with it; others gather the rows ([`HostRows::materialized`]).
+    pub row_of: Option<Vec<u32>>,
 }
 
 impl HostRows {
-    /// Rows `cells` of a CSR matrix, in that order (repeats allowed).
+    /// Rows `cells` of a CSR matrix, in that order (repeats allowed). The copy runs in parallel: the
+    /// label transfer gathers every (cell, candidate) pair's counts, ~10⁹ values on the Baron pair.
     pub fn gather(m: &crate::data::Csr, cells: &[usize]) -> Self {
-        let mut h = HostRows { ptr: Vec::with_capacity(cells.len() + 1), ..Default::default() };
-        h.ptr.push(0);
+        use rayon::prelude::*;
+        let mut ptr = Vec::with_capacity(cells.len() + 1);
+        ptr.push(0);
         for &c in cells {
+            ptr.push(ptr[ptr.len() - 1] + m.row(c).0.len());
+        }
+        let nnz = ptr[cells.len()];
+        let (mut idx, mut val) = (vec![0u32; nnz], vec![0f32; nnz]);
+        // Split the outputs at row boundaries into one slice per row.
+        let mut rest = (idx.as_mut_slice(), val.as_mut_slice());
+        let mut slices = Vec::with_capacity(cells.len());
+        for w in ptr.windows(2) {
+            let (ri, ti) = std::mem::take(&mut rest.0).split_at_mut(w[1] - w[0]);
+            let (rv, tv) = std::mem::take(&mut rest.1).split_at_mut(w[1] - w[0]);
+            slices.push((ri, rv));
+            rest = (ti, tv);
+        }
+        slices.into_par_iter().zip(cells.par_iter()).with_min_len(16).for_each(|((di, dv), &c)| {
             let (i, v) = m.row(c);
-            h.idx.extend_from_slice(i);
-            h.val.extend_from_slice(v);
+            di.copy_from_slice(i);
+            dv.copy_from_slice(v);
+        });
+        HostRows { ptr, idx, val, count_terms: None, row_of: None }
+    }
+
+    /// Every row of a CSR matrix, stored once (for [`HostRows::row_of`]).
+    pub fn all(m: &crate::data::Csr) -> Self {
+        HostRows { ptr: m.indptr.clone(), idx: m.indices.clone(), val: m.data.clone(), count_terms: None, row_of: None }
+    }
+
+    /// The scored rows as their own CSR (a copy only when `row_of` is set).
+    pub fn materialized(&self) -> std::borrow::Cow<'_, HostRows> {
+        let Some(map) = &self.row_of else { return std::borrow::Cow::Borrowed(self) };
+        let mut h = HostRows { ptr: Vec::with_capacity(map.len() + 1), count_terms: self.count_terms.clone(), ..Default::default() };
+        h.ptr.push(0);
+        for &r in map {
+            let (a, b) = (self.ptr[r as usize], self.ptr[r as usize + 1]);
+            h.idx.extend_from_slice(&self.idx[a..b]);
+            h.val.extend_from_slice(&self.val[a..b]);
             h.ptr.push(h.idx.len());
         }
-        h
+        std::borrow::Cow::Owned(h)
     }
 }
 

@@ -148,7 +148,24 @@ impl<F: Real> Backend for Cpu<F> {
         nll: &mut Vec<F>,
     ) {
         let lg = logit.map(|(a, b)| (a.as_slice(), b.as_slice()));
-        ops::likelihood_score_cached(dist, &x.ptr, &x.idx, &x.val, x.count_terms.as_deref(), rows, batch, rho, theta, lg, lib, n, nll)
+        // Stored rows addressed through `row_of` are read in place when their count terms are cached.
+        let x = if x.count_terms.is_some() { std::borrow::Cow::Borrowed(x) } else { x.materialized() };
+        ops::likelihood_score_cached(
+            dist,
+            &x.ptr,
+            &x.idx,
+            &x.val,
+            x.row_of.as_deref(),
+            x.count_terms.as_deref(),
+            rows,
+            batch,
+            rho,
+            theta,
+            lg,
+            lib,
+            n,
+            nll,
+        )
     }
     fn softplus(&self, x: &Vec<F>) -> Vec<F> {
         ops::softplus_all(x)

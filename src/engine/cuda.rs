@@ -424,6 +424,7 @@ impl Backend for Cuda {
         nll: &mut DevBuf,
     ) {
         // The query counts are scattered into a dense block on the device (one memset + one kernel).
+        let x = x.materialized();
         let m = rows.len();
         let mut dense = self.alloc::<f32>(m * n);
         if !x.idx.is_empty() {

@@ -715,17 +715,19 @@ pub fn likelihood_score<F: Real>(
     n: usize,
     nll: &mut [F],
 ) {
-    likelihood_score_cached(dist, nz_ptr, nz_idx, nz_val, None, rows, batch, rho, theta, logit, lib, n, nll)
+    likelihood_score_cached(dist, nz_ptr, nz_idx, nz_val, None, None, rows, batch, rho, theta, logit, lib, n, nll)
 }
 
 /// [`likelihood_score`] with each row's count-only terms given (`cached`, from [`count_terms`] with
-/// the same θ table) instead of computed.
+/// the same θ table) instead of computed, and optionally with scored row i reading stored row
+/// `row_of[i]` of the CSR (then `cached` is required).
 #[allow(clippy::too_many_arguments)]
 pub fn likelihood_score_cached<F: Real>(
     dist: Distribution,
     nz_ptr: &[usize],
     nz_idx: &[u32],
     nz_val: &[f32],
+    row_of: Option<&[u32]>,
     cached: Option<&[f64]>,
     rows: &[u32],
     batch: &[u32],
@@ -738,6 +740,7 @@ pub fn likelihood_score_cached<F: Real>(
 ) {
     let (rho32, theta32) = (F::as_f32(rho), F::as_f32(theta));
     let logit32 = logit.map(|(a, b)| (F::as_f32(a), F::as_f32(b)));
+    assert!(row_of.is_none() || cached.is_some(), "rows addressed through row_of need their count terms cached");
     let counts = match cached {
         Some(c) => {
             assert_eq!(c.len(), nll.len(), "one cached count term per scored row");
@@ -767,7 +770,8 @@ pub fn likelihood_score_cached<F: Real>(
         let zero = zero_sum(ro, tc, ti, s, l);
         // Genes with counts: swap the zero-count term for the exact one (the count-only part, the same
         // for every decoded row scored against this cell, comes from `counts`).
-        let (p0, p1) = (nz_ptr[i], nz_ptr[i + 1]);
+        let c = row_of.map_or(i, |r| r[i] as usize);
+        let (p0, p1) = (nz_ptr[c], nz_ptr[c + 1]);
         let corr = counts[i] + count_correction(ro, tc, ti, s.map(|(a, _)| a), l, &nz_idx[p0..p1], &nz_val[p0..p1]);
         *out = F::f(-(zero + corr));
     });
