@@ -105,11 +105,29 @@ impl<F: Real> Backend for Cpu<F> {
         theta.par_chunks_mut(n).zip(batch.par_iter()).for_each(|(row, &b)| row.copy_from_slice(&table[b as usize * n..][..n]));
     }
     fn scatter_theta_grad(&self, dtheta: &Vec<F>, theta: &Vec<F>, batch: &[u32], dla: &mut Vec<F>, n: usize) {
-        dla.iter_mut().for_each(|v| *v = F::zero());
-        for (i, &b) in batch.iter().enumerate() {
-            let dst = &mut dla[b as usize * n..][..n];
-            for j in 0..n {
-                dst[j] = dst[j] + dtheta[i * n + j] * theta[i * n + j];
+        use rayon::prelude::*;
+        // Bands of 256 genes in parallel; each (batch, gene) still sums its cells in ascending order.
+        let s = dla.len() / n.max(1);
+        let bands: Vec<(usize, Vec<F>)> = (0..n.div_ceil(256))
+            .into_par_iter()
+            .map(|band| {
+                let (j0, j1) = (band * 256, ((band + 1) * 256).min(n));
+                let w = j1 - j0;
+                let mut acc = vec![F::zero(); s * w];
+                for (i, &b) in batch.iter().enumerate() {
+                    let dst = &mut acc[b as usize * w..][..w];
+                    let (dt, th) = (&dtheta[i * n + j0..i * n + j1], &theta[i * n + j0..i * n + j1]);
+                    for j in 0..w {
+                        dst[j] = dst[j] + dt[j] * th[j];
+                    }
+                }
+                (j0, acc)
+            })
+            .collect();
+        for (j0, acc) in bands {
+            let w = acc.len() / s.max(1);
+            for b in 0..s {
+                dla[b * n + j0..b * n + j0 + w].copy_from_slice(&acc[b * w..(b + 1) * w]);
             }
         }
     }
