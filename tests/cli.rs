@@ -322,6 +322,8 @@ fn bench_applies_or_refuses_every_option() {
     let want = 1000.0 / 2000.0 * lt["cells_per_s"].as_f64().unwrap();
     assert!((lt["speedup_vs_reference"].as_f64().unwrap() - want).abs() < 1e-9 * want, "{lt}");
     assert!(r["note"].as_str().unwrap().contains("WARNING") && r["note"].as_str().unwrap().contains("64"), "{}", r["note"]);
+    // The report names the kernels that ran.
+    assert!(r["paths"]["f32_gemm"].is_string() && r["paths"]["bf16_gemm"].is_string(), "{}", r["paths"]);
     // bf16 against f32 on the ranking paths, where the CPU has bf16.
     if scspecies::engine::precision::bf16_available() {
         let a = r["ranking_precision"]["candidate_choice_agreement"].as_f64().unwrap();

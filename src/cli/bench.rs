@@ -199,6 +199,13 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
             "speedup_vs_reference": ref_transfer.map(|(s, c)| s / c as f64 * cells_per_s),
         },
         "ranking_precision": agreement,
+        // Which kernels this CPU ran (the others cannot run here; their tests skip and say so).
+        "paths": {
+            "simd_level": format!("{:?}", crate::engine::simd::level()).to_lowercase(),
+            "f32_gemm": if cfg!(target_arch = "x86_64") && crate::engine::simd::level() == crate::engine::simd::Level::Avx512 { "own avx512" } else { "matrixmultiply" },
+            "bf16_gemm": if crate::engine::precision::bf16_available() { "avx512-bf16" } else { "unavailable (f32 used)" },
+            "amx": "not implemented",
+        },
         "peak_rss_bytes": crate::resources::peak_rss(),
         "peak_rss_bytes_per_nonzero": bytes_per_nnz,
         "reference": reference.as_ref().map(|r| &r.raw),
