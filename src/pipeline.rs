@@ -362,11 +362,7 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
     let (pm, ps) = context_data(tgt);
     let data =
         crate::train::TrainData { counts: &tgt.data.counts, batch: &tgt.batch, prior_mu: &pm, prior_sig: &ps, n_batches: tgt.n_batches() };
-    let hom_counts = crate::transfer::HomologousCounts {
-        context: &ctx.data.counts,
-        context_cols: &pair.homology.context,
-        target_cols: &pair.homology.target,
-    };
+    let hom_counts = crate::transfer::HomologousCounts::of(pair);
     let n_members = trained_targets.as_ref().map_or(acfg.members, |t| t.len());
     let mut trained_targets = trained_targets.map(|v| v.into_iter());
     let (mut t_align, mut t_transfer) = (0.0, 0.0);

@@ -45,6 +45,13 @@ pub struct HomologousCounts<'a> {
     pub target_cols: &'a [usize],
 }
 
+impl<'a> HomologousCounts<'a> {
+    /// The context's counts and both species' homologous-gene columns of a prepared pair.
+    pub fn of(pair: &'a crate::pipeline::PreparedPair) -> Self {
+        HomologousCounts { context: &pair.context.data.counts, context_cols: &pair.homology.context, target_cols: &pair.homology.target }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Transfer {
     /// Predicted context label index per target cell.

@@ -145,45 +145,31 @@ fn scoring_repeated_cells_matches_exact_likelihood() {
                 ops::count_terms(&[0, p1 - p0], &hr.idx[p0..p1], &hr.val[p0..p1], &batch[r..r + 1], &theta32, n)[0]
             })
             .collect();
-        let mut with_cache = vec![0f64; plan.len()];
         let lg = Some((&logit[..], &sp[..]));
-        ops::likelihood_score_cached(
-            dist,
-            &hr.ptr,
-            &hr.idx,
-            &hr.val,
-            None,
-            Some(&cached),
-            &rows,
-            &batch,
-            &rho,
-            &theta,
-            lg,
-            &lib,
-            n,
-            &mut with_cache,
-        );
-        assert_eq!(with_cache, fast, "{dist:?}: cached count terms change the scores");
+        let cached_score = |h: &HostRows, row_of: Option<&[u32]>| {
+            let mut out = vec![0f64; plan.len()];
+            ops::likelihood_score_cached(
+                dist,
+                &h.ptr,
+                &h.idx,
+                &h.val,
+                row_of,
+                Some(&cached),
+                &rows,
+                &batch,
+                &rho,
+                &theta,
+                lg,
+                &lib,
+                n,
+                &mut out,
+            );
+            out
+        };
+        assert_eq!(cached_score(&hr, None), fast, "{dist:?}: cached count terms change the scores");
         // The transfer's other shortcut: every cell stored once, the scored rows pointing at theirs.
-        let stored = HostRows::all(&x);
         let row_of: Vec<u32> = plan.iter().map(|p| p.0 as u32).collect();
-        let mut in_place = vec![0f64; plan.len()];
-        ops::likelihood_score_cached(
-            dist,
-            &stored.ptr,
-            &stored.idx,
-            &stored.val,
-            Some(&row_of),
-            Some(&cached),
-            &rows,
-            &batch,
-            &rho,
-            &theta,
-            lg,
-            &lib,
-            n,
-            &mut in_place,
-        );
+        let in_place = cached_score(&HostRows::all(&x), Some(&row_of));
         assert_eq!(in_place, fast, "{dist:?}: reading the stored rows in place changes the scores");
     }
 }

@@ -276,11 +276,7 @@ fn ranking_agreement<B: Backend>(
     let (pm, ps) = crate::pipeline::context_data(tgt);
     let data =
         crate::train::TrainData { counts: &tgt.data.counts, batch: &tgt.batch, prior_mu: &pm, prior_sig: &ps, n_batches: tgt.n_batches() };
-    let hom = crate::transfer::HomologousCounts {
-        context: &ctx.data.counts,
-        context_cols: &pair.homology.context,
-        target_cols: &pair.homology.target,
-    };
+    let hom = crate::transfer::HomologousCounts::of(pair);
     let repr = arun.repr();
     let queries: Vec<crate::align::candidates::Query> = (0..tgt.n_cells())
         .filter(|&j| arun.aligned[j])

@@ -11,8 +11,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-const MR: usize = 12;
-const NR: usize = 32;
+pub(crate) const MR: usize = 12;
+pub(crate) const NR: usize = 32;
 const KC: usize = 384;
 const MC: usize = 16 * MR;
 const NC: usize = 16 * NR;
@@ -38,12 +38,12 @@ unsafe impl Send for View {}
 unsafe impl Sync for View {}
 
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
+pub(crate) struct Out(pub(crate) *mut f32);
 // SAFETY: each task writes a disjoint block of C.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 impl Out {
-    fn at(self, off: usize) -> *mut f32 {
+    pub(crate) fn at(self, off: usize) -> *mut f32 {
         self.0.wrapping_add(off)
     }
 }
@@ -64,7 +64,6 @@ pub unsafe fn gemm(m: usize, k: usize, n: usize, a: View, b: View, acc: bool, c:
     if m == 0 || n == 0 {
         return;
     }
-    let threads = rayon::current_num_threads();
     let out = Out(c);
     if k >= K_SPLIT_MIN && m * n <= K_SPLIT_MAX_C {
         // A small C over a long k (the decoder head's input gradient, 128 x 300 over ~20,000 genes):
@@ -95,25 +94,24 @@ pub unsafe fn gemm(m: usize, k: usize, n: usize, a: View, b: View, acc: bool, c:
         }
         return;
     }
-    // Split the longer side of C into tasks (columns in multiples of NR, rows in multiples of MR).
+    // SAFETY: each task's block of C is its own; A and B are only read.
+    split_c(m, n, &|i0, i1, j0, j1| unsafe {
+        gemm_serial(i1 - i0, k, j1 - j0, a.offset(i0, 0), b.offset(0, j0), acc, out.at(i0 * rsc + j0), rsc)
+    });
+}
+
+/// Splits C [m×n] into rayon tasks along its longer side (columns in multiples of NR, rows in multiples
+/// of MR, about two tasks per thread) and calls `task(i0, i1, j0, j1)` for each block. Shared by the
+/// f32 and bf16 GEMMs, which use the same register tile.
+pub(crate) fn split_c(m: usize, n: usize, task: &(dyn Fn(usize, usize, usize, usize) + Sync)) {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
     if n >= m {
         let per = n.div_ceil(threads * 2).div_ceil(NR).max(1) * NR;
-        let tasks = n.div_ceil(per);
-        (0..tasks).into_par_iter().for_each(|t| {
-            let (j0, j1) = (t * per, ((t + 1) * per).min(n));
-            let bt = b.offset(0, j0);
-            // SAFETY: columns j0..j1 of C belong to this task only.
-            unsafe { gemm_serial(m, k, j1 - j0, a, bt, acc, out.at(j0), rsc) };
-        });
+        (0..n.div_ceil(per)).into_par_iter().for_each(|t| task(0, m, t * per, ((t + 1) * per).min(n)));
     } else {
         let per = m.div_ceil(threads * 2).div_ceil(MR).max(1) * MR;
-        let tasks = m.div_ceil(per);
-        (0..tasks).into_par_iter().for_each(|t| {
-            let (i0, i1) = (t * per, ((t + 1) * per).min(m));
-            let at = a.offset(i0, 0);
-            // SAFETY: rows i0..i1 of C belong to this task only.
-            unsafe { gemm_serial(i1 - i0, k, n, at, b, acc, out.at(i0 * rsc), rsc) };
-        });
+        (0..m.div_ceil(per)).into_par_iter().for_each(|t| task(t * per, ((t + 1) * per).min(m), 0, n));
     }
 }
 
@@ -256,6 +254,15 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usiz
             tr[1] = _mm512_fmadd_ps(av, b1, tr[1]);
         }
     }
+    // SAFETY: as the caller's contract: C's tile has `rows` rows of `cols` columns at stride rsc.
+    unsafe { store_tile(&t, c, rsc, rows, cols, add) };
+}
+
+/// C = t or C += t for the first `rows` rows and `cols` columns of a 12 × 32 tile of f32 sums (both
+/// GEMMs' kernels end with it).
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn store_tile(t: &[[__m512; 2]; MR], c: *mut f32, rsc: usize, rows: usize, cols: usize, add: bool) {
     let mask = |lo: usize| -> __mmask16 {
         let w = cols.saturating_sub(lo).min(16);
         if w == 16 { 0xffff } else { ((1u32 << w) - 1) as __mmask16 }

@@ -13,10 +13,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::gemm512::View;
+use super::gemm512::{MR, NR, Out, View, split_c, store_tile};
 
-const MR: usize = 12;
-const NR: usize = 32;
 /// k per block (even).
 const KC: usize = 384;
 const MC: usize = 16 * MR;
@@ -44,17 +42,6 @@ pub fn available() -> bool {
     super::gemm512::available() && std::arch::is_x86_feature_detected!("avx512bf16")
 }
 
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: each task writes a disjoint block of C.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-impl Out {
-    fn at(self, off: usize) -> *mut f32 {
-        self.0.wrapping_add(off)
-    }
-}
-
 /// C[m×n] (row stride `rsc`) = A[m×k]·B[k×n] + (C if `acc`) with bf16 inputs, split over rayon tasks.
 ///
 /// # Safety
@@ -62,27 +49,14 @@ impl Out {
 /// stride `rsc` that does not alias them, and [`available`] must be true.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm(m: usize, k: usize, n: usize, a: View, b: View, acc: bool, c: *mut f32, rsc: usize) {
-    use rayon::prelude::*;
     if m == 0 || n == 0 {
         return;
     }
-    let threads = rayon::current_num_threads();
     let out = Out(c);
-    if n >= m {
-        let per = n.div_ceil(threads * 2).div_ceil(NR).max(1) * NR;
-        (0..n.div_ceil(per)).into_par_iter().for_each(|t| {
-            let (j0, j1) = (t * per, ((t + 1) * per).min(n));
-            // SAFETY: columns j0..j1 of C belong to this task only.
-            unsafe { gemm_serial(m, k, j1 - j0, a, b.offset(0, j0), acc, out.at(j0), rsc) };
-        });
-    } else {
-        let per = m.div_ceil(threads * 2).div_ceil(MR).max(1) * MR;
-        (0..m.div_ceil(per)).into_par_iter().for_each(|t| {
-            let (i0, i1) = (t * per, ((t + 1) * per).min(m));
-            // SAFETY: rows i0..i1 of C belong to this task only.
-            unsafe { gemm_serial(i1 - i0, k, n, a.offset(i0, 0), b, acc, out.at(i0 * rsc), rsc) };
-        });
-    }
+    // SAFETY: each task's block of C is its own; A and B are only read.
+    split_c(m, n, &|i0, i1, j0, j1| unsafe {
+        gemm_serial(i1 - i0, k, j1 - j0, a.offset(i0, 0), b.offset(0, j0), acc, out.at(i0 * rsc + j0), rsc)
+    });
 }
 
 /// Rows of A packed at once (all of a task's rows up to this many): A is then packed once per k block
@@ -230,22 +204,6 @@ unsafe fn kernel(kp: usize, a: *const u32, b: *const u32, c: *mut f32, rsc: usiz
             tr[1] = _mm512_dpbf16_ps(tr[1], av, b1);
         }
     }
-    let mask = |lo: usize| -> __mmask16 {
-        let w = cols.saturating_sub(lo).min(16);
-        if w == 16 { 0xffff } else { ((1u32 << w) - 1) as __mmask16 }
-    };
-    let (m0, m1) = (mask(0), mask(16));
-    for (r, tr) in t.iter().enumerate().take(rows) {
-        // SAFETY: the masks keep the loads and stores inside row r's `cols` columns.
-        unsafe {
-            let cr = c.add(r * rsc);
-            let (mut v0, mut v1) = (tr[0], tr[1]);
-            if add {
-                v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, cr), v0);
-                v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, cr.wrapping_add(16)), v1);
-            }
-            _mm512_mask_storeu_ps(cr, m0, v0);
-            _mm512_mask_storeu_ps(cr.wrapping_add(16), m1, v1);
-        }
-    }
+    // SAFETY: as the caller's contract: C's tile has `rows` rows of `cols` columns at stride rsc.
+    unsafe { store_tile(&t, c, rsc, rows, cols, add) };
 }

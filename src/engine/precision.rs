@@ -64,10 +64,15 @@ pub fn ranking_precision() -> Precision {
 
 /// Runs `f` with this thread's GEMMs in the ranking precision.
 pub fn ranking<R>(f: impl FnOnce() -> R) -> R {
-    let before = IN_RANKING.with(|c| c.replace(true));
-    let out = f();
-    IN_RANKING.with(|c| c.set(before));
-    out
+    // Restored on the way out, also when `f` unwinds.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_RANKING.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(IN_RANKING.with(|c| c.replace(true)));
+    f()
 }
 
 /// Whether a GEMM called on this thread now should run in bf16.
