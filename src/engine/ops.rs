@@ -753,19 +753,26 @@ pub fn likelihood_score_cached<F: Real>(
         }
         None => std::borrow::Cow::Owned(count_terms(nz_ptr, nz_idx, nz_val, batch, &theta32, n)),
     };
-    // θ clamped and its reciprocal, once per table row that is used: the gene loop then has no division.
-    let mut used = vec![false; theta32.len() / n.max(1)];
-    batch.iter().for_each(|&b| used[b as usize] = true);
-    let (mut tc, mut ti) = (vec![0f32; theta32.len()], vec![0f32; theta32.len()]);
-    for (b, _) in used.iter().enumerate().filter(|u| *u.1) {
-        for g in b * n..(b + 1) * n {
-            tc[g] = theta32[g].max(super::likelihood::THETA_MIN as f32);
-            ti[g] = 1.0 / tc[g];
+    // θ clamped and its reciprocal for the table rows in use only (usually one batch of a few): the gene
+    // loop then has no division. slot[b] is row b's place in the compact tables.
+    let mut slot = vec![usize::MAX; theta32.len() / n.max(1)];
+    let mut used = 0;
+    for &b in batch {
+        if slot[b as usize] == usize::MAX {
+            slot[b as usize] = used;
+            used += 1;
+        }
+    }
+    let (mut tc, mut ti) = (vec![0f32; used * n], vec![0f32; used * n]);
+    for (b, &k) in slot.iter().enumerate().filter(|s| *s.1 != usize::MAX) {
+        for g in 0..n {
+            tc[k * n + g] = theta32[b * n + g].max(super::likelihood::THETA_MIN as f32);
+            ti[k * n + g] = 1.0 / tc[k * n + g];
         }
     }
     nll.par_iter_mut().enumerate().for_each(|(i, out)| {
         let l = lib[i].d() as f32;
-        let (r0, t0) = (rows[i] as usize * n, batch[i] as usize * n);
+        let (r0, t0) = (rows[i] as usize * n, slot[batch[i] as usize] * n);
         let ro = &rho32[r0..r0 + n];
         let (tc, ti) = (&tc[t0..t0 + n], &ti[t0..t0 + n]);
         let s = match (dist, &logit32) {
