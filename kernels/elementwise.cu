@@ -74,10 +74,11 @@ extern "C" __global__ void adam(float* p, const float* g, float* m, float* v, fl
     }
 }
 
-// all_finite: flag[0] = 0 if any element is NaN or ±inf (flag preset to 1 by the host).
+// all_finite: flag[0] = 0 if any element is NaN or ±inf (flag preset to 1 by the host). Atomic: several
+// threads may clear it at once (harmless on a GPU, but a data race for the emulator's sanitizer).
 extern "C" __global__ void all_finite(const float* x, int* flag, long long n) {
     FOR_EACH(i, n) {
-        if (!isfinite(x[i])) flag[0] = 0;
+        if (!isfinite(x[i])) atomicExch(flag, 0);
     }
 }
 

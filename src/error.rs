@@ -31,6 +31,9 @@ pub enum Error {
     /// The data are readable but unusable for the analysis (too few cells, no homologous genes, ...).
     #[error("{0}")]
     Input(String),
+    /// The compute device failed (allocation, copy, kernel launch), named with the operation.
+    #[error("{0}")]
+    Device(String),
     /// An option value is out of range or inconsistent with others.
     #[error("invalid option: {0}")]
     Config(String),

@@ -3,23 +3,68 @@
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
-/// Names of the `extern "C" __global__` functions of a kernel source, in order.
-pub fn entry_points(source: &str) -> Vec<String> {
+/// The type of one kernel parameter, as the launch code must pass it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param {
+    /// Any pointer (`const float*`, `unsigned char*`, ...): a device address, or null.
+    Ptr,
+    I32,
+    I64,
+    U32,
+    F32,
+    F64,
+}
+
+/// One `extern "C" __global__` function: its name, its parameters' types (as written) and kinds.
+#[derive(Debug, Clone)]
+pub struct KernelSig {
+    pub name: String,
+    pub params: Vec<(String, Param)>,
+}
+
+/// The `extern "C" __global__` functions of a kernel source, in order, with their parameter types. Both
+/// devices check every launch's arguments against these, so an argument of the wrong kind or in the
+/// wrong place is an error naming the kernel instead of garbage read by the GPU.
+pub fn signatures(source: &str) -> Result<Vec<KernelSig>, String> {
     let mut out = Vec::new();
     let mut rest = source;
     while let Some(p) = rest.find("__global__") {
         rest = &rest[p + "__global__".len()..];
-        // `void name(`: the identifier before the first parenthesis.
-        if let Some(open) = rest.find('(') {
-            let head = rest[..open].trim_end();
-            let name: String =
-                head.chars().rev().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<Vec<_>>().into_iter().rev().collect();
-            if !name.is_empty() && head.trim_start().starts_with("void") {
-                out.push(name);
-            }
+        // `void name(params)`: the identifier before the first parenthesis.
+        let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else { break };
+        let head = rest[..open].trim_end();
+        let name: String =
+            head.chars().rev().take_while(|c| c.is_alphanumeric() || *c == '_').collect::<Vec<_>>().into_iter().rev().collect();
+        if name.is_empty() || !head.trim_start().starts_with("void") {
+            continue;
         }
+        let mut params = Vec::new();
+        for decl in rest[open + 1..close].split(',').map(|d| d.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|d| !d.is_empty()) {
+            // The type is the declaration without its last identifier.
+            let cut = decl.trim_end_matches(|c: char| c.is_alphanumeric() || c == '_').trim_end().to_string();
+            let kind = if cut.contains('*') {
+                Param::Ptr
+            } else {
+                match cut.trim_start_matches("const ").trim() {
+                    "int" => Param::I32,
+                    "long long" | "long long int" => Param::I64,
+                    "unsigned" | "unsigned int" => Param::U32,
+                    "float" => Param::F32,
+                    "double" => Param::F64,
+                    t => return Err(format!("kernel {name}: parameter `{decl}` has a type ({t}) the launch code cannot pass")),
+                }
+            };
+            params.push((cut, kind));
+        }
+        out.push(KernelSig { name, params });
+        rest = &rest[close..];
     }
-    out
+    Ok(out)
+}
+
+/// Names of the `extern "C" __global__` functions of a kernel source, in order.
+pub fn entry_points(source: &str) -> Vec<String> {
+    signatures(source).map(|v| v.into_iter().map(|k| k.name).collect()).unwrap_or_default()
 }
 
 /// Run a probe that may panic (cudarc panics when a CUDA library cannot be loaded) without printing

@@ -240,6 +240,7 @@ pub fn pretrain_guarded<B: crate::engine::Backend>(
         labels: ctx.labels.as_ref().map(|l| l.categories.clone()).unwrap_or_default(),
         training: serde_json::json!({ "config": tcfg, "history": history, "backend": be.name(), "train_seconds": train_seconds }),
     };
+    crate::train::device_ok(be, "the context model's representations")?;
     Ok(ContextRun { model, history, repr, meta, train_seconds })
 }
 
@@ -422,6 +423,7 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
     }
     timings.push(("align".to_string(), t_align));
     timings.push(("transfer".to_string(), t_transfer));
+    crate::train::device_ok(be, "alignment and label transfer")?;
     let transfer = crate::transfer::consensus(transfers, label_names.len(), tcfg.unassigned_threshold);
     Ok(AlignRun { knn, knn_stored: stored, knn_genes, knn_label, agreement, top_percent, aligned, members, transfer, timings })
 }

@@ -46,7 +46,9 @@ fn fast_math_accuracy() {
 
 #[test]
 fn scoring_kernel_matches_exact_likelihood() {
-    for dist in [Distribution::Zinb, Distribution::Nb] {
+    // `extreme`: ρ under its clamp and θ from 1e-9 to 1e4, so that NB's p = μ/(μ+θ) leaves
+    // [1e-7, 1 − 1e-7] at both ends (the emulated-GPU parity test found the scoring path ignoring it).
+    for (dist, extreme) in [(Distribution::Zinb, false), (Distribution::Nb, false), (Distribution::Zinb, true), (Distribution::Nb, true)] {
         let (rows, n) = (7, 3000);
         let mut s = 11u64;
         let mut dense = vec![0f32; rows * n];
@@ -61,9 +63,21 @@ fn scoring_kernel_matches_exact_likelihood() {
             let t: f64 = rho[r * n..(r + 1) * n].iter().sum();
             rho[r * n..(r + 1) * n].iter_mut().for_each(|v| *v /= t);
         }
-        let theta: Vec<f64> = (0..rows * n).map(|_| (lcg(&mut s) * 8.0 - 4.0).exp()).collect();
+        if extreme {
+            rho.iter_mut().step_by(7).for_each(|v| *v = 1e-12);
+        }
+        let theta: Vec<f64> =
+            (0..rows * n).map(|_| if extreme { 10f64.powf(lcg(&mut s) * 13.0 - 9.0) } else { (lcg(&mut s) * 8.0 - 4.0).exp() }).collect();
         let logit: Vec<f64> = (0..rows * n).map(|_| lcg(&mut s) * 10.0 - 5.0).collect();
         let lib: Vec<f64> = (0..rows).map(|r| 500.0 * (r + 1) as f64).collect();
+        if extreme && dist == Distribution::Nb {
+            let p = |i: usize| {
+                let mu = rho[i].clamp(1e-8, 1.0 - 1e-7) * lib[i / n];
+                mu / (mu + theta[i].max(1e-7))
+            };
+            let (low, high) = ((0..rows * n).filter(|&i| p(i) < 1e-7).count(), (0..rows * n).filter(|&i| p(i) > 1.0 - 1e-7).count());
+            assert!(low > 100 && high > 100, "the extreme case must reach both clamps ({low} low, {high} high)");
+        }
         let dx: Vec<f64> = dense.iter().map(|&v| v as f64).collect();
         let mut exact = vec![0f64; rows];
         ops::likelihood(dist, &dx, &rho, &theta, Some(&logit), &lib, n, 1.0, &mut exact, None);

@@ -82,6 +82,12 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
     /// Wait until queued work is done (for timing; the CPU backend is synchronous).
     fn synchronize(&self) {}
+    /// The first failed device call (allocation, copy, launch), with the operation's name. Ops return
+    /// values, not `Result`s, so a device records its failure, skips later work and reports it here;
+    /// the training and transfer loops check it. The CPU backend has none.
+    fn device_error(&self) -> Option<String> {
+        None
+    }
 
     // memory
     fn zeros(&self, n: usize) -> Self::Buf;

@@ -549,12 +549,30 @@ fn zero_term(r: f32, t: f32, it: f32, s: Option<(f32, f32)>, l: f32) -> f32 {
     use super::fastmath as fm;
     use super::likelihood::{RHO_MAX, RHO_MIN};
     let mu = r.clamp(RHO_MIN as f32, RHO_MAX as f32) * l;
-    let tl = -t * fm::ln_1p_pos(mu * it);
     match s {
-        Some((s, sp)) => fm::softplus_poly(s + tl) - sp,
-        None => tl,
+        Some((s, sp)) => fm::softplus_poly(s + -t * fm::ln_1p_pos(mu * it)) - sp,
+        // NB: θ·log(1 − p), with p = μ/(μ+θ) clamped to [P_MIN, P_MAX] (spec §3.2) through q = μ/θ.
+        None => {
+            let q = mu * it;
+            let tl = -t * fm::ln_1p_pos(q);
+            if q < NB_Q_LOW {
+                t * NB_LN_1M_PMIN
+            } else if q > NB_Q_HIGH {
+                t * NB_LN_PMIN
+            } else {
+                tl
+            }
+        }
     }
 }
+
+// NB's clamp of p = q/(1+q) to [P_MIN, P_MAX], as bounds on q = μ/θ, and the clamped logs (f32).
+const NB_Q_LOW: f32 = (super::likelihood::P_MIN / (1.0 - super::likelihood::P_MIN)) as f32;
+const NB_Q_HIGH: f32 = (super::likelihood::P_MAX / (1.0 - super::likelihood::P_MAX)) as f32;
+// log(1 − P_MIN) = log1p(−1e-7) and log(P_MIN) = log(1 − P_MAX), in f64 first.
+const NB_LN_1M_PMIN: f32 = -1.000_000_05e-7_f64 as f32;
+const NB_LN_PMIN: f32 = -16.118_095_650_958_32_f64 as f32;
+const NB_LN_PMAX: f32 = NB_LN_1M_PMIN;
 
 /// Σ over all genes of the zero-count terms: blocks of 256 genes mapped into a buffer (a plain loop the
 /// vectoriser takes whole), each block summed in 16 f32 lanes whose sums are added in order into an f64
@@ -826,7 +844,17 @@ fn count_correction_body(ro: &[f32], tc: &[f32], ti: &[f32], s: Option<&[f32]>, 
             let xl = x[k] * fm::ln_1p_pos(t[k] / mu);
             out[k] = match s {
                 Some(_) => (sg[k] + tl) - xl - fm::softplus_poly(sg[k] + tl),
-                None => -xl,
+                // NB: x·log p with p clamped as in `zero_term` (the θ·log(1 − p) parts cancel).
+                None => {
+                    let q = mu * it[k];
+                    if q < NB_Q_LOW {
+                        x[k] * NB_LN_PMIN
+                    } else if q > NB_Q_HIGH {
+                        x[k] * NB_LN_PMAX
+                    } else {
+                        -xl
+                    }
+                }
             };
         }
         for &v in &out[..m] {

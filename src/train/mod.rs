@@ -169,6 +169,14 @@ pub struct Divergence {
     pub what: String,
 }
 
+/// A failed device call since the backend was created, as an error naming where it surfaced.
+pub fn device_ok<B: Backend>(be: &B, during: &str) -> Result<()> {
+    match be.device_error() {
+        Some(e) => Err(Error::Device(format!("{e} (during {during}; later device work was skipped)"))),
+        None => Ok(()),
+    }
+}
+
 /// The loss terms, then the gradients of the trainable parameters, must be finite.
 pub fn check_step<B: Backend>(
     be: &B,
@@ -273,7 +281,9 @@ pub fn drive_epochs<B: Backend, H: Serialize + serde::de::DeserializeOwned>(
     }
     while history.len() < epochs {
         let epoch = history.len();
-        match one_epoch(model, epoch, &adam) {
+        let outcome = one_epoch(model, epoch, &adam);
+        device_ok(be, &format!("{phase} training, epoch {}", epoch + 1))?;
+        match outcome {
             Ok(h) => {
                 history.push(h);
                 if let Some(c) = ck
