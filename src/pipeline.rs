@@ -339,7 +339,7 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
     }
     let t = Instant::now();
     let stored = 250.min(ctx.n_cells());
-    let (knn, _, knn_genes) = data_level_knn(ctx, tgt, &pair.homology, stored, acfg.knn_space);
+    let (knn, _, knn_genes) = data_level_knn(be, ctx, tgt, &pair.homology, stored, acfg.knn_space);
     let (knn_label, agreement) = agreement::predict(&knn, stored, 25, &ctx_labels, label_names.len());
     let top_percent = agreement::top_percent(&knn_label, &agreement, label_names.len());
     let aligned = agreement::aligned(&top_percent, acfg.top_percent);

@@ -1,8 +1,11 @@
 //! CUDA backend against the CPU backend: every op of the interface, a whole training step, the
-//! candidate choice, label-transfer similarities and a short pipeline on the Baron pair, each within a
-//! stated tolerance. Without a usable GPU every test says so on stderr and returns; with
-//! `SCSPECIES_REQUIRE_GPU=1` (set on the GPU machine) a missing GPU is a failure instead, so a skip can
-//! never pass for a result there.
+//! candidate choice, label-transfer similarities, the data-level kNN's device screen, device failures
+//! as errors, and a short pipeline, each within a stated tolerance.
+//!
+//! Where it runs: on a GPU; or, with `SCSPECIES_CUDA_EMULATE=1`, on the emulated device (every kernel
+//! compiled for the host; what CI runs). Without either every test says so on stderr and returns; with
+//! `SCSPECIES_REQUIRE_GPU=1` (set on the GPU machine) or `SCSPECIES_CUDA_EMULATE=1` a device that cannot
+//! be set up is a failure instead, so a skip never passes for a result.
 #![cfg(feature = "cuda")]
 
 mod common;
@@ -23,6 +26,9 @@ fn gpu() -> Option<&'static Cuda> {
         Err(e) => {
             if std::env::var("SCSPECIES_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("SCSPECIES_REQUIRE_GPU=1 but {e}");
+            }
+            if scspecies::engine::cuda::emulation_requested() {
+                panic!("SCSPECIES_CUDA_EMULATE=1 but {e}");
             }
             eprintln!("SKIPPED (no GPU, CUDA parity not checked): {e}");
             None
@@ -532,4 +538,89 @@ fn device_failures_are_errors_naming_the_operation() {
     drop(huge);
     let err = scspecies::train::device_ok(&g, "a test").unwrap_err().to_string();
     assert!(err.contains("allocation of") && err.contains("during a test"), "{err}");
+}
+
+/// The data-level kNN with the device's screen (similarity GEMM + `topk_merge`, two context blocks)
+/// gives exactly the CPU's exact kNN: the same neighbours in the same order and the same distances.
+/// 301 identical context rows make more ties than a device list holds, so those target rows must be
+/// screened again on the CPU; one target row is all zero.
+#[test]
+fn knn_screen_on_the_device_gives_the_exact_knn() {
+    let Some(g) = gpu() else { return };
+    use scspecies::align::knn::{cosine_knn_scaled, cosine_knn_scaled_on};
+    let (nc, nt, genes, k) = (5000, 300, 400, 25);
+    let (mut ip, mut idx, mut val) = counts(nc, genes, 0.05, 90);
+    // Context rows 1000..1301 all equal row 1000 (its non-zeros moved to the end of the CSR).
+    let row = |ip: &Vec<usize>, idx: &Vec<u32>, val: &Vec<f32>, r: usize| (idx[ip[r]..ip[r + 1]].to_vec(), val[ip[r]..ip[r + 1]].to_vec());
+    let (ri, rv) = row(&ip, &idx, &val, 1000);
+    let mut csr_rows: Vec<(Vec<u32>, Vec<f32>)> = (0..nc).map(|r| row(&ip, &idx, &val, r)).collect();
+    for r in csr_rows.iter_mut().take(1301).skip(1000) {
+        *r = (ri.clone(), rv.clone());
+    }
+    (ip, idx, val) = (vec![0], vec![], vec![]);
+    for (i, v) in csr_rows {
+        idx.extend(i);
+        val.extend(v);
+        ip.push(idx.len());
+    }
+    let context = scspecies::data::Csr::from_parts(nc, genes, ip, idx, val).unwrap();
+    let (mut tip, mut tidx, mut tval) = counts(nt, genes, 0.05, 91);
+    // Target row 0 = context row 1000 (its neighbours are the 301 ties); row 1 all zero.
+    let (tr0, tv0) = row(&tip, &tidx, &tval, 0);
+    let shift = ri.len() as isize - tr0.len() as isize;
+    tidx.splice(tip[0]..tip[1], ri.clone());
+    tval.splice(tip[0]..tip[1], rv.clone());
+    tip.iter_mut().skip(1).for_each(|p| *p = (*p as isize + shift) as usize);
+    let (a, b) = (tip[1], tip[2]);
+    tidx.drain(a..b);
+    tval.drain(a..b);
+    tip.iter_mut().skip(2).for_each(|p| *p -= b - a);
+    let _ = tv0;
+    let target = scspecies::data::Csr::from_parts(nt, genes, tip, tidx, tval).unwrap();
+    let cols: Vec<usize> = (0..genes).filter(|g| g % 5 != 0).collect();
+    let cs: Vec<f64> = (0..nc).map(|i| 1.0 + (i % 7) as f64).collect();
+    let ts: Vec<f64> = (0..nt).map(|i| 1.0 + (i % 3) as f64).collect();
+    let (ic, dc) = cosine_knn_scaled(&context, &cols, &cs, &target, &cols, &ts, k);
+    let (ig, dg) = cosine_knn_scaled_on(g, &context, &cols, &cs, &target, &cols, &ts, k);
+    assert!(g.device_error().is_none(), "{:?}", g.device_error());
+    assert_eq!(ic, ig, "neighbour lists differ");
+    assert_eq!(dc, dg, "distances differ");
+    assert!(ic[..k].iter().all(|&j| (1000..1301).contains(&j)) && dc[0] < 1e-6, "target 0's neighbours are the tied copies");
+    assert!(dc[k..2 * k].iter().all(|&d| d == 1.0), "a zero row is at distance 1 from everything");
+    eprintln!("kNN {nt} x {nc}, k = {k}: identical to the CPU's");
+}
+
+/// The device's screen itself (so the test above cannot pass by falling back to the CPU): random unit
+/// vectors, two context blocks, each target row's best l against an f64 search on the host.
+#[test]
+fn knn_screen_keeps_each_rows_best_l() {
+    let Some(g) = gpu() else { return };
+    let (nt, nc, h, l) = (40, 5000, 64, 100);
+    let unit = |n: usize, seed: u64| {
+        let mut v = rnd(n * h, seed, -1.0, 1.0);
+        for r in v.chunks_mut(h) {
+            let s = r.iter().map(|x| x * x).sum::<f64>().sqrt();
+            r.iter_mut().for_each(|x| *x /= s);
+        }
+        v.iter().map(|&x| x as f32).collect::<Vec<f32>>()
+    };
+    let (t, c) = (unit(nt, 95), unit(nc, 96));
+    let tr = |r: std::ops::Range<usize>| t[r.start * h..r.end * h].to_vec();
+    let cr = |r: std::ops::Range<usize>| c[r.start * h..r.end * h].to_vec();
+    let s = g.knn_screen(nt, nc, h, l, &tr, &cr).expect("the CUDA backend screens on the device");
+    assert!(s.error > 0.0 && s.error < 1e-4, "error bound {}", s.error);
+    for i in 0..nt {
+        let mut exact: Vec<(f64, u32)> =
+            (0..nc).map(|j| ((0..h).map(|q| t[i * h + q] as f64 * c[j * h + q] as f64).sum::<f64>(), j as u32)).collect();
+        exact.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let got = &s.best[i * l..(i + 1) * l];
+        for (q, (&(gs, gi), &(es, ei))) in got.iter().zip(&exact).enumerate() {
+            assert!((gs as f64 - es).abs() <= s.error as f64, "row {i}, rank {q}: similarity {gs} vs exact {es}");
+            // The same neighbour unless two similarities lie within rounding of each other.
+            if gi != ei {
+                let other = exact.iter().find(|e| e.1 == gi).unwrap().0;
+                assert!((other - es).abs() <= 2.0 * s.error as f64, "row {i}, rank {q}: device {gi}, exact {ei}");
+            }
+        }
+    }
 }

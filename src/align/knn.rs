@@ -119,33 +119,37 @@ pub fn cosine_knn_scaled(
     tgt_scale: &[f64],
     k: usize,
 ) -> (Vec<u32>, Vec<f32>) {
-    assert_eq!(ctx_cols.len(), tgt_cols.len());
-    assert_eq!(ctx_scale.len(), context.n_rows);
-    assert_eq!(tgt_scale.len(), target.n_rows);
-    let h = ctx_cols.len();
-    let k = k.min(context.n_rows);
-    let map = |n: usize, cols: &[usize]| {
-        let mut m = vec![u32::MAX; n];
-        for (i, &c) in cols.iter().enumerate() {
-            m[c] = i as u32;
+    cosine_knn_scaled_on(&crate::engine::Cpu::<f32>::new(), context, ctx_cols, ctx_scale, target, tgt_cols, tgt_scale, k)
+}
+
+/// The inputs of one search, mapped and normalised.
+struct Search<'a> {
+    context: &'a Csr,
+    cmap: Vec<u32>,
+    ctx_scale: &'a [f64],
+    cnorm: Vec<f64>,
+    h: usize,
+}
+
+impl Search<'_> {
+    /// Screen target rows on the CPU: an f32 GEMM a band at a time, keeping what may be a neighbour.
+    #[allow(clippy::too_many_arguments)]
+    fn screen_cpu(&self, target: &Csr, tmap: &[u32], tgt_scale: &[f64], tnorm: &[f64], k: usize, margin: f32) -> Vec<Screen> {
+        let (context, h) = (self.context, self.h);
+        let nt = target.n_rows;
+        let cap = 2 * k + 64;
+        let mut screens: Vec<Screen> = (0..nt).map(|_| Screen { cand: Vec::with_capacity(cap), floor: f32::NEG_INFINITY, cap }).collect();
+        let mut sims = vec![0f32; TARGET_BLOCK * CONTEXT_BLOCK];
+        if k == 0 {
+            return screens;
         }
-        m
-    };
-    let (cmap, tmap) = (map(context.n_cols, ctx_cols), map(target.n_cols, tgt_cols));
-    let (cnorm, tnorm) = (row_norms(context, &cmap, ctx_scale), row_norms(target, &tmap, tgt_scale));
-    let nt = target.n_rows;
-    let margin = 2.0 * screening_error(h);
-    let cap = 2 * k + 64;
-    let mut screens: Vec<Screen> = (0..nt).map(|_| Screen { cand: Vec::with_capacity(cap), floor: f32::NEG_INFINITY, cap }).collect();
-    let mut sims = vec![0f32; TARGET_BLOCK * CONTEXT_BLOCK];
-    if k > 0 {
         for c0 in (0..context.n_rows).step_by(CONTEXT_BLOCK) {
             let c1 = (c0 + CONTEXT_BLOCK).min(context.n_rows);
-            let cb = normalised_block(context, c0..c1, &cmap, ctx_scale, &cnorm, h);
+            let cb = normalised_block(context, c0..c1, &self.cmap, self.ctx_scale, &self.cnorm, h);
             let cn = c1 - c0;
             for t0 in (0..nt).step_by(TARGET_BLOCK) {
                 let t1 = (t0 + TARGET_BLOCK).min(nt);
-                let tb = normalised_block(target, t0..t1, &tmap, tgt_scale, &tnorm, h);
+                let tb = normalised_block(target, t0..t1, tmap, tgt_scale, tnorm, h);
                 let tn = t1 - t0;
                 // sims[tn × cn] = tb · cbᵀ
                 gemm(tn, h, cn, &tb, h, 1, &cb, 1, h, &mut sims[..tn * cn], false);
@@ -164,17 +168,91 @@ pub fn cosine_knn_scaled(
                 });
             }
         }
+        screens
     }
+}
+
+/// [`cosine_knn_scaled`], screening on `be`'s device where it has a screen ([`Backend::knn_screen`]).
+/// The device keeps each target row's best `l` = 2k + 64 by its own rounding (bounded by the error it
+/// reports); a row is complete when its l-th is more than twice that bound below its k-th (nothing it
+/// dropped can be a neighbour), and is screened again on the CPU otherwise. The survivors are re-scored
+/// exactly in f64 either way, so the result is the same exact kNN.
+#[allow(clippy::too_many_arguments)]
+pub fn cosine_knn_scaled_on<B: crate::engine::Backend>(
+    be: &B,
+    context: &Csr,
+    ctx_cols: &[usize],
+    ctx_scale: &[f64],
+    target: &Csr,
+    tgt_cols: &[usize],
+    tgt_scale: &[f64],
+    k: usize,
+) -> (Vec<u32>, Vec<f32>) {
+    assert_eq!(ctx_cols.len(), tgt_cols.len());
+    assert_eq!(ctx_scale.len(), context.n_rows);
+    assert_eq!(tgt_scale.len(), target.n_rows);
+    let h = ctx_cols.len();
+    let k = k.min(context.n_rows);
+    let map = |n: usize, cols: &[usize]| {
+        let mut m = vec![u32::MAX; n];
+        for (i, &c) in cols.iter().enumerate() {
+            m[c] = i as u32;
+        }
+        m
+    };
+    let (cmap, tmap) = (map(context.n_cols, ctx_cols), map(target.n_cols, tgt_cols));
+    let (cnorm, tnorm) = (row_norms(context, &cmap, ctx_scale), row_norms(target, &tmap, tgt_scale));
+    let nt = target.n_rows;
+    let search = Search { context, cmap, ctx_scale, cnorm, h };
+    let margin = 2.0 * screening_error(h);
+    let l = (2 * k + 64).min(context.n_rows);
+    let device = if k > 0 {
+        let trows = |r: std::ops::Range<usize>| normalised_block(target, r, &tmap, tgt_scale, &tnorm, h);
+        let crows = |r: std::ops::Range<usize>| normalised_block(context, r, &search.cmap, ctx_scale, &search.cnorm, h);
+        be.knn_screen(nt, context.n_rows, h, l, &trows, &crows)
+    } else {
+        None
+    };
+    // The device's rounding may be coarser (TF32): its rows are pruned with its own margin.
+    let margin = device.as_ref().map_or(margin, |d| margin.max(2.0 * d.error));
+    let screens = match device {
+        None => search.screen_cpu(target, &tmap, tgt_scale, &tnorm, k, margin),
+        Some(dev) => {
+            let mut again = Vec::new();
+            let mut screens: Vec<Screen> = dev
+                .best
+                .chunks(l)
+                .enumerate()
+                .map(|(t, list)| {
+                    let floor = list[k - 1].0 - margin;
+                    if l < context.n_rows && list[l - 1].0 >= floor {
+                        again.push(t);
+                    }
+                    let cand: Vec<(f32, u32)> = list.iter().copied().filter(|c| c.0 >= floor && c.1 != u32::MAX).collect();
+                    Screen { cap: 2 * cand.len().max(l), cand, floor }
+                })
+                .collect();
+            if !again.is_empty() {
+                let sub = target.select_rows(&again);
+                let pick = |v: &[f64]| again.iter().map(|&t| v[t]).collect::<Vec<f64>>();
+                let redo = search.screen_cpu(&sub, &tmap, &pick(tgt_scale), &pick(&tnorm), k, 2.0 * screening_error(h));
+                for (t, sc) in again.into_iter().zip(redo) {
+                    screens[t] = sc;
+                }
+            }
+            screens
+        }
+    };
     // Exact f64 re-scoring of the survivors: the context rows as normalised sparse f64 vectors against
     // the target row made dense.
     let mut ptr = Vec::with_capacity(context.n_rows + 1);
     let (mut genes, mut vals) = (Vec::new(), Vec::new());
     ptr.push(0);
-    for (r, &norm) in cnorm.iter().enumerate() {
+    for (r, &norm) in search.cnorm.iter().enumerate() {
         if norm > 0.0 {
             let (idx, val) = context.row(r);
             for (&c, &v) in idx.iter().zip(val) {
-                let g = cmap[c as usize];
+                let g = search.cmap[c as usize];
                 if g != u32::MAX {
                     genes.push(g);
                     vals.push(feature(v, ctx_scale[r]) / norm);
@@ -262,8 +340,10 @@ pub enum KnnSpace {
 /// 2,000 of scanpy and Seurat; the union of both species' lists is used).
 pub const INFORMATIVE_GENES_PER_SPECIES: usize = 2000;
 
-/// The data-level kNN in the chosen space: (indices [n_target × k], distances, genes used).
-pub fn data_level_knn(
+/// The data-level kNN in the chosen space: (indices [n_target × k], distances, genes used). The screen
+/// runs on `be`'s device where it has one (the result is the same exact kNN).
+pub fn data_level_knn<B: crate::engine::Backend>(
+    be: &B,
     context: &crate::preprocess::Prepared,
     target: &crate::preprocess::Prepared,
     homology: &crate::homology::Homology,
@@ -273,7 +353,8 @@ pub fn data_level_knn(
     let (hc, ht) = (&homology.context, &homology.target);
     match space {
         KnnSpace::Log1pCounts => {
-            let (i, d) = cosine_knn(&context.data.counts, hc, &target.data.counts, ht, k);
+            let (c, t) = (&context.data.counts, &target.data.counts);
+            let (i, d) = cosine_knn_scaled_on(be, c, hc, &vec![1.0; c.n_rows], t, ht, &vec![1.0; t.n_rows], k);
             (i, d, hc.len())
         }
         KnnSpace::Informative => {
@@ -281,7 +362,7 @@ pub fn data_level_knn(
             let cols = |all: &[usize]| genes.iter().map(|&g| all[g]).collect::<Vec<usize>>();
             let (cc, tc) = (cols(hc), cols(ht));
             let (cs, ts) = (per_10k_scale(&context.data.counts, hc), per_10k_scale(&target.data.counts, ht));
-            let (i, d) = cosine_knn_scaled(&context.data.counts, &cc, &cs, &target.data.counts, &tc, &ts, k);
+            let (i, d) = cosine_knn_scaled_on(be, &context.data.counts, &cc, &cs, &target.data.counts, &tc, &ts, k);
             (i, d, genes.len())
         }
     }

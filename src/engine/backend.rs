@@ -73,6 +73,17 @@ impl HostRows {
     }
 }
 
+/// Rows `range` of a feature matrix, made on the host on demand: [range.len() × h] f32, row-major.
+pub type RowsFn<'a> = dyn Fn(std::ops::Range<usize>) -> Vec<f32> + Sync + 'a;
+
+/// The device's screening pass of the data-level kNN ([`Backend::knn_screen`]).
+pub struct KnnScreen {
+    /// Per target row, its `l` best (similarity, context index), best first, ties by the lower index.
+    pub best: Vec<(f32, u32)>,
+    /// A bound on |computed − exact| similarity of two unit vectors (the GEMM's rounding).
+    pub error: f32,
+}
+
 pub trait Backend: Send + Sync {
     /// A device buffer of the backend's float type.
     type Buf: Send + Sync;
@@ -222,6 +233,15 @@ pub trait Backend: Send + Sync {
     fn set_cols(&self, src: &Self::Buf, cols: usize, c0: usize, w: usize, dst: &mut Self::Buf);
 
     fn adam(&self, cfg: &AdamConfig, t: u64, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf);
+
+    /// The screening pass of the exact data-level kNN (`align::knn`) where the device has one: for `nt`
+    /// target and `nc` context rows of `h` L2-normalised features (`target`, `context` make them a
+    /// band at a time), each target row's `l` highest dot products. None: this backend has none, and the
+    /// caller screens on the CPU (the CPU backend's path, which streams and prunes instead).
+    fn knn_screen(&self, nt: usize, nc: usize, h: usize, l: usize, target: &RowsFn<'_>, context: &RowsFn<'_>) -> Option<KnnScreen> {
+        let _ = (nt, nc, h, l, target, context);
+        None
+    }
     /// No NaN or infinity in `b` (the divergence guard checks every gradient with it).
     fn all_finite(&self, b: &Self::Buf) -> bool;
 }

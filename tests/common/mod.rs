@@ -4,9 +4,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The bundled demo data (always present in a clone).
+/// The bundled demo data (always present in a clone). A test binary carried to another machine
+/// (scripts/gpu-check.sh) finds it under the working directory instead.
 pub fn bundled() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/baron-pancreas")
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/baron-pancreas");
+    if built.is_dir() { built } else { PathBuf::from("data/baron-pancreas") }
 }
 
 /// `../shared/data/baron-pancreas` (or `$SCSPECIES_SHARED/data/baron-pancreas`). In CI (`CI` set) it

@@ -154,6 +154,10 @@ pub trait Device: Send + Sync {
     fn synchronize(&self) -> Result<(), String>;
     /// Free and total memory in bytes.
     fn memory(&self) -> (usize, usize);
+    /// Whether `sgemm` rounds its inputs to TF32 (10-bit mantissa) before multiplying.
+    fn tf32(&self) -> bool {
+        false
+    }
 }
 
 /// A CUDA GPU through the driver API: one context, the legacy default stream (so allocation, copies,
@@ -165,6 +169,7 @@ pub struct Gpu {
     funcs: HashMap<String, cudarc::driver::CudaFunction>,
     blas: cudarc::cublas::CudaBlas,
     name: String,
+    tf32: bool,
 }
 
 impl Gpu {
@@ -206,7 +211,7 @@ impl Gpu {
         }
         let dev = ctx.name().unwrap_or_else(|_| "GPU".into());
         let name = format!("cuda:{ordinal} {dev} sm_{major}{minor}{}", if tf32 { " tf32" } else { "" });
-        Ok(Gpu { ctx, _modules: modules, funcs, blas, name })
+        Ok(Gpu { ctx, _modules: modules, funcs, blas, name, tf32 })
     }
 
     fn bind(&self) -> Result<(), String> {
@@ -298,5 +303,8 @@ impl Device for Gpu {
     }
     fn memory(&self) -> (usize, usize) {
         self.ctx.mem_get_info().unwrap_or((0, 0))
+    }
+    fn tf32(&self) -> bool {
+        self.tf32
     }
 }

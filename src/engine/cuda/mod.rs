@@ -18,7 +18,7 @@
 pub mod device;
 pub mod emulated;
 
-use super::backend::{Backend, HostRows, LikGradsMut};
+use super::backend::{Backend, HostRows, KnnScreen, LikGradsMut, RowsFn};
 use super::likelihood::Distribution;
 use super::ops::AdamConfig;
 use device::{Arg, Device, Mem, Owner, Sgemm};
@@ -27,6 +27,13 @@ use std::sync::{Arc, Mutex};
 
 /// Threads per block for the row kernels (one block per row) and the element-wise grid-stride loops.
 const THREADS: u32 = 256;
+
+/// `kernels/topk.cu`'s shared sort: a row's list plus a block of context similarities fit in it.
+const TOPK_SORT: usize = 4096;
+/// Target rows per similarity GEMM in the kNN screen.
+const KNN_TARGET_BAND: usize = 8192;
+/// The kNN keeps the target's feature bands on the device when they take at most this.
+const KNN_RESIDENT_BYTES: usize = 2 << 30;
 
 /// How many distinct constant tables (the split softmax's gene groups) stay on the device.
 const TABLES_KEPT: usize = 8;
@@ -91,6 +98,11 @@ impl From<&Mem> for Arg {
 impl From<i32> for Arg {
     fn from(v: i32) -> Arg {
         Arg::I32(v)
+    }
+}
+impl From<u32> for Arg {
+    fn from(v: u32) -> Arg {
+        Arg::U32(v)
     }
 }
 impl From<i64> for Arg {
@@ -557,6 +569,52 @@ impl Backend for Cuda {
         let bc2 = 1.0 - cfg.beta2.powi(t as i32);
         let (b1, b2, step, sq, eps) = (cfg.beta1 as f32, cfg.beta2 as f32, (cfg.lr / bc1) as f32, bc2.sqrt() as f32, cfg.eps as f32);
         run!(self, "adam", Self::elems(p.len), [&*p, g, m, v, b1, b2, step, sq, eps, p.len as i64]);
+    }
+    fn knn_screen(&self, nt: usize, nc: usize, h: usize, l: usize, target: &RowsFn<'_>, context: &RowsFn<'_>) -> Option<KnnScreen> {
+        if l == 0 || 2 * l > TOPK_SORT || nt == 0 || nc == 0 || self.failed() {
+            return None;
+        }
+        // Context blocks as wide as the sort allows beside the list; each uploaded once. Every band of
+        // target rows: sims = band · blockᵀ (GEMM), then each row's list is merged with its sims.
+        let cn = TOPK_SORT - l;
+        let band = KNN_TARGET_BAND.min(nt);
+        let best_sim = self.upload_f32(&vec![f32::NEG_INFINITY; nt * l]);
+        let best_idx = self.htod("upload of the kNN lists", &vec![u32::MAX; nt * l]);
+        let sims = self.zeros(band * cn.min(nc));
+        let resident = nt * h * 4 <= KNN_RESIDENT_BYTES;
+        let mut bands: Vec<Option<DevBuf>> = (0..nt.div_ceil(band)).map(|_| None).collect();
+        for c0 in (0..nc).step_by(cn) {
+            let c1 = (c0 + cn).min(nc);
+            let cb = self.upload_f32(&context(c0..c1));
+            for (b, t0) in (0..nt).step_by(band).enumerate() {
+                let t1 = (t0 + band).min(nt);
+                let tn = t1 - t0;
+                let fresh;
+                let tb = if resident {
+                    bands[b].get_or_insert_with(|| self.upload_f32(&target(t0..t1)))
+                } else {
+                    fresh = self.upload_f32(&target(t0..t1));
+                    &fresh
+                };
+                self.gemm_rm(tn, c1 - c0, h, &tb.mem, false, h, &cb.mem, true, h, &sims.mem);
+                let (ls, li) = (Arg::Ptr(best_sim.mem.ptr() + (t0 * l * 4) as u64), Arg::Ptr(best_idx.ptr() + (t0 * l * 4) as u64));
+                run!(self, "topk_merge", Self::per_row(tn), [&sims, (c1 - c0) as i64, c0 as u32, ls, li, l as i32]);
+            }
+            if self.failed() {
+                break;
+            }
+        }
+        let (vs, is) = (
+            self.dtoh::<f32>("download of the kNN lists", &best_sim.mem, nt * l),
+            self.dtoh::<u32>("download of the kNN lists", &best_idx, nt * l),
+        );
+        if self.failed() {
+            return None; // the caller screens on the CPU; device_error reports the failure
+        }
+        // Unit vectors: host rounding to f32 (2u), accumulation (h·u), and TF32's input rounding if on.
+        let u = f64::powi(2.0, -24);
+        let tf32 = if self.dev.tf32() { 2.0 * f64::powi(2.0, -11) } else { 0.0 };
+        Some(KnnScreen { best: vs.into_iter().zip(is).collect(), error: (((h as f64 + 3.0) * u + tf32) * 1.01) as f32 })
     }
     fn all_finite(&self, b: &DevBuf) -> bool {
         let flag = self.htod("upload of a flag", &[1i32]);
