@@ -110,9 +110,3 @@ extern "C" __global__ void copy_cols(const float* src, float* dst, long long row
 extern "C" __global__ void set_cols(const float* src, float* dst, long long rows, long long cols, long long c0, long long w) {
     FOR_EACH(i, rows * w) { dst[(i / w) * cols + c0 + i % w] = src[i]; }
 }
-
-// csr_to_dense: scatter CSR rows (ptr [rows+1], idx, val) into a zeroed dense out[rows×n]; one block per row.
-extern "C" __global__ void csr_to_dense(const long long* ptr, const unsigned* idx, const float* val, float* out, long long n) {
-    long long r = blockIdx.x;
-    for (long long p = ptr[r] + threadIdx.x; p < ptr[r + 1]; p += blockDim.x) out[r * n + idx[p]] = val[p];
-}

@@ -122,20 +122,30 @@ extern "C" __global__ void likelihood(const float* x, const float* rho, const fl
     }
 }
 
-// The candidate / label-transfer scoring kernel (ops::likelihood_score): row i scores the counts of
-// row i of `x` against decoded row rows[i] of ρ (and the logit), θ row batch[i] of the per-batch table
-// [S×n], library lib[i]. The decoded rows are read in place: no (cells x k x genes) tensor is written.
-extern "C" __global__ void likelihood_score(const float* x, const unsigned* rows, const unsigned* batch, const float* rho, const float* theta,
+// The candidate / label-transfer scoring kernel (ops::likelihood_score): scored row i takes its counts
+// from stored CSR row row_of[i] (ptr [stored+1], idx, val) and scores them against decoded row rows[i]
+// of ρ (and the logit), θ row batch[i] of the per-batch table [S×n], library lib[i]. Every gene's
+// zero-count term, then for the genes with counts the exact term less the zero-count one: no dense
+// copy of the counts, and the decoded rows are read in place (no (cells x k x genes) tensor).
+extern "C" __global__ void likelihood_score(const long long* ptr, const unsigned* idx, const float* val, const unsigned* row_of,
+                                            const unsigned* rows, const unsigned* batch, const float* rho, const float* theta,
                                             const float* logit, const float* lib, int n, float* nll) {
     __shared__ double shared[32];
-    long long xb = (long long)blockIdx.x * n;
     long long rb = (long long)rows[blockIdx.x] * n;
     long long tb = (long long)batch[blockIdx.x] * n;
     double l = lib[blockIdx.x];
     double s = 0.0;
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        LogLik r = logit ? zinb_d(x[xb + j], theta[tb + j], rho[rb + j], l, logit[rb + j]) : nb_d(x[xb + j], theta[tb + j], rho[rb + j], l);
-        s -= r.ll;
+        LogLik z = logit ? zinb_d(0.0, theta[tb + j], rho[rb + j], l, logit[rb + j]) : nb_d(0.0, theta[tb + j], rho[rb + j], l);
+        s -= z.ll;
+    }
+    long long c = row_of[blockIdx.x];
+    for (long long p = ptr[c] + threadIdx.x; p < ptr[c + 1]; p += blockDim.x) {
+        long long j = idx[p];
+        double x = val[p];
+        LogLik z = logit ? zinb_d(0.0, theta[tb + j], rho[rb + j], l, logit[rb + j]) : nb_d(0.0, theta[tb + j], rho[rb + j], l);
+        LogLik r = logit ? zinb_d(x, theta[tb + j], rho[rb + j], l, logit[rb + j]) : nb_d(x, theta[tb + j], rho[rb + j], l);
+        s -= r.ll - z.ll;
     }
     s = block_sum_d(s, shared);
     if (threadIdx.x == 0) nll[blockIdx.x] = (float)s;

@@ -346,6 +346,22 @@ fn likelihoods_with_gradients_and_scoring() {
         p.c.likelihood_score(dist, &hx, &sel, &batch, &rho.0, &ttab.0, zinb.then_some((&logit.0, &sp.0)), &slib.0, n, &mut sc.0);
         p.g.likelihood_score(dist, &hx, &sel, &batch, &rho.1, &ttab.1, zinb.then_some((&logit.1, &sp.1)), &slib.1, n, &mut sc.1);
         p.check(&format!("{dist:?} likelihood_score"), &sc, 1e-5, 0.0);
+        // The label transfer's layout: every cell's counts stored once (resident on the device under
+        // their id), each scored row pointing at its cell; the same scores. Twice: the second call
+        // finds the rows resident.
+        let mut stored = HostRows::all(&csr);
+        stored.row_of = Some(cells.iter().map(|&c| c as u32).collect());
+        stored.count_terms = Some(hx.count_terms.clone().unwrap_or_else(|| {
+            let th: Vec<f32> = p.c.download(&ttab.0).iter().map(|&v| v as f32).collect();
+            scspecies::engine::ops::count_terms(&hx.ptr, &hx.idx, &hx.val, &batch, &th, n)
+        }));
+        for pass in 0..2 {
+            let mut sc2 = p.zeros(3 * rows);
+            p.c.likelihood_score(dist, &stored, &sel, &batch, &rho.0, &ttab.0, zinb.then_some((&logit.0, &sp.0)), &slib.0, n, &mut sc2.0);
+            p.g.likelihood_score(dist, &stored, &sel, &batch, &rho.1, &ttab.1, zinb.then_some((&logit.1, &sp.1)), &slib.1, n, &mut sc2.1);
+            p.check(&format!("{dist:?} likelihood_score, rows in place (pass {pass})"), &sc2, 1e-5, 0.0);
+            close("in place vs gathered (GPU)", &p.g.download(&sc2.1), &p.g.download(&sc.1), 1e-6, 0.0);
+        }
     }
 }
 

@@ -20,8 +20,12 @@ pub struct HostRows {
     pub count_terms: Option<Vec<f64>>,
     /// When set, scored row i reads stored row `row_of[i]` (the label transfer keeps all target cells
     /// stored once and points each (cell, candidate) pair at its cell instead of copying its counts).
-    /// The CPU backend needs `count_terms` with it; others gather the rows ([`HostRows::materialized`]).
+    /// The CPU backend gathers the rows ([`HostRows::materialized`]) unless `count_terms` is given;
+    /// the CUDA backend reads them in place.
     pub row_of: Option<Vec<u32>>,
+    /// Set by [`HostRows::all`]: a process-unique name for `ptr`, `idx` and `val`, which must not change
+    /// while it is set. A device backend keeps such rows resident instead of uploading them per call.
+    pub id: Option<u64>,
 }
 
 impl HostRows {
@@ -50,12 +54,14 @@ impl HostRows {
             di.copy_from_slice(i);
             dv.copy_from_slice(v);
         });
-        HostRows { ptr, idx, val, count_terms: None, row_of: None }
+        HostRows { ptr, idx, val, count_terms: None, row_of: None, id: None }
     }
 
     /// Every row of a CSR matrix, stored once (for [`HostRows::row_of`]).
     pub fn all(m: &crate::data::Csr) -> Self {
-        HostRows { ptr: m.indptr.clone(), idx: m.indices.clone(), val: m.data.clone(), count_terms: None, row_of: None }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = Some(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        HostRows { ptr: m.indptr.clone(), idx: m.indices.clone(), val: m.data.clone(), count_terms: None, row_of: None, id }
     }
 
     /// The scored rows as their own CSR (a copy only when `row_of` is set).

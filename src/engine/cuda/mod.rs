@@ -68,6 +68,15 @@ pub struct Cuda {
     error: Mutex<Option<String>>,
     /// Constant tables uploaded once, found again by content.
     tables: Mutex<Vec<(Vec<u8>, Arc<Mem>)>>,
+    /// Count rows kept on the device by their [`HostRows::id`] (the label transfer's target counts).
+    resident: Mutex<Option<(u64, Arc<CsrOnDevice>)>>,
+}
+
+/// CSR rows on the device (row pointers as i64).
+struct CsrOnDevice {
+    ptr: Mem,
+    idx: Mem,
+    val: Mem,
 }
 
 /// How a GPU could not be set up, in words for the user.
@@ -141,7 +150,7 @@ impl Cuda {
     }
 
     fn on(dev: Box<dyn Device>) -> Result<Self, String> {
-        Ok(Cuda { dev, sigs: device::kernel_table()?, error: Mutex::new(None), tables: Mutex::new(Vec::new()) })
+        Ok(Cuda { dev, sigs: device::kernel_table()?, error: Mutex::new(None), tables: Mutex::new(Vec::new()), resident: Mutex::new(None) })
     }
 
     /// Whether this is the emulated device.
@@ -229,6 +238,25 @@ impl Cuda {
         }
         t.push((bytes.to_vec(), m.clone()));
         m
+    }
+
+    /// `x`'s stored rows on the device: uploaded now, or found resident by their id.
+    fn csr_rows(&self, x: &HostRows) -> Arc<CsrOnDevice> {
+        let upload = || {
+            let what = "upload of count rows";
+            let ptr: Vec<i64> = x.ptr.iter().map(|&p| p as i64).collect();
+            Arc::new(CsrOnDevice { ptr: self.htod(what, &ptr), idx: self.htod(what, &x.idx), val: self.htod(what, &x.val) })
+        };
+        let Some(id) = x.id else { return upload() };
+        let mut r = self.resident.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((have, rows)) = r.as_ref()
+            && *have == id
+        {
+            return rows.clone();
+        }
+        let rows = upload();
+        *r = (!self.failed()).then(|| (id, rows.clone()));
+        rows
     }
 
     /// Grid for a grid-stride loop over n elements.
@@ -490,22 +518,21 @@ impl Backend for Cuda {
         n: usize,
         nll: &mut DevBuf,
     ) {
-        // The query counts are scattered into a dense block on the device (one memset + one kernel).
-        let x = x.materialized();
+        // Counts stay sparse: the stored rows (resident when they have an id) and each scored row's
+        // stored row; every gene's zero-count term plus a correction over the counts.
         let m = rows.len();
-        let dense = self.alloc("allocation of the scored counts", m * n * 4);
-        if !x.idx.is_empty() {
-            let what = "upload of the scored counts";
-            let ptr: Vec<i64> = x.ptr.iter().map(|&p| p as i64).collect();
-            let (p, i, v) = (self.htod(what, &ptr), self.htod(what, &x.idx), self.htod(what, &x.val));
-            run!(self, "csr_to_dense", Self::per_row(m), [&p, &i, &v, &dense, n as i64]);
-        }
-        let (r, b) = (self.htod("upload of decoded-row indices", rows), self.htod("upload of batch indices", batch));
+        let csr = self.csr_rows(x);
+        let row_of: Vec<u32> = match &x.row_of {
+            Some(r) => r.clone(),
+            None => (0..m as u32).collect(),
+        };
+        let what = "upload of scoring indices";
+        let (ro, r, b) = (self.htod(what, &row_of), self.htod(what, rows), self.htod(what, batch));
         let lg = match (dist, logit) {
             (Distribution::Zinb, Some((l, _))) => Arg::from(l),
             _ => NULL,
         };
-        run!(self, "likelihood_score", Self::per_row(m), [&dense, &r, &b, rho, theta, lg, lib, n as i32, nll]);
+        run!(self, "likelihood_score", Self::per_row(m), [&csr.ptr, &csr.idx, &csr.val, &ro, &r, &b, rho, theta, lg, lib, n as i32, nll]);
     }
     fn softplus(&self, x: &DevBuf) -> DevBuf {
         let mut y = self.zeros(x.len);
