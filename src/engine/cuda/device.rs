@@ -56,7 +56,7 @@ pub(crate) fn kernel_table() -> Result<HashMap<String, KernelSig>, String> {
 }
 
 /// The launch's arguments must match the kernel's parameters in number and kind.
-pub(crate) fn check_args(sig: &KernelSig, args: &[Arg]) -> Result<(), String> {
+pub fn check_args(sig: &KernelSig, args: &[Arg]) -> Result<(), String> {
     if sig.params.len() != args.len() {
         return Err(format!("kernel {} takes {} arguments, the launch passed {}", sig.name, sig.params.len(), args.len()));
     }
