@@ -110,3 +110,12 @@ extern "C" __global__ void copy_cols(const float* src, float* dst, long long row
 extern "C" __global__ void set_cols(const float* src, float* dst, long long rows, long long cols, long long c0, long long w) {
     FOR_EACH(i, rows * w) { dst[(i / w) * cols + c0 + i % w] = src[i]; }
 }
+
+// to_bf16 (the ranking GEMMs' operands, `--precision bf16` on the GPU): y = x rounded to bfloat16 to
+// nearest even, as the CPU's bf16 GEMM packs them; NaN stays a (quiet) NaN.
+extern "C" __global__ void to_bf16(const float* x, unsigned short* y, long long n) {
+    FOR_EACH(i, n) {
+        unsigned u = __float_as_uint(x[i]);
+        y[i] = (u & 0x7fffffffu) > 0x7f800000u ? (unsigned short)((u >> 16) | 0x40u) : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+}

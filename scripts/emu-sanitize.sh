@@ -21,7 +21,7 @@ bin="$(cargo test --release --test cuda_parity --no-run --message-format=json 2>
   | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)"
 [ -x "$bin" ] || { echo "could not build the cuda_parity test binary" >&2; exit 1; }
 export SCSPECIES_CUDA_EMULATE=1 SCSPECIES_EMU_SANITIZE="$kind"
-export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0}" TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 ignore_noninstrumented_modules=1}"
+export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:allocator_may_return_null=1}" TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 ignore_noninstrumented_modules=1 allocator_may_return_null=1}"
 # TSan needs the address-space layout it expects: without randomisation it always gets it.
 run=(env LD_PRELOAD="$rt" "$bin" --test-threads 1 "$@")
 if [ "$kind" = thread ] && command -v setarch >/dev/null; then run=(setarch "$(uname -m)" -R "${run[@]}"); fi

@@ -5,7 +5,7 @@
 #   scripts/gpu-check.sh build   here: stripped release binaries (the CLI and the CUDA parity tests)
 #                                into gpu-check/bin, well under the 64 MiB a device call may carry.
 #   scripts/gpu-check.sh run     there, in the repo root, with gpu-check/ carried:
-#     1. the CUDA parity tests with SCSPECIES_REQUIRE_GPU=1 (a missing GPU fails; nothing skips);
+#     1. the CUDA parity and bf16 tests with SCSPECIES_REQUIRE_GPU=1 (a missing GPU fails; nothing skips);
 #     2. demo --device cuda, then the same demo on that machine's CPU: both balanced accuracies;
 #     3. bench --device cuda.
 #   Each step has its own time limit; all of it ends within 8 minutes. The log and the runs' JSON go
@@ -21,12 +21,14 @@ build() {
   set -e
   mkdir -p "$dir/bin"
   cargo build --release --bin scspecies
-  local test_bin
-  test_bin="$(cargo test --release --test cuda_parity --no-run --message-format=json 2>/dev/null \
-    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)"
   cp target/release/scspecies "$dir/bin/scspecies"
-  cp "$test_bin" "$dir/bin/cuda_parity"
-  strip "$dir/bin/scspecies" "$dir/bin/cuda_parity"
+  local t test_bin
+  for t in cuda_parity cuda_bf16; do
+    test_bin="$(cargo test --release --test $t --no-run --message-format=json 2>/dev/null \
+      | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)"
+    cp "$test_bin" "$dir/bin/$t"
+  done
+  strip "$dir/bin/scspecies" "$dir/bin/cuda_parity" "$dir/bin/cuda_bf16"
   du -sh "$dir/bin"/*
   echo "carry gpu-check (and run: bash scripts/gpu-check.sh run)"
 }
@@ -63,6 +65,7 @@ run() {
   lscpu | grep -m1 'Model name' || true
   local status=0
   SCSPECIES_REQUIRE_GPU=1 step "CUDA parity tests" 180 "$dir/bin/cuda_parity" --nocapture --test-threads 1 || status=1
+  SCSPECIES_REQUIRE_GPU=1 step "bf16 tensor-core GEMMs" 30 "$dir/bin/cuda_bf16" --nocapture || status=1
   step "demo --device cuda" 120 "$dir/bin/scspecies" demo --data data/baron-pancreas --device cuda --quiet --out "$out/demo-cuda" || status=1
   step "bench --device cuda" 90 "$dir/bin/scspecies" bench --data data/baron-pancreas --device cuda --repeat 2 --out "$out/bench-cuda.json" || status=1
   step "demo on this machine's CPU (same seed)" 150 "$dir/bin/scspecies" demo --data data/baron-pancreas --device cpu --quiet --out "$out/demo-cpu" || status=1

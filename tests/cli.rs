@@ -184,10 +184,10 @@ fn demo_runs_on_bundled_data() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("mouse: 1855 cells"), "{err}");
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
-    // The precision asked for and the one the ranking GEMMs ran in (bf16 only on the CPU backend, and
-    // only where the CPU has AVX512-BF16).
+    // The precision asked for and the one the ranking GEMMs ran in (`auto`: bf16 on a GPU, and on the
+    // CPU only where it has AVX512-BF16).
     assert_eq!(m["precision"]["requested"], "auto");
-    let bf16_here = m["backend"].as_str().unwrap().starts_with("cpu") && scspecies::engine::precision::bf16_available();
+    let bf16_here = !m["backend"].as_str().unwrap().starts_with("cpu") || scspecies::engine::precision::bf16_available();
     assert_eq!(m["precision"]["ranking_gemms"], if bf16_here { "bf16" } else { "f32" }, "{}", m["precision"]);
     assert_eq!(m["precision"]["training_gemms"], "f32");
     // `auto` takes the GPU where there is one and says why not otherwise.
@@ -243,10 +243,6 @@ fn device_cuda_without_a_gpu_is_a_clear_error() {
     let (code, _, err) = bin(&["demo", "--out", out.to_str().unwrap(), "--tf32"]);
     assert_ne!(code, 0);
     assert!(err.contains("--tf32 applies to the GPU only"), "{err}");
-    let (code, _, err) = bin(&["demo", "--out", out.to_str().unwrap(), "--device", "auto", "--precision", "bf16"]);
-    assert_ne!(code, 0);
-    assert!(err.contains("--precision bf16 applies to the CPU backend only"), "{err}");
-    assert!(!out.exists(), "nothing may be written");
 }
 
 /// `--precision bf16` where the CPU cannot run it (here: capped below AVX-512) is refused, naming why.
@@ -264,6 +260,20 @@ fn precision_bf16_without_the_instructions_is_refused() {
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("AVX512-BF16"), "{err}");
     assert!(!out.exists(), "nothing may be written");
+    // `--device auto` without a GPU falls back to this CPU, which refuses it the same way (with a GPU,
+    // bf16 runs there: nothing to refuse).
+    #[cfg(feature = "cuda")]
+    if scspecies::engine::cuda::Cuda::new(0, false).is_err() {
+        let o = std::process::Command::new(exe)
+            .args(["demo", "--out", out.to_str().unwrap(), "--device", "auto", "--precision", "bf16"])
+            .env("SCSPECIES_SIMD", "avx2")
+            .env_remove("SCSPECIES_CUDA_EMULATE")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("AVX512-BF16") && !err.contains("panicked"), "{err}");
+        assert!(!out.exists(), "nothing may be written");
+    }
 }
 
 /// Every option `bench` accepts takes effect (the alignment options reach the timed alignment and the

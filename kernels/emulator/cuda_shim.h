@@ -78,6 +78,11 @@ inline float __int_as_float(int i) {
     std::memcpy(&f, &i, sizeof f);
     return f;
 }
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    std::memcpy(&u, &f, sizeof u);
+    return u;
+}
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 // glibc's lgamma writes the global `signgam`, shared by every emulated thread; lgamma_r does not.
 inline double emu_lgamma(double x) {

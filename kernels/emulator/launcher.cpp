@@ -169,6 +169,11 @@ void resume(Fiber& f) {
 
 // A fresh stack whose first switch enters fiber_main(f).
 void start(Fiber& f) {
+#if defined(__SANITIZE_THREAD__)
+    // fiber_main never returns, so a reused ThreadSanitizer fiber would pile up its frames: a new one.
+    if (f.tsan) __tsan_destroy_fiber(f.tsan);
+    f.tsan = __tsan_create_fiber(0);
+#endif
     auto* top = (uintptr_t*)(((uintptr_t)(f.stack + STACK)) & ~(uintptr_t)15);
     *--top = 0;
     *--top = (uintptr_t)&emu_fiber_start;  // emu_switch's `ret`
@@ -225,9 +230,6 @@ extern "C" void emu_launch(void (*entry)(void**), const char* kernel, unsigned g
         if (m == MAP_FAILED) fail("kernel %s: cannot map a fiber stack", kernel);
         mprotect(m, page, PROT_NONE);  // an overflowing fiber faults instead of writing into its neighbour
         f.stack = (char*)m + page;
-#if defined(__SANITIZE_THREAD__)
-        f.tsan = __tsan_create_fiber(0);
-#endif
     }
     slots.assign(((block + 31) / 32) * 32, 0.0);
     warp_gen.assign((block + 31) / 32, 0);

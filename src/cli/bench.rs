@@ -203,7 +203,7 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
         "paths": {
             "simd_level": format!("{:?}", crate::engine::simd::level()).to_lowercase(),
             "f32_gemm": if cfg!(target_arch = "x86_64") && crate::engine::simd::level() == crate::engine::simd::Level::Avx512 { "own avx512" } else { "matrixmultiply" },
-            "bf16_gemm": if crate::engine::precision::bf16_available() { "avx512-bf16" } else { "unavailable (f32 used)" },
+            "bf16_gemm": if !be.name().starts_with("cpu") { "cuBLAS tensor cores (bf16 in, f32 accumulation)" } else if crate::engine::precision::bf16_available() { "avx512-bf16" } else { "unavailable (f32 used)" },
             "amx": "not implemented",
         },
         "peak_rss_bytes": crate::resources::peak_rss(),
@@ -255,7 +255,7 @@ fn refuse_unused(o: &super::RunOptions) -> Result<()> {
 
 /// The ranking paths in bf16 against f32 on the models just trained: the share of candidate choices
 /// (every aligned target cell, its k candidates, eval mode, the same latent samples) and of label
-/// transfer predictions that agree, and both transfers' times. Null where the CPU has no bf16 GEMM.
+/// transfer predictions that agree, and both transfers' times. Null on a CPU without a bf16 GEMM.
 fn ranking_agreement<B: Backend>(
     be: &B,
     pair: &crate::pipeline::PreparedPair,
@@ -267,9 +267,18 @@ fn ranking_agreement<B: Backend>(
 ) -> Result<serde_json::Value> {
     use crate::engine::precision::{self, Precision};
     use rand::SeedableRng;
-    if !be.name().starts_with("cpu") || !precision::bf16_available() {
+    let on_cpu = be.name().starts_with("cpu");
+    if on_cpu && !precision::bf16_available() {
         return Ok(serde_json::Value::Null);
     }
+    // A GPU always has bf16 tensor cores; the CPU only with AVX512-BF16 (checked above).
+    let set = |p: Precision| {
+        if on_cpu {
+            precision::set_ranking(p).expect("bf16 is available");
+        } else {
+            precision::set_ranking_gpu(p);
+        }
+    };
     let before = precision::ranking_precision();
     let (ctx, tgt) = (&pair.context, &pair.target);
     let (ctx_labels, names) = crate::pipeline::context_label_codes(ctx)?;
@@ -288,7 +297,7 @@ fn ranking_agreement<B: Backend>(
         })
         .collect();
     let run = |p: Precision| {
-        precision::set_ranking(p).expect("bf16 is available");
+        set(p);
         let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(seed);
         let chosen = crate::align::candidates::choose(be, arun.model(), &crun.repr, &tgt.data.counts, &queries, false, &mut rng).0;
         let t = Instant::now();
@@ -297,7 +306,7 @@ fn ranking_agreement<B: Backend>(
     };
     let (c32, p32, t32) = run(Precision::F32);
     let (c16, p16, t16) = run(Precision::Bf16);
-    precision::set_ranking(before).expect("restoring the setting");
+    set(before);
     let share = |a: &[usize], b: &[usize]| a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len().max(1) as f64;
     let p32: Vec<usize> = p32.iter().map(|&v| v as usize).collect();
     let p16: Vec<usize> = p16.iter().map(|&v| v as usize).collect();

@@ -132,8 +132,8 @@ pub struct RunOptions {
     #[arg(long)]
     pub tf32: bool,
     /// GEMM precision of the forward-only decoding that is only ranked (candidate choice, label
-    /// transfer): `bf16` (AVX512-BF16, f32 accumulation; refused where the CPU lacks it), `f32`, or
-    /// `auto` (bf16 where the CPU has it). Training always runs in f32.
+    /// transfer): `bf16` (f32 accumulation: AVX512-BF16 on the CPU, refused where it lacks it; tensor
+    /// cores on a GPU), `f32`, or `auto` (bf16 where the hardware has it). Training always runs in f32.
     #[arg(long, value_enum, default_value = "auto")]
     pub precision: PrecisionArg,
     /// Epochs of context pre-training (default: 60 below 10,000 cells, else 30).
@@ -515,10 +515,10 @@ fn check_options(o: &RunOptions) -> Result<()> {
     if o.tf32 && o.device == Device::Cpu {
         return Err(Error::Config("--tf32 applies to the GPU only: add --device cuda (or auto)".into()));
     }
-    if o.precision == PrecisionArg::Bf16 && o.device != Device::Cpu {
-        return Err(Error::Config("--precision bf16 applies to the CPU backend only (the GPU has --tf32)".into()));
+    // The ranking precision is set once the device is known (`on_device!`); a CPU run refuses bf16 here.
+    if o.device == Device::Cpu {
+        crate::engine::precision::set_ranking(o.precision.to_engine()).map_err(Error::Config)?;
     }
-    crate::engine::precision::set_ranking(o.precision.to_engine()).map_err(Error::Config)?;
     match o.threads {
         Some(0) => return Err(Error::Config("--threads must be at least 1".into())),
         Some(t) => {
@@ -773,9 +773,11 @@ macro_rules! on_device {
         }
         #[cfg(feature = "cuda")]
         if let Some(g) = gpu {
+            $crate::engine::precision::set_ranking_gpu(o.precision.to_engine());
             let $be = &g;
             return $body;
         }
+        $crate::engine::precision::set_ranking(o.precision.to_engine()).map_err($crate::error::Error::Config)?;
         let $be = &$crate::engine::Cpu::<f32>::new();
         $body
     }};
@@ -830,7 +832,7 @@ fn run_pipeline_on<B: crate::engine::Backend>(be: &B, inputs: &Inputs, out_dir: 
         "backend": be.name(),
         "precision": {
             "requested": format!("{:?}", o.precision).to_lowercase(),
-            "ranking_gemms": if be.name().starts_with("cpu") { crate::engine::precision::ranking_precision() } else { crate::engine::precision::Precision::F32 },
+            "ranking_gemms": crate::engine::precision::ranking_precision(),
             "training_gemms": "f32",
         },
         "preprocessing": { &pair.context.name: pair.context.report, &pair.target.name: pair.target.report },

@@ -57,6 +57,14 @@ pub fn set_ranking(p: Precision) -> Result<Precision, String> {
     Ok(eff)
 }
 
+/// [`set_ranking`] for a run on a CUDA GPU: cuBLAS multiplies bf16 inputs on the tensor cores with f32
+/// accumulation (the same arithmetic as the CPU's bf16 GEMM), so `auto` means bf16 there too.
+pub fn set_ranking_gpu(p: Precision) -> Precision {
+    let eff = if p == Precision::F32 { Precision::F32 } else { Precision::Bf16 };
+    RANKING_BF16.store(eff == Precision::Bf16, Ordering::Relaxed);
+    eff
+}
+
 /// The ranking precision in effect (`F32` or `Bf16`).
 pub fn ranking_precision() -> Precision {
     if RANKING_BF16.load(Ordering::Relaxed) { Precision::Bf16 } else { Precision::F32 }

@@ -151,6 +151,8 @@ pub trait Device: Send + Sync {
     /// Launch `kernel` on a 1-D grid (arguments already checked against its signature).
     fn launch(&self, kernel: &str, grid: u32, block: u32, args: &[Arg]) -> Result<(), String>;
     fn sgemm(&self, g: &Sgemm) -> Result<(), String>;
+    /// [`Sgemm`] with A and B in bfloat16 (`a`, `b` point at u16 values), f32 accumulation and output.
+    fn gemm_bf16(&self, g: &Sgemm) -> Result<(), String>;
     fn synchronize(&self) -> Result<(), String>;
     /// Free and total memory in bytes.
     fn memory(&self) -> (usize, usize);
@@ -296,6 +298,41 @@ impl Device for Gpu {
             )
         }
         .map_err(|e| format!("cuBLAS sgemm {}x{}x{}: {e:?}", g.m, g.n, g.k))
+    }
+    fn gemm_bf16(&self, g: &Sgemm) -> Result<(), String> {
+        use cudarc::cublas::sys::{
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T},
+            cudaDataType::{CUDA_R_16BF, CUDA_R_32F},
+        };
+        self.bind()?;
+        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                op(g.trans_a),
+                op(g.trans_b),
+                g.m as i32,
+                g.n as i32,
+                g.k as i32,
+                &alpha as *const f32 as *const std::ffi::c_void,
+                g.a as *const std::ffi::c_void,
+                CUDA_R_16BF,
+                g.lda as i32,
+                g.b as *const std::ffi::c_void,
+                CUDA_R_16BF,
+                g.ldb as i32,
+                &beta as *const f32 as *const std::ffi::c_void,
+                g.c as *mut std::ffi::c_void,
+                CUDA_R_32F,
+                g.ldc as i32,
+                CUBLAS_COMPUTE_32F,
+                CUBLAS_GEMM_DFALT,
+            )
+        }
+        .map_err(|e| format!("cuBLAS bf16 GEMM {}x{}x{}: {e:?}", g.m, g.n, g.k))
     }
     fn synchronize(&self) -> Result<(), String> {
         self.bind()?;

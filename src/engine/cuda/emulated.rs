@@ -219,6 +219,25 @@ impl Device for Emulated {
         }
         Ok(())
     }
+    fn gemm_bf16(&self, g: &Sgemm) -> Result<(), String> {
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        // bf16 widens exactly to f32: widen both operands, then the f32 GEMM (f32 accumulation, as
+        // cuBLAS's CUBLAS_COMPUTE_32F).
+        let widen = |p: u64, t: bool, rows: usize, cols: usize, ld: usize| -> Vec<f32> {
+            // Column-major op(X) [rows×cols]: the stored matrix spans ld·(stored columns − 1) + stored rows.
+            let (sr, sc) = if t { (cols, rows) } else { (rows, cols) };
+            let len = if sc == 0 { 0 } else { ld * (sc - 1) + sr };
+            let src = unsafe { std::slice::from_raw_parts(p as *const u16, len) };
+            src.iter().map(|&h| f32::from_bits((h as u32) << 16)).collect()
+        };
+        let (a, b) = {
+            let _g = self.guard();
+            (widen(g.a, g.trans_a, g.m, g.k, g.lda), widen(g.b, g.trans_b, g.k, g.n, g.ldb))
+        };
+        self.sgemm(&Sgemm { a: a.as_ptr() as u64, b: b.as_ptr() as u64, ..*g })
+    }
     fn synchronize(&self) -> Result<(), String> {
         Ok(())
     }

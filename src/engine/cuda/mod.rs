@@ -240,6 +240,13 @@ impl Cuda {
         m
     }
 
+    /// The first `n` floats of `x` rounded to bf16 (kernel `to_bf16`).
+    fn bf16_copy(&self, x: &Mem, n: usize) -> Mem {
+        let y = self.alloc("allocation of bf16 operands", n * 2);
+        self.launch("to_bf16", Self::elems(n), &[Arg::from(x), Arg::from(&y), Arg::I64(n as i64)]);
+        y
+    }
+
     /// `x`'s stored rows on the device: uploaded now, or found resident by their id.
     fn csr_rows(&self, x: &HostRows) -> Arc<CsrOnDevice> {
         let upload = || {
@@ -293,6 +300,13 @@ impl Cuda {
             return;
         }
         let g = Sgemm { trans_a: tb, trans_b: ta, m: n, n: m, k, a: b.ptr(), lda: ldb, b: a.ptr(), ldb: lda, c: c.ptr(), ldc: n };
+        if crate::engine::precision::gemm_in_bf16() {
+            // The ranking decodes (`precision::ranking`): both operands rounded to bf16, tensor cores.
+            let (a16, b16) = (self.bf16_copy(a, m * k), self.bf16_copy(b, k * n));
+            let r = self.dev.gemm_bf16(&Sgemm { a: b16.ptr(), b: a16.ptr(), ..g });
+            self.check(&format!("bf16 GEMM {m}x{n}x{k}"), r);
+            return;
+        }
         let r = self.dev.sgemm(&g);
         self.check(&format!("GEMM {m}x{n}x{k}"), r);
     }
