@@ -18,7 +18,7 @@ esac
 rt="$(${CXX:-c++} -print-file-name=$lib)"
 [ -e "$rt" ] || { echo "no $lib for ${CXX:-c++} (install the compiler's sanitizer runtime)" >&2; exit 2; }
 bin="$(cargo test --release --test cuda_parity --no-run --message-format=json 2>/dev/null \
-  | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)"
+  | grep '"name":"cuda_parity"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)"
 [ -x "$bin" ] || { echo "could not build the cuda_parity test binary" >&2; exit 1; }
 export SCSPECIES_CUDA_EMULATE=1 SCSPECIES_EMU_SANITIZE="$kind"
 export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=0:allocator_may_return_null=1}" TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1 ignore_noninstrumented_modules=1 allocator_may_return_null=1}"

@@ -25,7 +25,7 @@ build() {
   local t test_bin
   for t in cuda_parity cuda_bf16; do
     test_bin="$(cargo test --release --test $t --no-run --message-format=json 2>/dev/null \
-      | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)"
+      | grep "\"name\":\"$t\"" | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)"
     cp "$test_bin" "$dir/bin/$t"
   done
   strip "$dir/bin/scspecies" "$dir/bin/cuda_parity" "$dir/bin/cuda_bf16"

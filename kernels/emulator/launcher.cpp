@@ -130,7 +130,7 @@ void to_scheduler() {
 #endif
 #if defined(__SANITIZE_ADDRESS__)
     void* fake = nullptr;
-    __sanitizer_start_switch_fiber(f->state() == RETURNED ? nullptr : &fake, nullptr, 0);
+    __sanitizer_start_switch_fiber(&fake, nullptr, 0);
     emu_switch(&f->sp, scheduler_sp);
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #else
@@ -138,18 +138,21 @@ void to_scheduler() {
 #endif
 }
 
+// A fiber runs one CUDA thread of a block, parks, and is resumed for the same thread of the next block
+// (or launch): it lives as long as the process, and the kernel's frames return normally each time.
 void fiber_main(Fiber* f) {
 #if defined(__SANITIZE_ADDRESS__)
     __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
 #endif
-    cur.store(&f->ctx, std::memory_order_relaxed);
-    current.entry(current.args);
+    for (;;) {
+        cur.store(&f->ctx, std::memory_order_relaxed);
+        current.entry(current.args);
 #if defined(__SANITIZE_THREAD__)
-    __tsan_release(&returned_token);
+        __tsan_release(&returned_token);
 #endif
-    f->set(RETURNED);
-    to_scheduler();
-    __builtin_trap();  // never resumed
+        f->set(RETURNED);
+        to_scheduler();
+    }
 }
 
 void resume(Fiber& f) {
@@ -167,11 +170,12 @@ void resume(Fiber& f) {
 #endif
 }
 
-// A fresh stack whose first switch enters fiber_main(f).
+// Ready fiber f for a block: the first time, a fresh stack whose first switch enters fiber_main(f);
+// afterwards it is parked at the end of its loop and resumes from there.
 void start(Fiber& f) {
+    f.set(RUNNING);
+    if (f.sp) return;
 #if defined(__SANITIZE_THREAD__)
-    // fiber_main never returns, so a reused ThreadSanitizer fiber would pile up its frames: a new one.
-    if (f.tsan) __tsan_destroy_fiber(f.tsan);
     f.tsan = __tsan_create_fiber(0);
 #endif
     auto* top = (uintptr_t*)(((uintptr_t)(f.stack + STACK)) & ~(uintptr_t)15);
@@ -184,7 +188,6 @@ void start(Fiber& f) {
     *--top = 0;                            // r14
     *--top = 0;                            // r15
     f.sp = top;
-    f.set(RUNNING);
 }
 
 const char* where(State s) {
