@@ -2,7 +2,9 @@
 //!
 //! [`backend::Backend`] is the interface the model is written against; [`cpu::Cpu`] implements it with
 //! the kernels in [`ops`], generic over the float type ([`Real`]: f32 for work, f64 for
-//! finite-difference checks). `likelihood` holds the per-count ZINB/NB terms, `special` lgamma/digamma.
+//! finite-difference checks); `cuda::Cuda` (feature `cuda`) implements it on a GPU or on the emulated
+//! device that runs the same kernels on the CPU. `likelihood` holds the per-count ZINB/NB terms,
+//! `special` lgamma/digamma.
 pub mod backend;
 pub mod cpu;
 #[cfg(feature = "cuda")]
