@@ -640,3 +640,25 @@ fn knn_screen_keeps_each_rows_best_l() {
         }
     }
 }
+
+/// The label transfer's latent-space kNN with the device's screen: the same neighbours, in the same
+/// order, as the host search. 600 context cells on one target cell make more ties than a device list
+/// (l = 2k + 64 = 564) holds, so that row is searched again on the host.
+#[test]
+fn latent_knn_on_the_device_is_the_host_search() {
+    let Some(g) = gpu() else { return };
+    use scspecies::transfer::{latent_knn, latent_knn_on};
+    let (dim, nc, nt, k) = (10, 4500, 150, 250);
+    let mut ctx: Vec<f32> = rnd(nc * dim, 97, -3.0, 3.0).iter().map(|&v| v as f32).collect();
+    let tgt: Vec<f32> = rnd(nt * dim, 98, -3.0, 3.0).iter().map(|&v| v as f32).collect();
+    // Context cells 100..700 sit exactly on target cell 0 (distance 0, all tied).
+    for c in 100..700 {
+        ctx[c * dim..(c + 1) * dim].copy_from_slice(&tgt[..dim]);
+    }
+    let host = latent_knn(&ctx, &tgt, dim, k);
+    let dev = latent_knn_on(g, &ctx, &tgt, dim, k);
+    assert!(g.device_error().is_none(), "{:?}", g.device_error());
+    assert_eq!(host, dev, "latent neighbours differ");
+    assert_eq!(&dev[..k], &(100..350u32).collect::<Vec<_>>()[..], "the tied copies, by index");
+    eprintln!("latent kNN {nt} x {nc}, k = {k}: identical to the host search");
+}
