@@ -64,10 +64,11 @@ run() {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not available"
   lscpu | grep -m1 'Model name' || true
   local status=0
-  SCSPECIES_REQUIRE_GPU=1 step "CUDA parity tests" 180 "$dir/bin/cuda_parity" --nocapture --test-threads 1 || status=1
-  SCSPECIES_REQUIRE_GPU=1 step "bf16 tensor-core GEMMs" 30 "$dir/bin/cuda_bf16" --nocapture || status=1
-  step "demo --device cuda" 120 "$dir/bin/scspecies" demo --data data/baron-pancreas --device cuda --quiet --out "$out/demo-cuda" || status=1
-  step "bench --device cuda" 90 "$dir/bin/scspecies" bench --data data/baron-pancreas --device cuda --repeat 2 --out "$out/bench-cuda.json" || status=1
+  # Limits: 150 + 20 + 90 + 60 + 150 s = 7 min 50 s at most.
+  SCSPECIES_REQUIRE_GPU=1 step "CUDA parity tests" 150 "$dir/bin/cuda_parity" --nocapture --test-threads 1 || status=1
+  SCSPECIES_REQUIRE_GPU=1 step "bf16 tensor-core GEMMs" 20 "$dir/bin/cuda_bf16" --nocapture || status=1
+  step "demo --device cuda" 90 "$dir/bin/scspecies" demo --data data/baron-pancreas --device cuda --quiet --out "$out/demo-cuda" || status=1
+  step "bench --device cuda" 60 "$dir/bin/scspecies" bench --data data/baron-pancreas --device cuda --repeat 2 --out "$out/bench-cuda.json" || status=1
   step "demo on this machine's CPU (same seed)" 150 "$dir/bin/scspecies" demo --data data/baron-pancreas --device cpu --quiet --out "$out/demo-cpu" || status=1
   for r in demo-cuda demo-cpu; do
     [ -f "$out/$r/metrics.json" ] && cp "$out/$r/metrics.json" "$out/$r-metrics.json"
