@@ -148,7 +148,7 @@ fn ops(c: &mut Criterion) {
     });
     let zc: Vec<f32> = vals(ctx.n_cells() * 10, 2.0, 13).iter().map(|&v| v as f32).collect();
     let zt: Vec<f32> = vals(tgt.n_cells() * 10, 2.0, 14).iter().map(|&v| v as f32).collect();
-    g.bench_function("latent_knn_250", |bb| bb.iter(|| black_box(scspecies::transfer::latent_knn(&zc, &zt, 10, 250))));
+    g.bench_function("latent_knn_250", |bb| bb.iter(|| black_box(scspecies::knn::latent_knn(&zc, &zt, 10, 250))));
     g.finish();
 }
 

@@ -1,4 +1,4 @@
-// The screening pass of the exact data-level kNN (align::knn, Backend::knn_screen). After a GEMM has
+// The screening pass of the exact data-level kNN (src/knn/data_level.rs, Backend::knn_screen). After a GEMM has
 // written the similarities of a band of target rows to a block of context rows, each target row's
 // running list of its `l` best (similarity, context index) is merged with the block: both go into
 // shared memory, a bitonic sort orders them best first (higher similarity, then lower index, as the

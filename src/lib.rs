@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod homology;
 pub mod kernels;
+pub mod knn;
 pub mod model;
 pub mod out;
 pub mod pipeline;

@@ -131,77 +131,6 @@ pub fn consensus(members: Vec<Transfer>, n_labels: usize, unassigned_threshold: 
     }
 }
 
-/// Squared Euclidean distance in f32, summed in order: the one [`latent_knn`] ranks by.
-#[inline]
-fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>()
-}
-
-/// The `k` of `(distance, context index)` pairs that come first (by distance, then index), in order.
-fn first_k(mut d: Vec<(f32, u32)>, k: usize) -> impl Iterator<Item = u32> {
-    let cmp = |a: &(f32, u32), b: &(f32, u32)| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1));
-    if k < d.len() {
-        d.select_nth_unstable_by(k, cmp);
-        d.truncate(k);
-    }
-    d.sort_by(cmp);
-    d.into_iter().map(|x| x.1)
-}
-
-/// The `k` nearest context cells of every target cell in latent space (Euclidean), ascending.
-pub fn latent_knn(ctx: &[f32], tgt: &[f32], dim: usize, k: usize) -> Vec<u32> {
-    let k = k.min(ctx.len() / dim);
-    tgt.par_chunks(dim)
-        .flat_map_iter(|t| first_k(ctx.chunks(dim).enumerate().map(|(i, c)| (sq_dist(t, c), i as u32)).collect(), k))
-        .collect()
-}
-
-/// [`latent_knn`] with its search screened on `be`'s device where it has a screen
-/// ([`Backend::knn_screen`]). Distance as a dot product of augmented vectors: with a' = [2a, −1] and
-/// b' = [b, ‖b‖²], a'·b' = ‖a‖² − ‖a − b‖², so a row's highest a'·b' are its nearest cells. The screened
-/// candidates are ranked again by latent_knn's own f32 distances; a row whose l-th screened value lies
-/// within the rounding margin of its k-th is searched in full on the host. The result is latent_knn's.
-pub fn latent_knn_on<B: Backend>(be: &B, ctx: &[f32], tgt: &[f32], dim: usize, k: usize) -> Vec<u32> {
-    let (nc, nt) = (ctx.len() / dim, tgt.len() / dim);
-    let k = k.min(nc);
-    let l = (2 * k + 64).min(nc);
-    let sq = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
-    let bn: Vec<f64> = ctx.chunks(dim).map(sq).collect();
-    let h = dim + 1;
-    let augment = |m: &[f32], r: std::ops::Range<usize>, last: &dyn Fn(usize) -> f32, scale: f32| {
-        let mut o = Vec::with_capacity(r.len() * h);
-        for i in r {
-            o.extend(m[i * dim..(i + 1) * dim].iter().map(|&x| scale * x));
-            o.push(last(i));
-        }
-        o
-    };
-    let trows = |r: std::ops::Range<usize>| augment(tgt, r, &|_| -1.0, 2.0);
-    let crows = |r: std::ops::Range<usize>| augment(ctx, r, &|i| bn[i] as f32, 1.0);
-    let screen = if k > 0 && nt > 0 { be.knn_screen(nt, nc, h, l, &trows, &crows) } else { None };
-    let Some(s) = screen else { return latent_knn(ctx, tgt, dim, k) };
-    // |screened − exact| ≤ error·‖a'‖·‖b'‖ (Cauchy–Schwarz on the unit-vector bound), and latent_knn's f32
-    // distance is within γ·(‖a‖ + ‖b‖)² of the exact one: twice both is the margin below the k-th.
-    let bmax = bn.iter().fold(0f64, |m, &v| m.max(v)).sqrt();
-    let bp = (bmax * bmax + bmax.powi(4)).sqrt();
-    let gamma = (dim as f64 + 2.0) * f64::powi(2.0, -24);
-    tgt.par_chunks(dim)
-        .enumerate()
-        .flat_map_iter(|(t, a)| {
-            let an = sq(a).sqrt();
-            let margin = 2.02 * (s.error as f64 * (4.0 * an * an + 1.0).sqrt() * bp + gamma * (an + bmax).powi(2));
-            let list = &s.best[t * l..(t + 1) * l];
-            let floor = list[k - 1].0 as f64 - margin;
-            let d: Vec<(f32, u32)> = if l < nc && list[l - 1].0 as f64 >= floor {
-                ctx.chunks(dim).enumerate().map(|(i, c)| (sq_dist(a, c), i as u32)).collect()
-            } else {
-                list.iter().filter(|c| c.0 as f64 >= floor).map(|&(_, i)| (sq_dist(a, &ctx[i as usize * dim..][..dim]), i)).collect()
-            };
-            first_k(d, k)
-        })
-        .collect()
-}
-
 /// Pairs scored per backend call.
 const PAIR_GROUP: usize = 512;
 /// Context cells decoded at a time.
@@ -300,7 +229,7 @@ pub fn transfer<B: Backend>(
     let nt = data.n_cells();
     let nc = ctx.z_mu.len() / l;
     let nk = cfg.candidates.min(nc);
-    let cand = latent_knn_on(be, &ctx.z_mu, &tgt.z_mu, l, nk);
+    let cand = crate::knn::latent_knn_on(be, &ctx.z_mu, &tgt.z_mu, l, nk);
     let pairs: Vec<(u32, u32)> = (0..nt).flat_map(|j| cand[j * nk..(j + 1) * nk].iter().map(move |&c| (j as u32, c))).collect();
     let d = similarities(be, model, data, tgt, &ctx.z_mu, &pairs);
     // Vote among the `top` most similar candidates.

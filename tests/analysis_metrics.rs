@@ -133,7 +133,7 @@ fn modularity_of(g: &Graph, c: &[usize]) -> f64 {
 #[test]
 fn knn_and_fuzzy_graph() {
     let x = [0.0, 1.0, 3.0, 7.0];
-    let (idx, dist) = graph::knn(&x, 1, 2);
+    let (idx, dist) = scspecies::knn::self_knn(&x, 1, 2);
     assert_eq!(idx, vec![1, 2, 0, 2, 1, 0, 2, 1]);
     assert_eq!(dist, vec![1.0, 3.0, 1.0, 2.0, 2.0, 3.0, 4.0, 6.0]);
     let g = graph::fuzzy_connectivities(&idx, &dist, 2, 2);
@@ -155,7 +155,7 @@ fn umap_keeps_separated_clusters_apart_and_is_seeded() {
     let x: Vec<f64> = (0..n * d).map(|i| (i / d / 30) as f64 * 20.0 + ((i * 2654435761usize) % 1000) as f64 / 1000.0).collect();
     let y = scspecies::analysis::umap::umap(&x, d, 15, 3);
     let flat: Vec<f64> = y.iter().flat_map(|p| [p[0], p[1]]).collect();
-    let (idx, _) = graph::knn(&flat, 2, 5);
+    let (idx, _) = scspecies::knn::self_knn(&flat, 2, 5);
     for i in 0..n {
         for &j in &idx[i * 5..(i + 1) * 5] {
             assert_eq!(i / 30, j as usize / 30, "cell {i}'s 2-D neighbour {j} is from another cluster");

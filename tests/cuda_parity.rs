@@ -647,7 +647,7 @@ fn knn_screen_keeps_each_rows_best_l() {
 #[test]
 fn latent_knn_on_the_device_is_the_host_search() {
     let Some(g) = gpu() else { return };
-    use scspecies::transfer::{latent_knn, latent_knn_on};
+    use scspecies::knn::{latent_knn, latent_knn_on};
     let (dim, nc, nt, k) = (10, 4500, 150, 250);
     let mut ctx: Vec<f32> = rnd(nc * dim, 97, -3.0, 3.0).iter().map(|&v| v as f32).collect();
     let tgt: Vec<f32> = rnd(nt * dim, 98, -3.0, 3.0).iter().map(|&v| v as f32).collect();

@@ -3,7 +3,8 @@
 
 pub mod agreement;
 pub mod candidates;
-pub mod knn;
+/// The data-level kNN lives with the other searches in [`crate::knn`].
+pub use crate::knn::data_level as knn;
 
 use crate::data::Csr;
 use crate::engine::Backend;

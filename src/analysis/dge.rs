@@ -187,29 +187,6 @@ fn decode_homologous<B: Backend>(be: &B, side: &Side<B>, z: &[f64], rows: usize,
     acc
 }
 
-/// Cosine kNN of rows of `q` among rows of `r` (both [·×d]).
-fn cosine_knn(q: &[f64], r: &[f64], d: usize, k: usize) -> Vec<usize> {
-    let unit = |v: &[f64]| -> Vec<f64> {
-        v.chunks(d)
-            .flat_map(|c| {
-                let n = c.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
-                c.iter().map(move |x| x / n)
-            })
-            .collect()
-    };
-    let (qu, ru) = (unit(q), unit(r));
-    let nr = r.len() / d;
-    let k = k.min(nr);
-    qu.chunks(d)
-        .flat_map(|a| {
-            let mut s: Vec<(f64, usize)> =
-                ru.chunks(d).enumerate().map(|(i, b)| (-a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>(), i)).collect();
-            s.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
-            s.into_iter().take(k).map(|x| x.1)
-        })
-        .collect()
-}
-
 /// The analysis for cell type `label` (a code present on both sides).
 pub fn lfc_for_type<B: Backend>(be: &B, ctx: &Side<B>, tgt: &Side<B>, label: usize, cfg: &DgeConfig) -> TypeResult {
     let lat = tgt.repr.latent;
@@ -245,7 +222,7 @@ pub fn lfc_for_type<B: Backend>(be: &B, ctx: &Side<B>, tgt: &Side<B>, label: usi
         rows.iter().flat_map(|&i| s.repr.z_mu[i * lat..(i + 1) * lat].iter().map(|&v| v as f64)).collect()
     };
     let kn = cfg.library_neighbours.min(c_keep.len()).max(1);
-    let nbrs = cosine_knn(&zmu(tgt, &t_keep), &zmu(ctx, &c_keep), lat, kn);
+    let nbrs = crate::knn::cosine_dense(&zmu(tgt, &t_keep), &zmu(ctx, &c_keep), lat, kn);
     let draws = (cfg.samples / t_keep.len().max(1)).max(1);
     let mut perm: Vec<usize> = (0..h).collect();
     perm.shuffle(&mut rng);

@@ -1,41 +1,9 @@
-//! Neighbour graphs on an embedding: exact Euclidean kNN, UMAP's fuzzy connectivities (as scanpy's
+//! Neighbour graphs on an embedding (the kNN itself is `crate::knn::self_knn`): UMAP's fuzzy connectivities (as scanpy's
 //! `pp.neighbors`), connected components and modularity clustering (Louvain with a resolution
 //! parameter: the quality function scanpy's Leiden optimises, without Leiden's refinement step).
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use rayon::prelude::*;
-
-/// The `k` nearest other rows of every row of `x` [n×d] (Euclidean), ascending, with distances.
-/// Ties go to the smaller index.
-pub fn knn(x: &[f64], d: usize, k: usize) -> (Vec<u32>, Vec<f64>) {
-    let n = x.len() / d;
-    let k = k.min(n.saturating_sub(1));
-    let rows: Vec<(Vec<u32>, Vec<f64>)> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let xi = &x[i * d..(i + 1) * d];
-            let mut all: Vec<(f64, u32)> = (0..n)
-                .filter(|&j| j != i)
-                .map(|j| (xi.iter().zip(&x[j * d..(j + 1) * d]).map(|(a, b)| (a - b) * (a - b)).sum::<f64>(), j as u32))
-                .collect();
-            let cmp = |a: &(f64, u32), b: &(f64, u32)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
-            if k < all.len() {
-                all.select_nth_unstable_by(k, cmp);
-                all.truncate(k);
-            }
-            all.sort_by(cmp);
-            (all.iter().map(|p| p.1).collect(), all.iter().map(|p| p.0.sqrt()).collect())
-        })
-        .collect();
-    let mut idx = Vec::with_capacity(n * k);
-    let mut dist = Vec::with_capacity(n * k);
-    for (i, di) in rows {
-        idx.extend(i);
-        dist.extend(di);
-    }
-    (idx, dist)
-}
 
 /// A symmetric weighted graph in adjacency-list form.
 #[derive(Debug, Clone)]

@@ -215,7 +215,7 @@ pub fn kbet_per_label(x: &[f64], d: usize, labels: &[usize], batch: &[usize], al
         }
         let k0 = ((rows.len() / nb / 4).clamp(10, 70)).min(rows.len() - 1);
         let freq: Vec<f64> = (0..nb).map(|q| b.iter().filter(|&&v| v == q).count() as f64 / rows.len() as f64).collect();
-        let (idx, _) = graph::knn(&subset(x, d, &rows), d, k0);
+        let (idx, _) = crate::knn::self_knn(&subset(x, d, &rows), d, k0);
         let accepted = (0..rows.len())
             .filter(|&i| {
                 let mut obs = vec![0f64; nb];
@@ -463,7 +463,7 @@ pub struct Scores {
 /// Every metric of spec §10 on embedding `x` [n×d]; `pcr_pre` is the unintegrated data's PCR score
 /// for species. Neighbour graph: 15 neighbours (scanpy's n_neighbors = 15 counts the cell itself).
 pub fn score_all(x: &[f64], d: usize, labels: &[usize], species: &[usize], pcr_pre: f64, seed: u64) -> Scores {
-    let (idx, dist) = graph::knn(x, d, 14);
+    let (idx, dist) = crate::knn::self_knn(x, d, 14);
     let g = graph::fuzzy_connectivities(&idx, &dist, 14, 14);
     let (mut nmi_best, mut ari_best, mut res_best, mut n_best) = (f64::NEG_INFINITY, f64::NAN, f64::NAN, 0);
     for r in 1..=10 {

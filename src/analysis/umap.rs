@@ -16,7 +16,7 @@ pub fn umap(x: &[f64], d: usize, n_neighbours: usize, seed: u64) -> Vec<[f64; 2]
         return vec![[0.0, 0.0]; n];
     }
     let k = (n_neighbours.max(2) - 1).min(n - 1);
-    let (idx, dist) = graph::knn(x, d, k);
+    let (idx, dist) = crate::knn::self_knn(x, d, k);
     let g = graph::fuzzy_connectivities(&idx, &dist, k, k);
     let (a, b) = (1.577, 0.8951);
     let n_epochs = if n <= 10_000 { 500 } else { 200 };

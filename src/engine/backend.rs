@@ -240,7 +240,7 @@ pub trait Backend: Send + Sync {
 
     fn adam(&self, cfg: &AdamConfig, t: u64, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf);
 
-    /// The screening pass of the exact data-level kNN (`align::knn`) where the device has one: for `nt`
+    /// The screening pass of the exact data-level kNN (`knn::data_level`) where the device has one: for `nt`
     /// target and `nc` context rows of `h` L2-normalised features (`target`, `context` make them a
     /// band at a time), each target row's `l` highest dot products. None: this backend has none, and the
     /// caller screens on the CPU (the CPU backend's path, which streams and prunes instead).
