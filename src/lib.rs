@@ -14,6 +14,7 @@ pub mod error;
 pub mod homology;
 pub mod kernels;
 pub mod knn;
+pub mod method;
 pub mod model;
 pub mod out;
 pub mod pipeline;

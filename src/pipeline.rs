@@ -228,7 +228,7 @@ pub fn pretrain_guarded<B: crate::engine::Backend>(
     let t = Instant::now();
     let history = crate::train::train_context_guarded(be, &mut model, &data, tcfg, &guard, progress, log)?;
     let train_seconds = t.elapsed().as_secs_f64();
-    let repr = crate::train::represent(be, &model, &data, 1024);
+    let repr = crate::train::represent(be, &model, &data, crate::method::REPRESENT_BATCH);
     let meta = ModelFile {
         format: "scspecies".into(),
         format_version: crate::model::io::FORMAT_VERSION,
@@ -338,9 +338,9 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
         return Err(Error::Config("the consensus needs at least one member".into()));
     }
     let t = Instant::now();
-    let stored = 250.min(ctx.n_cells());
+    let stored = crate::method::KNN_STORED.min(ctx.n_cells());
     let (knn, _, knn_genes) = data_level_knn(be, ctx, tgt, &pair.homology, stored, acfg.knn_space);
-    let (knn_label, agreement) = agreement::predict(&knn, stored, 25, &ctx_labels, label_names.len());
+    let (knn_label, agreement) = agreement::predict(&knn, stored, crate::method::KNN_LABEL_VOTERS, &ctx_labels, label_names.len());
     let top_percent = agreement::top_percent(&knn_label, &agreement, label_names.len());
     let aligned = agreement::aligned(&top_percent, acfg.top_percent);
     timings.push(("data_knn".to_string(), t.elapsed().as_secs_f64()));
@@ -405,7 +405,7 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
         };
         t_align += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let repr = crate::train::represent(be, &model, &data, 1024);
+        let repr = crate::train::represent(be, &model, &data, crate::method::REPRESENT_BATCH);
         transfers.push(crate::transfer::transfer(be, &model, &data, &repr, ctx_repr, &ctx_labels, label_names.len(), &hom_counts, tcfg));
         t_transfer += t.elapsed().as_secs_f64();
         let meta = saved_meta.unwrap_or_else(|| ModelFile {

@@ -23,9 +23,6 @@ pub struct MemoryEstimate {
     pub total: u64,
 }
 
-/// The largest number of (cell, candidate) rows decoded at once in the alignment step.
-pub const CANDIDATE_CHUNK: u64 = 512;
-
 /// Estimate a run's peak memory. `genes`, `cells` and `nnz` are (context, target).
 pub fn estimate(
     genes: (usize, usize),
@@ -41,12 +38,13 @@ pub fn estimate(
     let models = 4 * 4 * (params.0 + params.1) + 6 * 4 * params.0.max(params.1);
     let g = genes.0.max(genes.1) as u64;
     let step = batch_size as u64 * (g + batches.0.max(batches.1) as u64) * 4 * 16;
-    let candidates = CANDIDATE_CHUNK * g * 4 * 8;
+    let candidates = crate::method::CANDIDATE_CHUNK as u64 * g * 4 * 8;
     let training = step + candidates;
     let n = (cells.0 + cells.1) as u64;
-    let representations = n * (300 + 2 * 10 + 2) * 4 + cells.1 as u64 * 250 * (4 + 8);
+    use crate::method::{INTER_DIM, KNN_STORED, LATENT_DIM};
+    let representations = n * (INTER_DIM + 2 * LATENT_DIM + 2) as u64 * 4 + cells.1 as u64 * KNN_STORED as u64 * (4 + 8);
     let h = genes.0.min(genes.1);
-    let knn = crate::align::knn::transient_bytes(nnz.0, cells.1, h, 250);
+    let knn = crate::align::knn::transient_bytes(nnz.0, cells.1, h, KNN_STORED);
     let total = data + models + training + representations + knn + (64 << 20);
     MemoryEstimate { data, models, training, representations, knn, total }
 }

@@ -12,7 +12,7 @@ use crate::train::Representation;
 use rand::Rng;
 use rand_distr::{Distribution as _, StandardNormal};
 
-pub const CHUNK_ROWS: usize = 512;
+pub use crate::method::CANDIDATE_CHUNK as CHUNK_ROWS;
 
 /// One aligned target cell of the minibatch.
 pub struct Query<'a> {

@@ -111,7 +111,7 @@ pub fn load(a: &AnalysisArgs, command: &str) -> Result<Loaded> {
         let (pm, ps) = crate::pipeline::context_data(p);
         let data =
             crate::train::TrainData { counts: &p.data.counts, batch: &p.batch, prior_mu: &pm, prior_sig: &ps, n_batches: p.n_batches() };
-        let repr = crate::train::represent(&be, &model, &data, 1024);
+        let repr = crate::train::represent(&be, &model, &data, crate::method::REPRESENT_BATCH);
         models.push((model, repr));
     }
     let (tgt_model, tgt_repr) = models.pop().unwrap();

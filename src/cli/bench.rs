@@ -111,7 +111,7 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let decoder = json!({
         "context_batch": heads(128, ctx.data.n_genes()),
         "target_batch": heads(128, tgt.data.n_genes()),
-        "candidate_chunk": heads(crate::resources::CANDIDATE_CHUNK as usize, tgt.data.n_genes()),
+        "candidate_chunk": heads(crate::method::CANDIDATE_CHUNK, tgt.data.n_genes()),
     });
     say(&format!("GEMM peak {peak:.0} GFLOP/s"));
 

@@ -857,7 +857,7 @@ fn run_pipeline_on<B: crate::engine::Backend>(be: &B, inputs: &Inputs, out_dir: 
         let c = &pair.context;
         let data =
             crate::train::TrainData { counts: &c.data.counts, batch: &c.batch, prior_mu: &pm, prior_sig: &ps, n_batches: c.n_batches() };
-        let repr = crate::train::represent(be, &m, &data, 1024);
+        let repr = crate::train::represent(be, &m, &data, crate::method::REPRESENT_BATCH);
         (m, repr)
     };
     if stages == Stages::Pretrain {

@@ -40,14 +40,15 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// The reference's defaults (spec §2.2).
     pub fn scspecies(n_genes: usize, n_batches: usize, homologous: Vec<usize>, lib_mu_add: f64) -> Self {
+        use crate::method::{HIDDEN_DIM, INTER_DIM, LATENT_DIM};
         ModelConfig {
             n_genes,
             n_batches,
-            outer_dims: vec![300],
-            inner_dims: vec![200],
-            latent: 10,
-            library_dims: vec![200],
-            decoder_dims: vec![200, 300],
+            outer_dims: vec![INTER_DIM],
+            inner_dims: vec![HIDDEN_DIM],
+            latent: LATENT_DIM,
+            library_dims: vec![HIDDEN_DIM],
+            decoder_dims: vec![HIDDEN_DIM, INTER_DIM],
             distribution: Distribution::Zinb,
             dropout: 0.1,
             lib_mu_add,
