@@ -206,3 +206,44 @@ fn divergence_stops_or_rolls_back() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("gave up after 2 of 2 rollbacks"), "{err}");
 }
+
+/// A checkpoint of the f64 backend (the gradient checks' precision) keeps values that f32 cannot hold:
+/// those tensors are written as F64 and read back exactly; f32-exact ones as F32.
+#[test]
+fn checkpoints_keep_f64_values_exactly() {
+    use rand::SeedableRng;
+    use scspecies::engine::{Backend, Cpu};
+    use scspecies::model::{Model, ModelConfig};
+    use scspecies::train::checkpoint::{self, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, State};
+    let be = Cpu::<f64>::new();
+    let cfg = ModelConfig::scspecies(40, 2, (0..30).collect(), 7.0);
+    let mut a = Model::new(&be, cfg.clone(), &mut rand::rngs::ChaCha8Rng::seed_from_u64(1));
+    let n = be.len(&a.params[0].value);
+    a.params[0].value = be.upload(&(0..n).map(|i| 0.1 * i as f64).collect::<Vec<_>>()); // not exact in f32
+    let state = State {
+        format: CHECKPOINT_FORMAT.into(),
+        version: CHECKPOINT_VERSION,
+        phase: "context".into(),
+        fingerprint: serde_json::json!({}),
+        epochs_done: 3,
+        adam_step: 42,
+        lr: 1e-3,
+        rollbacks: 0,
+        history: serde_json::json!([]),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ck.safetensors");
+    checkpoint::save(&be, &a, &state, &path).unwrap();
+    let mut b = Model::new(&be, cfg, &mut rand::rngs::ChaCha8Rng::seed_from_u64(2));
+    let st = checkpoint::load(&be, &mut b, &path).unwrap();
+    assert_eq!((st.epochs_done, st.adam_step), (3, 42));
+    for (p, q) in a.params.iter().zip(&b.params) {
+        assert_eq!(be.download(&p.value), be.download(&q.value), "{}", p.name);
+        assert_eq!(be.download(&p.m), be.download(&q.m), "{}", p.name);
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor(&format!("value.{}", a.params[0].name)).unwrap().dtype(), safetensors::Dtype::F64);
+    // Fresh Adam moments are zeros: exact in f32.
+    assert_eq!(st.tensor(&format!("adam_m.{}", a.params[1].name)).unwrap().dtype(), safetensors::Dtype::F32);
+}

@@ -69,83 +69,63 @@ fn exact_in_f32(v: &[f64]) -> bool {
     v.iter().all(|&x| (x as f32) as f64 == x || x.is_nan())
 }
 
-/// Write the model's parameters, Adam moments and `state` to `path` atomically, in the safetensors
-/// layout, streaming each tensor from the backend (no second copy of the whole model in memory).
-pub fn save<B: Backend>(be: &B, model: &Model<B>, state: &State, path: &Path) -> Result<()> {
-    enum Host {
-        F32(Vec<f32>),
-        F64(Vec<f64>),
+/// One checkpoint tensor, downloaded from the backend only when the safetensors writer asks for its
+/// bytes: one tensor on the host at a time, never a second copy of the whole model.
+struct Lazy<'a, B: Backend> {
+    be: &'a B,
+    buf: &'a B::Buf,
+    shape: [usize; 1],
+    /// Stored as F64 because some value is not exact in f32 (the f64 backend of the gradient checks).
+    f64: bool,
+}
+
+impl<B: Backend> safetensors::View for Lazy<'_, B> {
+    fn dtype(&self) -> safetensors::Dtype {
+        if self.f64 { safetensors::Dtype::F64 } else { safetensors::Dtype::F32 }
     }
-    let host = |buf: &B::Buf| -> Host {
-        match be.download_f32(buf) {
-            Some(v) => Host::F32(v),
-            None => {
-                let v = be.download(buf);
-                if exact_in_f32(&v) { Host::F32(v.iter().map(|&x| x as f32).collect()) } else { Host::F64(v) }
-            }
-        }
-    };
-    // The header needs every tensor's dtype and size first: element width per tensor, decided by a
-    // first pass that keeps nothing but the width.
-    let mut entries: Vec<(String, &B::Buf)> = Vec::with_capacity(3 * model.params.len());
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let bytes: Vec<u8> = match (self.f64, self.be.download_f32(self.buf)) {
+            (false, Some(v)) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            (false, None) => self.be.download(self.buf).iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
+            (true, _) => self.be.download(self.buf).iter().flat_map(|x| x.to_le_bytes()).collect(),
+        };
+        std::borrow::Cow::Owned(bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.shape[0] * if self.f64 { 8 } else { 4 }
+    }
+}
+
+/// Write the model's parameters, Adam moments and `state` to `path` atomically, in the safetensors
+/// layout (written by the `safetensors` crate, as the model files), streaming each tensor from the
+/// backend.
+pub fn save<B: Backend>(be: &B, model: &Model<B>, state: &State, path: &Path) -> Result<()> {
+    let exact_f32 = |buf: &B::Buf| be.download_f32(buf).is_some() || exact_in_f32(&be.download(buf));
+    let mut tensors: Vec<(String, Lazy<'_, B>)> = Vec::with_capacity(3 * model.params.len());
     for p in &model.params {
         for (kind, buf) in [("value", &p.value), ("adam_m", &p.m), ("adam_v", &p.v)] {
-            entries.push((format!("{kind}.{}", p.name), buf));
+            tensors.push((format!("{kind}.{}", p.name), Lazy { be, buf, shape: [be.len(buf)], f64: !exact_f32(buf) }));
         }
     }
-    let exact_f32 = |buf: &B::Buf| be.download_f32(buf).is_some() || exact_in_f32(&be.download(buf));
-    let widths: Vec<usize> = entries.iter().map(|(_, b)| if exact_f32(b) { 4 } else { 8 }).collect();
-    let mut header = serde_json::Map::new();
     let json = serde_json::to_string(state).map_err(|e| Error::write(path, std::io::Error::other(e)))?;
-    header.insert("__metadata__".into(), serde_json::json!({ STATE_KEY: json }));
-    let mut off = 0usize;
-    for ((name, buf), &w) in entries.iter().zip(&widths) {
-        let n = be.len(buf);
-        header.insert(
-            name.clone(),
-            serde_json::json!({ "dtype": if w == 4 { "F32" } else { "F64" }, "shape": [n], "data_offsets": [off, off + n * w] }),
-        );
-        off += n * w;
-    }
-    let mut head = serde_json::to_string(&header).map_err(|e| Error::write(path, std::io::Error::other(e)))?;
-    while head.len() % 8 != 0 {
-        head.push(' ');
-    }
+    let meta = std::collections::HashMap::from([(STATE_KEY.to_string(), json)]);
     if let Some(dir) = path.parent() {
         crate::out::create_out_dir(dir)?;
     }
-    crate::out::write_atomic(path, |w| {
-        w.write_all(&(head.len() as u64).to_le_bytes())?;
-        w.write_all(head.as_bytes())?;
-        let mut bytes = Vec::with_capacity(1 << 16);
-        for ((_, buf), &width) in entries.iter().zip(&widths) {
-            match (host(buf), width) {
-                (Host::F32(v), 4) => {
-                    for c in v.chunks(1 << 14) {
-                        bytes.clear();
-                        bytes.extend(c.iter().flat_map(|x| x.to_le_bytes()));
-                        w.write_all(&bytes)?;
-                    }
-                }
-                (Host::F64(v), 8) => {
-                    for c in v.chunks(1 << 13) {
-                        bytes.clear();
-                        bytes.extend(c.iter().flat_map(|x| x.to_le_bytes()));
-                        w.write_all(&bytes)?;
-                    }
-                }
-                (Host::F32(v), _) => {
-                    for c in v.chunks(1 << 13) {
-                        bytes.clear();
-                        bytes.extend(c.iter().flat_map(|&x| (x as f64).to_le_bytes()));
-                        w.write_all(&bytes)?;
-                    }
-                }
-                (Host::F64(_), _) => unreachable!("a tensor found exact in f32 is stored as F32"),
-            }
-        }
-        Ok(())
-    })
+    // Atomic: written beside `path` and renamed onto it once complete.
+    let tmp = crate::out::temp_path(path);
+    let res = safetensors::serialize_to_file(tensors, Some(meta), &tmp)
+        .map_err(std::io::Error::other)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::write(path, e));
+    }
+    Ok(())
 }
 
 /// Read only the JSON state of a checkpoint.
