@@ -4,7 +4,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use scspecies::engine::Cpu;
 use scspecies::model::{Model, ModelConfig, Noise};
-use scspecies::pipeline::{context_data, demo_like_inputs, prepare};
+use scspecies::pipeline::{demo_like_inputs, prepare};
 use scspecies::preprocess::PreprocessConfig;
 use scspecies::train::{TrainData, stream};
 use std::hint::black_box;
@@ -19,8 +19,7 @@ fn train_step(c: &mut Criterion) {
     hom.sort_unstable();
     let cfg = ModelConfig::scspecies(ctx.data.n_genes(), ctx.n_batches(), hom, ctx.lib_mu_add);
     let mut model = Model::new(&be, cfg, &mut stream(1, 0, 0, 0));
-    let (pm, ps) = context_data(ctx);
-    let data = TrainData { counts: &ctx.data.counts, batch: &ctx.batch, prior_mu: &pm, prior_sig: &ps, n_batches: ctx.n_batches() };
+    let data = TrainData::of(ctx);
     let rows: Vec<usize> = (0..128).map(|i| i * 13 % ctx.n_cells()).collect();
     let batch = data.batch(&be, &rows);
     let noise = Noise::sample(&be, &model, 128, true, &mut stream(1, 2, 0, 0));
@@ -56,8 +55,7 @@ fn target_candidates(c: &mut Criterion) {
     hom.sort_unstable();
     let ccfg = ModelConfig::scspecies(ctx.data.n_genes(), ctx.n_batches(), hom, ctx.lib_mu_add);
     let cmodel = Model::new(&be, ccfg, &mut stream(1, 0, 0, 0));
-    let (pm, ps) = context_data(ctx);
-    let cdata = TrainData { counts: &ctx.data.counts, batch: &ctx.batch, prior_mu: &pm, prior_sig: &ps, n_batches: ctx.n_batches() };
+    let cdata = TrainData::of(ctx);
     let repr = scspecies::train::represent(&be, &cmodel, &cdata, 1024);
     let mut hom_t = pair.homology.target.clone();
     hom_t.sort_unstable();

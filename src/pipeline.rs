@@ -169,11 +169,6 @@ pub struct ContextRun<B: crate::engine::Backend> {
     pub train_seconds: f64,
 }
 
-/// The context's training data view (counts, batches, library prior as the reference's f32 obs columns).
-pub fn context_data(p: &Prepared) -> (Vec<f64>, Vec<f64>) {
-    (p.library_log_mean.iter().map(|&x| x as f64).collect(), p.library_log_std.iter().map(|&x| x as f64).collect())
-}
-
 /// Pre-train the context model (spec §6.2) and extract its representations.
 pub fn pretrain<B: crate::engine::Backend>(
     be: &B,
@@ -218,9 +213,7 @@ pub fn pretrain_guarded<B: crate::engine::Backend>(
     let cfg = ModelConfig::scspecies(ctx.data.n_genes(), ctx.n_batches(), hom, ctx.lib_mu_add);
     let mut rng = crate::train::stream(tcfg.seed, 0, 0, 0);
     let mut model = Model::new(be, cfg.clone(), &mut rng);
-    let (pm, ps) = context_data(ctx);
-    let data =
-        crate::train::TrainData { counts: &ctx.data.counts, batch: &ctx.batch, prior_mu: &pm, prior_sig: &ps, n_batches: ctx.n_batches() };
+    let data = crate::train::TrainData::of(ctx);
     let mut guard = guard.clone();
     if let Some(c) = guard.checkpoint.as_mut() {
         c.fingerprint = fingerprint("context", tcfg, &cfg, ctx);
@@ -360,9 +353,7 @@ pub fn align_and_transfer<B: crate::engine::Backend>(
     cfg.inner_dims = ctx_model.cfg.inner_dims.clone();
     cfg.outer_dims = ctx_model.cfg.outer_dims.clone();
     cfg.latent = ctx_model.cfg.latent;
-    let (pm, ps) = context_data(tgt);
-    let data =
-        crate::train::TrainData { counts: &tgt.data.counts, batch: &tgt.batch, prior_mu: &pm, prior_sig: &ps, n_batches: tgt.n_batches() };
+    let data = crate::train::TrainData::of(tgt);
     let hom_counts = crate::transfer::HomologousCounts::of(pair);
     let n_members = trained_targets.as_ref().map_or(acfg.members, |t| t.len());
     let mut trained_targets = trained_targets.map(|v| v.into_iter());

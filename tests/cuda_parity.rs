@@ -467,7 +467,7 @@ fn candidate_choice_and_transfer_similarities() {
 
     let batch: Vec<u32> = (0..nt as u32).map(|i| i % s as u32).collect();
     let (pm, ps) = (vec![7.0; nt], vec![0.5; nt]);
-    let data = scspecies::train::TrainData { counts: &counts_t, batch: &batch, prior_mu: &pm, prior_sig: &ps, n_batches: s };
+    let data = scspecies::train::TrainData::new(&counts_t, &batch, &pm, &ps, s);
     let (rc, rg) = (scspecies::train::represent(&c, &mc, &data, 16), scspecies::train::represent(g, &mg, &data, 16));
     let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
     close("eval-mode z_mu", &f(&rc.z_mu), &f(&rg.z_mu), 1e-4, 1e-5);

@@ -108,9 +108,7 @@ pub fn load(a: &AnalysisArgs, command: &str) -> Result<Loaded> {
                 ),
             ));
         }
-        let (pm, ps) = crate::pipeline::context_data(p);
-        let data =
-            crate::train::TrainData { counts: &p.data.counts, batch: &p.batch, prior_mu: &pm, prior_sig: &ps, n_batches: p.n_batches() };
+        let data = crate::train::TrainData::of(p);
         let repr = crate::train::represent(&be, &model, &data, crate::method::REPRESENT_BATCH);
         models.push((model, repr));
     }
@@ -327,11 +325,6 @@ pub struct SimilarityArgs {
     pub context_per_cell: usize,
 }
 
-/// The target model's training view of the target data.
-fn target_view(l: &Loaded) -> (Vec<f64>, Vec<f64>) {
-    crate::pipeline::context_data(&l.pair.target)
-}
-
 /// `scspecies similarity`: the cell-type similarity matrix as TSV and heatmap.
 pub fn similarity(a: &SimilarityArgs) -> Result<()> {
     if a.max_target_cells == 0 || a.context_per_cell == 0 {
@@ -339,9 +332,7 @@ pub fn similarity(a: &SimilarityArgs) -> Result<()> {
     }
     let l = load(&a.common, "similarity")?;
     let tgt = &l.pair.target;
-    let (pm, ps) = target_view(&l);
-    let data =
-        crate::train::TrainData { counts: &tgt.data.counts, batch: &tgt.batch, prior_mu: &pm, prior_sig: &ps, n_batches: tgt.n_batches() };
+    let data = crate::train::TrainData::of(tgt);
     let (tl, ttypes) = codes(&l.tgt_labels);
     let (cl, ctypes) = codes(&l.ctx_labels);
     let cfg = analysis::similarity::SimilarityConfig {

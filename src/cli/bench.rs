@@ -282,9 +282,7 @@ fn ranking_agreement<B: Backend>(
     let before = precision::ranking_precision();
     let (ctx, tgt) = (&pair.context, &pair.target);
     let (ctx_labels, names) = crate::pipeline::context_label_codes(ctx)?;
-    let (pm, ps) = crate::pipeline::context_data(tgt);
-    let data =
-        crate::train::TrainData { counts: &tgt.data.counts, batch: &tgt.batch, prior_mu: &pm, prior_sig: &ps, n_batches: tgt.n_batches() };
+    let data = crate::train::TrainData::of(tgt);
     let hom = crate::transfer::HomologousCounts::of(pair);
     let repr = arun.repr();
     let queries: Vec<crate::align::candidates::Query> = (0..tgt.n_cells())

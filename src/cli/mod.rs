@@ -853,10 +853,7 @@ fn run_pipeline_on<B: crate::engine::Backend>(be: &B, inputs: &Inputs, out_dir: 
     } else {
         let (m, meta) = crate::model::io::load(be, &ctx_stem)?;
         check_model_genes(&meta, &pair.context, &ctx_stem)?;
-        let (pm, ps) = crate::pipeline::context_data(&pair.context);
-        let c = &pair.context;
-        let data =
-            crate::train::TrainData { counts: &c.data.counts, batch: &c.batch, prior_mu: &pm, prior_sig: &ps, n_batches: c.n_batches() };
+        let data = crate::train::TrainData::of(&pair.context);
         let repr = crate::train::represent(be, &m, &data, crate::method::REPRESENT_BATCH);
         (m, repr)
     };

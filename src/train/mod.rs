@@ -80,9 +80,30 @@ impl TrainConfig {
 pub struct TrainData<'a> {
     pub counts: &'a Csr,
     pub batch: &'a [u32],
-    pub prior_mu: &'a [f64],
-    pub prior_sig: &'a [f64],
+    /// The library prior per cell: log-mean and log-std of its batch's library sizes.
+    pub prior_mu: std::borrow::Cow<'a, [f64]>,
+    pub prior_sig: std::borrow::Cow<'a, [f64]>,
     pub n_batches: usize,
+}
+
+impl<'a> TrainData<'a> {
+    /// The training view of one species' prepared data: its counts, batches and library prior (the
+    /// reference's f32 obs columns, widened).
+    pub fn of(p: &'a crate::preprocess::Prepared) -> Self {
+        let widen = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        TrainData {
+            counts: &p.data.counts,
+            batch: &p.batch,
+            prior_mu: widen(&p.library_log_mean).into(),
+            prior_sig: widen(&p.library_log_std).into(),
+            n_batches: p.n_batches(),
+        }
+    }
+
+    /// A view of given parts (tests, simulated inputs).
+    pub fn new(counts: &'a Csr, batch: &'a [u32], prior_mu: &'a [f64], prior_sig: &'a [f64], n_batches: usize) -> Self {
+        TrainData { counts, batch, prior_mu: prior_mu.into(), prior_sig: prior_sig.into(), n_batches }
+    }
 }
 
 impl TrainData<'_> {
