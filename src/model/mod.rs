@@ -241,8 +241,6 @@ impl<B: Backend> Noise<B> {
     /// the frozen, shared inner encoder in eval mode (all-ones masks) by default.
     pub fn sample_modes(be: &B, model: &Model<B>, rows: usize, train: bool, inner_train: bool, rng: &mut impl Rng) -> Self {
         let masks = train.then(|| {
-            let keep = 1.0 - model.cfg.dropout;
-            let scale = 1.0 / keep;
             let n_outer = model.outer.len();
             let n_inner = model.inner.len();
             model
@@ -250,12 +248,11 @@ impl<B: Backend> Noise<B> {
                 .enumerate()
                 .map(|(i, b)| {
                     let is_inner = i >= n_outer && i < n_outer + n_inner;
-                    let m: Vec<f64> = if is_inner && !inner_train {
-                        vec![1.0; rows * b.lin.n]
+                    if is_inner && !inner_train {
+                        be.upload(&vec![1.0; rows * b.lin.n])
                     } else {
-                        (0..rows * b.lin.n).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect()
-                    };
-                    be.upload(&m)
+                        dropout_mask(be, rows * b.lin.n, model.cfg.dropout, rng)
+                    }
                 })
                 .collect()
         });
@@ -269,6 +266,14 @@ impl<B: Backend> Noise<B> {
     pub fn eval_means(be: &B, model: &Model<B>, rows: usize) -> Self {
         Noise { masks: None, eps_z: be.zeros(rows * model.cfg.latent), eps_l: be.zeros(rows) }
     }
+}
+
+/// An inverted-dropout mask of `n` values: each kept with probability 1 − `dropout` (one uniform draw
+/// per value, in order) and scaled by 1/(1 − dropout), else 0.
+fn dropout_mask<B: Backend>(be: &B, n: usize, dropout: f64, rng: &mut impl Rng) -> B::Buf {
+    let keep = 1.0 - dropout;
+    let scale = 1.0 / keep;
+    be.upload(&(0..n).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect::<Vec<f64>>())
 }
 
 /// What a block keeps from its forward pass for the backward pass.
@@ -486,6 +491,13 @@ impl<B: Backend> Model<B> {
     }
 
     /// One block forward on a dense input [rows×K] (or the sparse minibatch when `sparse` is given).
+    /// A head (a linear layer without normalisation or activation): y[rows×n] = x·W + b.
+    fn head(&self, be: &B, lin: &Linear, x: &B::Buf, rows: usize) -> B::Buf {
+        let mut y = be.zeros(rows * lin.n);
+        be.linear_fwd(x, self.val(lin.w), self.val(lin.b), &mut y, rows, lin.k, lin.n);
+        y
+    }
+
     fn block_fwd(
         &self,
         be: &B,
@@ -619,11 +631,7 @@ impl<B: Backend> Model<B> {
         let outer = self.stack_fwd(be, &self.outer, None, Some(&batch.sparse), rows, mo);
         let inner = self.stack_fwd(be, &self.inner, Some(&outer.last().unwrap().out), None, rows, mi);
         let hi = &inner.last().unwrap().out;
-        let lin = |lin: &Linear, x: &B::Buf| {
-            let mut y = be.zeros(rows * lin.n);
-            be.linear_fwd(x, self.val(lin.w), self.val(lin.b), &mut y, rows, lin.k, lin.n);
-            y
-        };
+        let lin = |lin: &Linear, x: &B::Buf| self.head(be, lin, x, rows);
         let z_mu = lin(&self.z_mu, hi);
         let z_ls = lin(&self.z_ls, hi);
         let mut z = be.zeros(rows * l);
@@ -692,11 +700,7 @@ impl<B: Backend> Model<B> {
         let outer = self.stack_fwd(be, &self.outer, None, Some(&batch.sparse), rows, None);
         let inner = self.stack_fwd(be, &self.inner, Some(&outer.last().unwrap().out), None, rows, None);
         let hi = &inner.last().unwrap().out;
-        let lin = |lin: &Linear, x: &B::Buf| {
-            let mut y = be.zeros(rows * lin.n);
-            be.linear_fwd(x, self.val(lin.w), self.val(lin.b), &mut y, rows, lin.k, lin.n);
-            y
-        };
+        let lin = |lin: &Linear, x: &B::Buf| self.head(be, lin, x, rows);
         let (z_mu, z_ls) = (lin(&self.z_mu, hi), lin(&self.z_ls, hi));
         let library = self.stack_fwd(be, &self.library, None, Some(&batch.sparse), rows, None);
         let hl = &library.last().unwrap().out;
@@ -721,11 +725,7 @@ impl<B: Backend> Model<B> {
         be.set_cols(&be.upload(&onehot), l + s, l, s, &mut dec_in);
         let decoder = self.stack_fwd(be, &self.decoder, Some(&dec_in), None, rows, masks);
         let hd = &decoder.last().unwrap().out;
-        let lin = |lin: &Linear| {
-            let mut y = be.zeros(rows * lin.n);
-            be.linear_fwd(hd, self.val(lin.w), self.val(lin.b), &mut y, rows, lin.k, lin.n);
-            y
-        };
+        let lin = |lin: &Linear| self.head(be, lin, hd, rows);
         let r = lin(&self.rho);
         let mut rho = be.zeros(rows * n);
         be.split_softmax_fwd(&r, &self.group, self.group_weight, &mut rho, n);
@@ -777,13 +777,7 @@ impl<B: Backend> Model<B> {
 
     /// Fresh dropout masks for the decoder blocks only, `rows` rows.
     pub fn decoder_masks(&self, be: &B, rows: usize, rng: &mut impl Rng) -> Vec<B::Buf> {
-        let keep = 1.0 - self.cfg.dropout;
-        self.decoder
-            .iter()
-            .map(|b| {
-                be.upload(&(0..rows * b.lin.n).map(|_| if rng.random::<f64>() < keep { 1.0 / keep } else { 0.0 }).collect::<Vec<f64>>())
-            })
-            .collect()
+        self.decoder.iter().map(|b| dropout_mask(be, rows * b.lin.n, self.cfg.dropout, rng)).collect()
     }
 
     /// Copy every parameter whose name starts with `prefix` from `other` (same shapes), e.g. the shared
