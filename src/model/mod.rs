@@ -10,108 +10,24 @@
 //!
 //! Weights are stored input-major (PyTorch's `weight` transposed) so the sparse input layer reads and
 //! writes whole rows; files use PyTorch's layout and names.
+//!
+//! Here: the parameters, the forward and backward passes side by side, the losses and Adam. Beside:
+//! `config` (architecture), `batch` (minibatches and each step's noise), `transplant` (parameters moved
+//! between models), `io` (model files).
 
+mod batch;
+mod config;
 pub mod io;
+mod transplant;
+
+pub use batch::{Batch, Noise};
+pub use config::ModelConfig;
 
 use crate::engine::likelihood::Distribution;
 use crate::engine::{Backend, ops::AdamConfig};
 use rand::{Rng, RngExt};
 use rand_distr::{Distribution as _, StandardNormal};
-use serde::{Deserialize, Serialize};
-
-/// Architecture and constants of one species' model.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ModelConfig {
-    pub n_genes: usize,
-    pub n_batches: usize,
-    pub outer_dims: Vec<usize>,
-    pub inner_dims: Vec<usize>,
-    pub latent: usize,
-    pub library_dims: Vec<usize>,
-    pub decoder_dims: Vec<usize>,
-    pub distribution: Distribution,
-    pub dropout: f64,
-    /// Constant added to the library mean head: round(mean log library prior, 5).
-    pub lib_mu_add: f64,
-    /// Gene indices of the homologous group of the split softmax.
-    pub homologous: Vec<usize>,
-}
-
-impl ModelConfig {
-    /// The reference's defaults (spec §2.2).
-    pub fn scspecies(n_genes: usize, n_batches: usize, homologous: Vec<usize>, lib_mu_add: f64) -> Self {
-        use crate::method::{HIDDEN_DIM, INTER_DIM, LATENT_DIM};
-        ModelConfig {
-            n_genes,
-            n_batches,
-            outer_dims: vec![INTER_DIM],
-            inner_dims: vec![HIDDEN_DIM],
-            latent: LATENT_DIM,
-            library_dims: vec![HIDDEN_DIM],
-            decoder_dims: vec![HIDDEN_DIM, INTER_DIM],
-            distribution: Distribution::Zinb,
-            dropout: 0.1,
-            lib_mu_add,
-            homologous,
-        }
-    }
-    pub fn inter_dim(&self) -> usize {
-        *self.outer_dims.last().unwrap()
-    }
-
-    /// Checks a configuration read from a file before anything is built from it.
-    pub fn validate(&self) -> std::result::Result<(), String> {
-        for (what, dims) in [
-            ("outer_dims", &self.outer_dims),
-            ("inner_dims", &self.inner_dims),
-            ("library_dims", &self.library_dims),
-            ("decoder_dims", &self.decoder_dims),
-        ] {
-            if dims.is_empty() || dims.contains(&0) {
-                return Err(format!("{what} {dims:?} must list at least one layer width, all positive"));
-            }
-        }
-        if self.n_genes == 0 || self.n_batches == 0 || self.latent == 0 {
-            return Err(format!("n_genes {}, n_batches {} and latent {} must be positive", self.n_genes, self.n_batches, self.latent));
-        }
-        if let Some(&g) = self.homologous.iter().find(|&&g| g >= self.n_genes) {
-            return Err(format!("homologous gene index {g} is outside the {} genes", self.n_genes));
-        }
-        if !(0.0..1.0).contains(&self.dropout) || !self.lib_mu_add.is_finite() {
-            return Err(format!("dropout {} must be in [0, 1) and lib_mu_add {} finite", self.dropout, self.lib_mu_add));
-        }
-        Ok(())
-    }
-
-    /// The number of parameters the model has (saturating, for plausibility checks on untrusted configs).
-    pub fn n_params(&self) -> u64 {
-        let (n, s, l) = (self.n_genes as u64, self.n_batches as u64, self.latent as u64);
-        let lin = |k: u64, m: u64| k.saturating_mul(m).saturating_add(m);
-        let blocks = |first: u64, dims: &[usize]| -> u64 {
-            let mut prev = first;
-            let mut t = 0u64;
-            for &d in dims {
-                t = t.saturating_add(lin(prev, d as u64)).saturating_add(2 * d as u64);
-                prev = d as u64;
-            }
-            t
-        };
-        let last = |d: &[usize]| *d.last().unwrap_or(&0) as u64;
-        let heads = if self.distribution == Distribution::Zinb { 2 } else { 1 };
-        [
-            blocks(n + s, &self.outer_dims),
-            blocks(last(&self.outer_dims), &self.inner_dims),
-            2u64.saturating_mul(lin(last(&self.inner_dims), l)),
-            blocks(n + s, &self.library_dims),
-            2u64.saturating_mul(lin(last(&self.library_dims), 1)),
-            s.saturating_mul(n),
-            blocks(l + s, &self.decoder_dims),
-            (heads as u64).saturating_mul(lin(last(&self.decoder_dims), n)),
-        ]
-        .iter()
-        .fold(0u64, |a, &b| a.saturating_add(b))
-    }
-}
+use serde::Serialize;
 
 /// A linear layer: indices of its weight [K×N] and bias [N] in the parameter list.
 #[derive(Debug, Clone, Copy)]
@@ -162,118 +78,6 @@ pub struct Model<B: Backend> {
     pub group_weight: [f64; 2],
     /// Adam step counter.
     pub step: u64,
-}
-
-/// A minibatch on the device.
-pub struct Batch<B: Backend> {
-    pub rows: usize,
-    /// Raw counts plus one-hot batch columns (N+S), for the input layers.
-    pub sparse: B::Sparse,
-    /// Dense counts [rows×N] for the likelihood.
-    pub x: B::Buf,
-    /// One-hot batch [rows×S].
-    pub onehot: B::Buf,
-    pub batch: Vec<u32>,
-    /// Library prior mean and std per cell.
-    pub prior_mu: B::Buf,
-    pub prior_sig: B::Buf,
-}
-
-impl<B: Backend> Batch<B> {
-    /// Build from host data: CSR rows of counts (indptr, genes, values), batch index per cell, priors.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        be: &B,
-        n_genes: usize,
-        n_batches: usize,
-        indptr: &[usize],
-        genes: &[u32],
-        values: &[f32],
-        batch: Vec<u32>,
-        prior_mu: &[f64],
-        prior_sig: &[f64],
-    ) -> Self {
-        let rows = batch.len();
-        let mut ip = Vec::with_capacity(rows + 1);
-        let mut idx = Vec::with_capacity(genes.len() + rows);
-        let mut val = Vec::with_capacity(genes.len() + rows);
-        let mut dense = vec![0f32; rows * n_genes];
-        let mut onehot = vec![0f32; rows * n_batches];
-        ip.push(0);
-        for r in 0..rows {
-            for p in indptr[r]..indptr[r + 1] {
-                idx.push(genes[p]);
-                val.push(values[p]);
-                dense[r * n_genes + genes[p] as usize] = values[p];
-            }
-            idx.push((n_genes + batch[r] as usize) as u32);
-            val.push(1.0);
-            onehot[r * n_batches + batch[r] as usize] = 1.0;
-            ip.push(idx.len());
-        }
-        Batch {
-            rows,
-            sparse: be.upload_sparse(rows, n_genes + n_batches, ip, idx, val),
-            x: be.upload_f32(&dense),
-            onehot: be.upload_f32(&onehot),
-            batch,
-            prior_mu: be.upload(prior_mu),
-            prior_sig: be.upload(prior_sig),
-        }
-    }
-}
-
-/// The randomness of one step: dropout masks (None in eval mode) and the reparameterisation noise.
-pub struct Noise<B: Backend> {
-    /// One mask per block in the order outer, inner, library, decoder; values 0 or 1/(1−p).
-    pub masks: Option<Vec<B::Buf>>,
-    pub eps_z: B::Buf,
-    pub eps_l: B::Buf,
-}
-
-impl<B: Backend> Noise<B> {
-    /// Draw masks (train mode) and noise from `rng` in a fixed order.
-    pub fn sample(be: &B, model: &Model<B>, rows: usize, train: bool, rng: &mut impl Rng) -> Self {
-        Self::sample_modes(be, model, rows, train, train, rng)
-    }
-
-    /// Like [`Noise::sample`], with the inner encoder's mode chosen separately: target fine-tuning runs
-    /// the frozen, shared inner encoder in eval mode (all-ones masks) by default.
-    pub fn sample_modes(be: &B, model: &Model<B>, rows: usize, train: bool, inner_train: bool, rng: &mut impl Rng) -> Self {
-        let masks = train.then(|| {
-            let n_outer = model.outer.len();
-            let n_inner = model.inner.len();
-            model
-                .blocks_in_order()
-                .enumerate()
-                .map(|(i, b)| {
-                    let is_inner = i >= n_outer && i < n_outer + n_inner;
-                    if is_inner && !inner_train {
-                        be.upload(&vec![1.0; rows * b.lin.n])
-                    } else {
-                        dropout_mask(be, rows * b.lin.n, model.cfg.dropout, rng)
-                    }
-                })
-                .collect()
-        });
-        let mut normal = |n: usize| -> Vec<f64> { (0..n).map(|_| StandardNormal.sample(rng)).collect() };
-        let eps_z = be.upload(&normal(rows * model.cfg.latent));
-        let eps_l = be.upload(&normal(rows));
-        Noise { masks, eps_z, eps_l }
-    }
-
-    /// Eval mode with zero noise: the posterior means (used for representations).
-    pub fn eval_means(be: &B, model: &Model<B>, rows: usize) -> Self {
-        Noise { masks: None, eps_z: be.zeros(rows * model.cfg.latent), eps_l: be.zeros(rows) }
-    }
-}
-
-/// An inverted-dropout mask of `n` values: each kept with probability 1 − `dropout` (one uniform draw
-/// per value, in order) and scaled by 1/(1 − dropout), else 0.
-fn dropout_mask<B: Backend>(be: &B, n: usize, dropout: f64, rng: &mut impl Rng) -> B::Buf {
-    let keep = 1.0 - dropout;
-    let scale = 1.0 / keep;
-    be.upload(&(0..n).map(|_| if rng.random::<f64>() < keep { scale } else { 0.0 }).collect::<Vec<f64>>())
 }
 
 /// What a block keeps from its forward pass for the backward pass.
@@ -777,84 +581,7 @@ impl<B: Backend> Model<B> {
 
     /// Fresh dropout masks for the decoder blocks only, `rows` rows.
     pub fn decoder_masks(&self, be: &B, rows: usize, rng: &mut impl Rng) -> Vec<B::Buf> {
-        self.decoder.iter().map(|b| dropout_mask(be, rows * b.lin.n, self.cfg.dropout, rng)).collect()
-    }
-
-    /// Copy every parameter whose name starts with `prefix` from `other` (same shapes), e.g. the shared
-    /// inner encoder from the context model into the target model.
-    pub fn copy_params_from(&mut self, be: &B, other: &Model<B>, prefix: &str) -> usize {
-        let mut n = 0;
-        for i in 0..self.params.len() {
-            if self.params[i].name.starts_with(prefix) {
-                let j = other.param_index(&self.params[i].name).expect("same architecture");
-                self.params[i].value = be.copy(&other.params[j].value);
-                n += 1;
-            }
-        }
-        n
-    }
-
-    /// Start this (target) decoder from the context decoder, so that from the first alignment step the
-    /// candidates' context latents decode to the context's profiles on the homologous genes:
-    /// - hidden blocks copied; the target batch columns of the first layer get the mean of the context
-    ///   batch columns (the average context batch);
-    /// - `rho_pre` / `pi_nlogit` rows and biases and the mean `log_alpha` over context batches copied
-    ///   gene by gene along `pairs` (context gene, target gene);
-    /// - the other target genes keep their bias but get zero weights, so their (separately normalised)
-    ///   profile does not depend on z and cannot bias the first candidate choices.
-    ///
-    /// Returns the number of genes copied. Shapes other than the gene and batch axes must match.
-    pub fn init_decoder_from(&mut self, be: &B, ctx: &Model<B>, pairs: &[(usize, usize)]) -> usize {
-        assert_eq!(self.cfg.latent, ctx.cfg.latent, "latent dimensions differ");
-        assert_eq!(self.cfg.decoder_dims, ctx.cfg.decoder_dims, "decoder dimensions differ");
-        let (l, s_t, s_c) = (self.cfg.latent, self.cfg.n_batches, ctx.cfg.n_batches);
-        let (n_t, n_c) = (self.cfg.n_genes, ctx.cfg.n_genes);
-        for (i, b) in self.decoder.clone().iter().enumerate() {
-            let cb = ctx.decoder[i];
-            for (a, c) in [(b.lin.b, cb.lin.b), (b.gamma, cb.gamma), (b.beta, cb.beta)] {
-                let v = ctx.get_torch(be, c);
-                self.set_torch(be, a, &v);
-            }
-            let w = ctx.get_torch(be, cb.lin.w); // torch [out × in]
-            if i == 0 {
-                let (out, k_c, k_t) = (b.lin.n, l + s_c, l + s_t);
-                let mut wt = vec![0.0; out * k_t];
-                for o in 0..out {
-                    let row = &w[o * k_c..(o + 1) * k_c];
-                    let mean_batch = row[l..].iter().sum::<f64>() / s_c as f64;
-                    wt[o * k_t..o * k_t + l].copy_from_slice(&row[..l]);
-                    wt[o * k_t + l..(o + 1) * k_t].iter_mut().for_each(|x| *x = mean_batch);
-                }
-                self.set_torch(be, b.lin.w, &wt);
-            } else {
-                self.set_torch(be, b.lin.w, &w);
-            }
-        }
-        let mut heads = vec![(self.rho, ctx.rho)];
-        if let (Some(a), Some(c)) = (self.pi, ctx.pi) {
-            heads.push((a, c));
-        }
-        for (a, c) in heads {
-            let hd = a.k;
-            let (wc, bc) = (ctx.get_torch(be, c.w), ctx.get_torch(be, c.b));
-            let (mut wt, mut bt) = (vec![0.0; n_t * hd], self.get_torch(be, a.b));
-            for &(gc, gt) in pairs {
-                wt[gt * hd..(gt + 1) * hd].copy_from_slice(&wc[gc * hd..(gc + 1) * hd]);
-                bt[gt] = bc[gc];
-            }
-            self.set_torch(be, a.w, &wt);
-            self.set_torch(be, a.b, &bt);
-        }
-        let la_c = ctx.get_torch(be, ctx.log_alpha);
-        let mut la_t = self.get_torch(be, self.log_alpha);
-        for &(gc, gt) in pairs {
-            let m = (0..s_c).map(|s| la_c[s * n_c + gc]).sum::<f64>() / s_c as f64;
-            for s in 0..s_t {
-                la_t[s * n_t + gt] = m;
-            }
-        }
-        self.set_torch(be, self.log_alpha, &la_t);
-        pairs.len()
+        self.decoder.iter().map(|b| batch::dropout_mask(be, rows * b.lin.n, self.cfg.dropout, rng)).collect()
     }
 
     /// Mean loss terms of a forward pass (and the alignment term if targets are given).
