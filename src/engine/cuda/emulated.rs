@@ -57,9 +57,12 @@ fn build(dir: &Path, cxx: &str, flags: &[&str], kernels: &[(String, String)]) ->
     if so.exists() {
         return Ok(so);
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    // Sources in a folder of this process's own, the library renamed into place when complete: two
+    // test processes may build at once.
+    let work = dir.join(format!("build-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
     let write = |name: &str, text: &str| -> Result<PathBuf, String> {
-        let p = dir.join(name);
+        let p = work.join(name);
         std::fs::write(&p, text).map_err(|e| format!("writing {}: {e}", p.display()))?;
         Ok(p)
     };
@@ -68,11 +71,10 @@ fn build(dir: &Path, cxx: &str, flags: &[&str], kernels: &[(String, String)]) ->
     for (module, text) in kernels {
         sources.push(write(&format!("{module}.cpp"), text)?);
     }
-    // Build under a unique name and rename: two test processes may build at once.
-    let tmp = dir.join(format!("libscspecies_emu.{}.so", std::process::id()));
+    let tmp = work.join("libscspecies_emu.so");
     let out = std::process::Command::new(cxx)
         .args(["-std=c++20", "-fPIC", "-shared", "-pthread", "-include"])
-        .arg(dir.join("cuda_shim.h"))
+        .arg(work.join("cuda_shim.h"))
         .args(flags)
         .args(&sources)
         .arg("-o")
@@ -83,6 +85,8 @@ fn build(dir: &Path, cxx: &str, flags: &[&str], kernels: &[(String, String)]) ->
         return Err(format!("the kernels do not compile for the emulated device ({cxx}):\n{}", String::from_utf8_lossy(&out.stderr)));
     }
     std::fs::rename(&tmp, &so).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
+    // Not needed once built: the #line directives point messages and sanitizer reports at kernels/*.cu.
+    let _ = std::fs::remove_dir_all(&work);
     Ok(so)
 }
 
