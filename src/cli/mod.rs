@@ -515,10 +515,8 @@ fn check_options(o: &RunOptions) -> Result<()> {
     if o.tf32 && o.device == Device::Cpu {
         return Err(Error::Config("--tf32 applies to the GPU only: add --device cuda (or auto)".into()));
     }
-    // The ranking precision is set once the device is known (`on_device!`); a CPU run refuses bf16 here.
-    if o.device == Device::Cpu {
-        crate::engine::precision::set_ranking(o.precision.to_engine()).map_err(Error::Config)?;
-    }
+    // The ranking precision is set (and bf16 refused on a CPU without it) once the device is known, in
+    // `on_device!`, before any work.
     match o.threads {
         Some(0) => return Err(Error::Config("--threads must be at least 1".into())),
         Some(t) => {

@@ -44,6 +44,21 @@ impl Arg {
     }
 }
 
+/// The most parameters a kernel may take (the launch packs them on the stack).
+pub(crate) const MAX_ARGS: usize = 16;
+
+/// A launch's arguments in 8-byte slots, with room for the pointers to them that cuLaunchKernel takes.
+pub(crate) fn arg_array(kernel: &str, args: &[Arg]) -> Result<([u64; MAX_ARGS], [*mut std::ffi::c_void; MAX_ARGS]), String> {
+    if args.len() > MAX_ARGS {
+        return Err(format!("kernel {kernel}: {} arguments, at most {MAX_ARGS}", args.len()));
+    }
+    let mut slots = [0u64; MAX_ARGS];
+    for (s, a) in slots.iter_mut().zip(args) {
+        *s = a.slot();
+    }
+    Ok((slots, [std::ptr::null_mut(); MAX_ARGS]))
+}
+
 /// The kernels' signatures by name, from the embedded sources.
 pub(crate) fn kernel_table() -> Result<HashMap<String, KernelSig>, String> {
     let mut t = HashMap::new();
@@ -269,9 +284,12 @@ impl Device for Gpu {
     fn launch(&self, kernel: &str, grid: u32, block: u32, args: &[Arg]) -> Result<(), String> {
         let f = self.funcs.get(kernel).ok_or_else(|| format!("kernel {kernel} is not in kernels/*.cu"))?;
         self.bind()?;
-        let mut slots: Vec<u64> = args.iter().map(Arg::slot).collect();
-        let mut params: Vec<*mut std::ffi::c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut std::ffi::c_void).collect();
-        unsafe { cudarc::driver::result::launch_kernel(f.cu_function(), (grid, 1, 1), (block, 1, 1), 0, std::ptr::null_mut(), &mut params) }
+        let (mut slots, mut params) = arg_array(kernel, args)?;
+        let params = &mut params[..args.len()];
+        for (p, s) in params.iter_mut().zip(slots.iter_mut()) {
+            *p = s as *mut u64 as *mut std::ffi::c_void;
+        }
+        unsafe { cudarc::driver::result::launch_kernel(f.cu_function(), (grid, 1, 1), (block, 1, 1), 0, std::ptr::null_mut(), params) }
             .map_err(|e| format!("launching {kernel} ({grid} blocks of {block}): {e:?}"))
     }
     fn sgemm(&self, g: &Sgemm) -> Result<(), String> {

@@ -8,7 +8,7 @@
 //! the temporary directory). `SCSPECIES_EMU_SANITIZE=thread|address` builds it with that sanitizer; its
 //! runtime must then be preloaded (`scripts/emu-sanitize.sh` does both).
 
-use super::device::{Arg, Device, Mem, Owner, Sgemm};
+use super::device::{Arg, Device, Mem, Owner, Sgemm, arg_array};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -183,8 +183,11 @@ impl Device for Emulated {
         if grid == 0 || block == 0 || block > 1024 {
             return Err(format!("launching {kernel} with {grid} blocks of {block} threads"));
         }
-        let mut slots: Vec<u64> = args.iter().map(Arg::slot).collect();
-        let mut params: Vec<*mut std::ffi::c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut std::ffi::c_void).collect();
+        let (mut slots, mut params) = arg_array(kernel, args)?;
+        let params = &mut params[..args.len()];
+        for (p, s) in params.iter_mut().zip(slots.iter_mut()) {
+            *p = s as *mut u64 as *mut std::ffi::c_void;
+        }
         let _g = self.guard();
         unsafe { (self.launch)(*f, cname.as_ptr(), grid, block, params.as_mut_ptr()) };
         Ok(())

@@ -104,31 +104,17 @@ impl From<&Mem> for Arg {
         Arg::Ptr(m.ptr())
     }
 }
-impl From<i32> for Arg {
-    fn from(v: i32) -> Arg {
-        Arg::I32(v)
-    }
+// Scalars pass as the kernel parameter of their own type.
+macro_rules! scalar_args {
+    ($($t:ty => $v:ident),*) => {$(
+        impl From<$t> for Arg {
+            fn from(v: $t) -> Arg {
+                Arg::$v(v)
+            }
+        }
+    )*};
 }
-impl From<u32> for Arg {
-    fn from(v: u32) -> Arg {
-        Arg::U32(v)
-    }
-}
-impl From<i64> for Arg {
-    fn from(v: i64) -> Arg {
-        Arg::I64(v)
-    }
-}
-impl From<f32> for Arg {
-    fn from(v: f32) -> Arg {
-        Arg::F32(v)
-    }
-}
-impl From<f64> for Arg {
-    fn from(v: f64) -> Arg {
-        Arg::F64(v)
-    }
-}
+scalar_args!(i32 => I32, u32 => U32, i64 => I64, f32 => F32, f64 => F64);
 
 /// A null pointer for optional kernel arguments.
 const NULL: Arg = Arg::Ptr(0);
@@ -168,14 +154,14 @@ impl Cuda {
     }
 
     /// Keep the first error (the later ones follow from it).
-    fn record(&self, what: &str, e: String) {
+    fn record(&self, what: impl std::fmt::Display, e: String) {
         let mut g = self.error.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
             *g = Some(format!("CUDA {what}: {e}"));
         }
     }
 
-    fn check(&self, what: &str, r: Result<(), String>) {
+    fn check(&self, what: impl std::fmt::Display, r: Result<(), String>) {
         if let Err(e) = r {
             self.record(what, e);
         }
@@ -186,7 +172,7 @@ impl Cuda {
         Mem { ptr: 0, bytes: 0, owner: Owner::None }
     }
 
-    fn alloc(&self, what: &str, bytes: usize) -> Mem {
+    fn alloc(&self, what: impl std::fmt::Display, bytes: usize) -> Mem {
         if self.failed() {
             return Self::dead();
         }
@@ -196,7 +182,7 @@ impl Cuda {
         })
     }
 
-    fn htod<T: bytemuck::Pod>(&self, what: &str, v: &[T]) -> Mem {
+    fn htod<T: bytemuck::Pod>(&self, what: impl std::fmt::Display, v: &[T]) -> Mem {
         if self.failed() {
             return Self::dead();
         }
@@ -207,7 +193,7 @@ impl Cuda {
     }
 
     /// `len` values of type T from `m` (zeros after a failure, which is reported by `device_error`).
-    fn dtoh<T: bytemuck::Pod>(&self, what: &str, m: &Mem, len: usize) -> Vec<T> {
+    fn dtoh<T: bytemuck::Pod>(&self, what: impl std::fmt::Display, m: &Mem, len: usize) -> Vec<T> {
         let mut v = vec![T::zeroed(); len];
         if len > 0 && !self.failed() {
             let r = self.dev.download(m, bytemuck::cast_slice_mut(&mut v));
@@ -216,7 +202,7 @@ impl Cuda {
         v
     }
 
-    fn memset_zero(&self, what: &str, m: &Mem) {
+    fn memset_zero(&self, what: impl std::fmt::Display, m: &Mem) {
         if !self.failed() {
             let r = self.dev.memset_zero(m);
             self.check(what, r);
@@ -285,7 +271,7 @@ impl Cuda {
             None => Err(format!("kernel {kernel} is not in kernels/*.cu")),
             Some(sig) => device::check_args(sig, args).and_then(|_| self.dev.launch(kernel, grid, block, args)),
         };
-        self.check(&format!("kernel {kernel}"), r);
+        self.check(format_args!("kernel {kernel}"), r);
     }
 
     /// C[m×n] (row-major) = op(A)·op(B) with row-major operands, through column-major cuBLAS:
@@ -304,11 +290,11 @@ impl Cuda {
             // The ranking decodes (`precision::ranking`): both operands rounded to bf16, tensor cores.
             let (a16, b16) = (self.bf16_copy(a, m * k), self.bf16_copy(b, k * n));
             let r = self.dev.gemm_bf16(&Sgemm { a: b16.ptr(), b: a16.ptr(), ..g });
-            self.check(&format!("bf16 GEMM {m}x{n}x{k}"), r);
+            self.check(format_args!("bf16 GEMM {m}x{n}x{k}"), r);
             return;
         }
         let r = self.dev.sgemm(&g);
-        self.check(&format!("GEMM {m}x{n}x{k}"), r);
+        self.check(format_args!("GEMM {m}x{n}x{k}"), r);
     }
 }
 
@@ -336,30 +322,29 @@ impl Backend for Cuda {
         self.error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
     fn zeros(&self, n: usize) -> DevBuf {
-        DevBuf { mem: self.alloc(&format!("allocation of {n} floats"), n * 4), len: n }
+        DevBuf { mem: self.alloc(format_args!("allocation of {n} floats"), n * 4), len: n }
     }
     fn upload(&self, v: &[f64]) -> DevBuf {
         let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
         self.upload_f32(&f)
     }
     fn upload_f32(&self, v: &[f32]) -> DevBuf {
-        DevBuf { mem: self.htod(&format!("upload of {} floats", v.len()), v), len: v.len() }
+        DevBuf { mem: self.htod(format_args!("upload of {} floats", v.len()), v), len: v.len() }
     }
     fn download(&self, b: &DevBuf) -> Vec<f64> {
         self.download_f32(b).unwrap().into_iter().map(|x| x as f64).collect()
     }
     fn download_f32(&self, b: &DevBuf) -> Option<Vec<f32>> {
-        Some(self.dtoh(&format!("download of {} floats", b.len), &b.mem, b.len))
+        Some(self.dtoh(format_args!("download of {} floats", b.len), &b.mem, b.len))
     }
     fn len(&self, b: &DevBuf) -> usize {
         b.len
     }
     fn copy(&self, b: &DevBuf) -> DevBuf {
-        let what = format!("copy of {} floats", b.len);
-        let mem = self.alloc(&what, b.len * 4);
+        let mem = self.alloc(format_args!("copy of {} floats", b.len), b.len * 4);
         if !self.failed() {
             let r = self.dev.copy(&b.mem, &mem, b.len * 4);
-            self.check(&what, r);
+            self.check(format_args!("copy of {} floats", b.len), r);
         }
         DevBuf { mem, len: b.len }
     }
