@@ -103,7 +103,10 @@ impl<B: Backend> safetensors::View for Lazy<'_, B> {
 /// layout (written by the `safetensors` crate, as the model files), streaming each tensor from the
 /// backend.
 pub fn save<B: Backend>(be: &B, model: &Model<B>, state: &State, path: &Path) -> Result<()> {
-    let exact_f32 = |buf: &B::Buf| be.download_f32(buf).is_some() || exact_in_f32(&be.download(buf));
+    // A backend that stores f32 says so for any buffer: asked once, on the smallest, instead of copying
+    // every tensor an extra time; otherwise (the f64 backend) each tensor is checked.
+    let stores_f32 = model.params.iter().min_by_key(|p| be.len(&p.value)).is_some_and(|p| be.download_f32(&p.value).is_some());
+    let exact_f32 = |buf: &B::Buf| stores_f32 || exact_in_f32(&be.download(buf));
     let mut tensors: Vec<(String, Lazy<'_, B>)> = Vec::with_capacity(3 * model.params.len());
     for p in &model.params {
         for (kind, buf) in [("value", &p.value), ("adam_m", &p.m), ("adam_v", &p.v)] {
