@@ -23,7 +23,7 @@ fn vals(n: usize, scale: f64, seed: u64) -> Vec<f64> {
 
 fn ops(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/baron-pancreas");
-    let pair = prepare(&demo_like_inputs(&dir), &PreprocessConfig::default(), &mut |_| {}).unwrap();
+    let pair = prepare(&demo_like_inputs(&dir), &PreprocessConfig::default(), &scspecies::pipeline::Silent).unwrap();
     let tgt = &pair.target;
     let n = tgt.data.n_genes();
     let be = Cpu::<f32>::new();
@@ -137,7 +137,7 @@ fn ops(c: &mut Criterion) {
     let ctx = &pair.context;
     g.bench_function("data_level_cosine_knn_250", |bb| {
         bb.iter(|| {
-            black_box(scspecies::align::knn::cosine_knn(
+            black_box(scspecies::knn::data_level::cosine_knn(
                 &ctx.data.counts,
                 &pair.homology.context,
                 &tgt.data.counts,

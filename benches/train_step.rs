@@ -12,7 +12,7 @@ use std::path::Path;
 
 fn train_step(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/baron-pancreas");
-    let pair = prepare(&demo_like_inputs(&dir), &PreprocessConfig::default(), &mut |_| {}).unwrap();
+    let pair = prepare(&demo_like_inputs(&dir), &PreprocessConfig::default(), &scspecies::pipeline::Silent).unwrap();
     let ctx = &pair.context;
     let be = Cpu::<f32>::new();
     let mut hom = pair.homology.context.clone();
@@ -48,7 +48,7 @@ fn train_step(c: &mut Criterion) {
 fn target_candidates(c: &mut Criterion) {
     use scspecies::align::candidates::{Query, choose};
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/baron-pancreas");
-    let pair = prepare(&demo_like_inputs(&dir), &PreprocessConfig::default(), &mut |_| {}).unwrap();
+    let pair = prepare(&demo_like_inputs(&dir), &PreprocessConfig::default(), &scspecies::pipeline::Silent).unwrap();
     let (ctx, tgt) = (&pair.context, &pair.target);
     let be = Cpu::<f32>::new();
     let mut hom = pair.homology.context.clone();
@@ -61,7 +61,7 @@ fn target_candidates(c: &mut Criterion) {
     hom_t.sort_unstable();
     let tcfg = ModelConfig::scspecies(tgt.data.n_genes(), tgt.n_batches(), hom_t, tgt.lib_mu_add);
     let tmodel = Model::new(&be, tcfg, &mut stream(1, 0, 1, 0));
-    let (knn, _) = scspecies::align::knn::cosine_knn(&ctx.data.counts, &pair.homology.context, &tgt.data.counts, &pair.homology.target, 25);
+    let (knn, _) = scspecies::knn::data_level::cosine_knn(&ctx.data.counts, &pair.homology.context, &tgt.data.counts, &pair.homology.target, 25);
     let queries: Vec<Query> = (0..64)
         .map(|i| {
             let cell = i * 29 % tgt.n_cells();

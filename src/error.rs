@@ -37,6 +37,9 @@ pub enum Error {
     /// An option value is out of range or inconsistent with others.
     #[error("invalid option: {0}")]
     Config(String),
+    /// A stop was requested ([`crate::interrupt`]); nothing was written.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

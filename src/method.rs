@@ -16,3 +16,5 @@ pub const LATENT_DIM: usize = 10;
 pub const REPRESENT_BATCH: usize = 1024;
 /// (cell, candidate) rows decoded at once in the candidate choice.
 pub const CANDIDATE_CHUNK: usize = 512;
+/// The reference's default random seed.
+pub const DEFAULT_SEED: u64 = 369963;

@@ -44,7 +44,7 @@ pub fn estimate(
     use crate::method::{INTER_DIM, KNN_STORED, LATENT_DIM};
     let representations = n * (INTER_DIM + 2 * LATENT_DIM + 2) as u64 * 4 + cells.1 as u64 * KNN_STORED as u64 * (4 + 8);
     let h = genes.0.min(genes.1);
-    let knn = crate::align::knn::transient_bytes(nnz.0, cells.1, h, KNN_STORED);
+    let knn = crate::knn::data_level::transient_bytes(nnz.0, cells.1, h, KNN_STORED);
     let total = data + models + training + representations + knn + (64 << 20);
     MemoryEstimate { data, models, training, representations, knn, total }
 }

@@ -285,3 +285,15 @@ pub fn write_mtx(path: &Path, m: &Csr) -> Result<()> {
         Ok(())
     })
 }
+
+/// The inputs of a pair written by [`simulate`] in `dir`: `context/` and `target/` with `batch` and
+/// `cell_type` columns, and `homology.tsv`.
+pub fn inputs(dir: &Path) -> crate::pipeline::Inputs {
+    crate::pipeline::Inputs {
+        context: dir.join("context"),
+        target: dir.join("target"),
+        context_name: "context".into(),
+        target_name: "target".into(),
+        ..crate::pipeline::demo_like_inputs(dir)
+    }
+}

@@ -2,8 +2,8 @@
 //! aligned-cell selection against the reference's worked examples.
 
 use scspecies::align::agreement::{aligned, predict, top_percent};
-use scspecies::align::knn::cosine_knn;
 use scspecies::data::Csr;
+use scspecies::knn::data_level::cosine_knn;
 
 fn lcg(s: &mut u64) -> f64 {
     *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

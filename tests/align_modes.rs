@@ -17,9 +17,9 @@ fn pair() -> &'static PreparedPair {
         let inputs = Inputs {
             context: tmp.path().join("context"),
             target: tmp.path().join("target"),
-            context_batch_key: "batch".into(),
+            context_batch_key: Some("batch".into()),
             context_label_key: "cell_type".into(),
-            target_batch_key: "batch".into(),
+            target_batch_key: Some("batch".into()),
             target_label_key: Some("cell_type".into()),
             homology: Some(tmp.path().join("homology.tsv")),
             context_name: "context".into(),
@@ -28,7 +28,7 @@ fn pair() -> &'static PreparedPair {
             target_layer: None,
             homology_fill: Default::default(),
         };
-        let p = prepare(&inputs, &Default::default(), &mut |_| {}).unwrap();
+        let p = prepare(&inputs, &Default::default(), &scspecies::pipeline::Silent).unwrap();
         (tmp, p)
     })
     .1
@@ -52,15 +52,13 @@ fn run_with(
     let p = pair();
     let mut tcfg = scspecies::train::TrainConfig::default_for(p.context.n_cells(), 3);
     tcfg.epochs = 2;
-    let ctx = pretrain(&be, p, &tcfg, &mut |_| {}).unwrap();
+    let ctx = pretrain(&be, p, &tcfg, &scspecies::pipeline::Silent).unwrap();
     let mut acfg = AlignConfig::default_for(p.target.n_cells(), seed);
     acfg.epochs = 2;
     acfg.space = space;
     acfg.members = members;
     edit(&mut acfg);
-    let r =
-        align_and_transfer(&be, p, &ctx.model, &ctx.repr, &acfg, &Default::default(), None, &Default::default(), &mut |_| {}, &mut |_| {})
-            .unwrap();
+    let r = align_and_transfer(&be, p, &ctx, &acfg, &Default::default(), &scspecies::pipeline::Silent).unwrap();
     (params(&be, &ctx.model, "inner."), r)
 }
 

@@ -1,9 +1,9 @@
 //! The consensus of several aligned target models, the per-cell confidence, its calibration table,
 //! the member seeds and the data-level kNN's feature spaces: exact values on small hand-made data.
 
-use scspecies::align::knn::{cosine_knn, cosine_knn_scaled, per_10k_scale};
 use scspecies::align::member_seed;
 use scspecies::data::Csr;
+use scspecies::knn::data_level::{cosine_knn, cosine_knn_scaled, per_10k_scale};
 use scspecies::pipeline::calibration;
 use scspecies::transfer::{Transfer, consensus, flag_outliers};
 

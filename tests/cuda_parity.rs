@@ -504,11 +504,11 @@ fn pipeline_pretraining_alignment_and_transfer_agree() {
         }
     };
     let data = if baron { "Baron" } else { "simulated pair" };
-    let pair = prepare(&inputs, &Default::default(), &mut |_| {}).unwrap();
+    let pair = prepare(&inputs, &Default::default(), &scspecies::pipeline::Silent).unwrap();
     let mut tcfg = scspecies::train::TrainConfig::default_for(pair.context.n_cells(), 5);
     tcfg.epochs = 2;
-    let rc = pretrain(&c, &pair, &tcfg, &mut |_| {}).unwrap();
-    let rg = pretrain(g, &pair, &tcfg, &mut |_| {}).unwrap();
+    let rc = pretrain(&c, &pair, &tcfg, &scspecies::pipeline::Silent).unwrap();
+    let rg = pretrain(g, &pair, &tcfg, &scspecies::pipeline::Silent).unwrap();
     for (a, b) in rc.history.iter().zip(&rg.history) {
         eprintln!("{data}, epoch {}: nELBO cpu {:.3} gpu {:.3}", a.epoch, a.nelbo, b.nelbo);
         close(&format!("{data} pre-training nELBO per epoch"), &[a.nelbo, a.nll], &[b.nelbo, b.nll], 2e-3, 0.0);
@@ -531,8 +531,7 @@ fn align_run<B: Backend>(
     acfg: &scspecies::align::AlignConfig,
     tc: &scspecies::transfer::TransferConfig,
 ) -> scspecies::pipeline::AlignRun<B> {
-    scspecies::pipeline::align_and_transfer(be, pair, &run.model, &run.repr, acfg, tc, None, &Default::default(), &mut |_| {}, &mut |_| {})
-        .unwrap()
+    scspecies::pipeline::align_and_transfer(be, pair, run, acfg, tc, &scspecies::pipeline::Silent).unwrap()
 }
 
 #[test]
@@ -563,7 +562,7 @@ fn device_failures_are_errors_naming_the_operation() {
 #[test]
 fn knn_screen_on_the_device_gives_the_exact_knn() {
     let Some(g) = gpu() else { return };
-    use scspecies::align::knn::{cosine_knn_scaled, cosine_knn_scaled_on};
+    use scspecies::knn::data_level::{cosine_knn_scaled, cosine_knn_scaled_on};
     let (nc, nt, genes, k) = (5000, 300, 400, 25);
     let (mut ip, mut idx, mut val) = counts(nc, genes, 0.05, 90);
     // Context rows 1000..1301 all equal row 1000 (its non-zeros moved to the end of the CSR).

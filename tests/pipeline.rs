@@ -187,3 +187,33 @@ fn alignment_bad_inputs() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("fewer than k = 25"), "{err}");
 }
+
+#[test]
+fn batch_keys_are_optional() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, t) = (tmp.path().join("ctx"), tmp.path().join("tgt"));
+    species(&c, false, ["alpha", "beta", "gamma"], 1);
+    species(&t, true, ["alpha", "beta", "delta"], 2);
+    let out = tmp.path().join("o");
+    let full = args("run", c.to_str().unwrap(), t.to_str().unwrap(), out.to_str().unwrap(), "3");
+    // Drop both batch options: every species is then one batch.
+    let mut a: Vec<&str> = Vec::new();
+    let mut skip = false;
+    for x in &full {
+        if skip {
+            skip = false;
+        } else if x.ends_with("-batch-key") {
+            skip = true;
+        } else {
+            a.push(x);
+        }
+    }
+    assert_eq!(a.len() + 4, full.len(), "both batch keys were given before");
+    let (code, err) = bin(&a);
+    assert_eq!(code, 0, "{err}");
+    let cells = std::fs::read_to_string(out.join("cells_preprocessed.tsv")).unwrap();
+    assert!(cells.lines().skip(1).all(|l| l.split('\t').nth(2) == Some("all")), "{cells}");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert!(m["inputs"]["context_batch_key"].is_null());
+    assert_eq!(m["library_prior"]["context"]["batches"].as_array().unwrap().len(), 1);
+}

@@ -43,7 +43,7 @@ fn cfg(min_batch: usize, min_genes: f64, min_type: usize) -> PreprocessConfig {
 fn library_prior_per_batch_on_all_genes_before_filtering() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = toy(tmp.path());
-    let p = preprocess(&ds, "toy", "batch", Some("type"), &cfg(3, 0.25, 0)).unwrap();
+    let p = preprocess(&ds, "toy", Some("batch"), Some("type"), &cfg(3, 0.25, 0)).unwrap();
     // The zero-count cell is removed and reported.
     assert_eq!(p.report.zero_count_cells_removed, 1);
     assert_eq!(p.report.zero_count_cells_examples, vec!["z"]);
@@ -66,7 +66,7 @@ fn cell_filter_uses_fraction_of_genes_and_keeps_prior_from_before() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = toy(tmp.path());
     // 4 genes x 0.3 = 1.2 expressed genes needed: only c5 (3 genes) stays.
-    let p = preprocess(&ds, "toy", "batch", None, &cfg(3, 0.3, 0)).unwrap();
+    let p = preprocess(&ds, "toy", Some("batch"), None, &cfg(3, 0.3, 0)).unwrap();
     assert_eq!(p.data.cells, vec!["c5"]);
     assert!((p.report.min_genes_threshold - 1.2).abs() < 1e-12);
     assert_eq!(p.report.cells_below_min_genes, 5);
@@ -82,7 +82,7 @@ fn rare_cell_types_need_strictly_more_than_the_minimum() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = toy(tmp.path());
     // Type B has 2 cells (c2, c4): removed at min 2; type A has 4: kept.
-    let p = preprocess(&ds, "toy", "batch", Some("type"), &cfg(3, 0.25, 2)).unwrap();
+    let p = preprocess(&ds, "toy", Some("batch"), Some("type"), &cfg(3, 0.25, 2)).unwrap();
     assert_eq!(p.data.cells, vec!["c0", "c1", "c3", "c5"]);
     assert_eq!(p.report.rare_cell_types_removed, vec![("B".to_string(), 2)]);
     assert_eq!(p.labels.as_ref().unwrap().categories, vec!["A"]);
@@ -90,7 +90,7 @@ fn rare_cell_types_need_strictly_more_than_the_minimum() {
     let want = ((LN2 as f32 as f64 * 2.0 + (4.0 / 3.0 * ln3) as f32 as f64 * 2.0) / 4.0 * 1e5).round_ties_even() / 1e5;
     assert_eq!(p.lib_mu_add, want);
     // At min 1, B (2 cells) is kept.
-    let p = preprocess(&ds, "toy", "batch", Some("type"), &cfg(3, 0.25, 1)).unwrap();
+    let p = preprocess(&ds, "toy", Some("batch"), Some("type"), &cfg(3, 0.25, 1)).unwrap();
     assert_eq!(p.labels.unwrap().categories, vec!["A", "B"]);
 }
 
@@ -98,16 +98,16 @@ fn rare_cell_types_need_strictly_more_than_the_minimum() {
 fn small_batch_is_an_error_or_dropped_on_request() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = toy(tmp.path());
-    let e = preprocess(&ds, "toy", "batch", Some("type"), &cfg(4, 0.25, 0)).unwrap_err().to_string();
+    let e = preprocess(&ds, "toy", Some("batch"), Some("type"), &cfg(4, 0.25, 0)).unwrap_err().to_string();
     assert!(e.contains("'b0' (3 cells)") && e.contains("'b1' (3 cells)") && e.contains("min_batch_size = 4"), "{e}");
     assert!(e.contains(&ds.source.display().to_string()), "{e}");
     let mut c = cfg(4, 0.25, 0);
     c.drop_small_batches = true;
-    let e = preprocess(&ds, "toy", "batch", Some("type"), &c).unwrap_err().to_string();
+    let e = preprocess(&ds, "toy", Some("batch"), Some("type"), &c).unwrap_err().to_string();
     assert!(e.contains("no cells left"), "{e}");
     let mut c = cfg(3, 0.25, 0);
     c.drop_small_batches = true;
-    assert!(preprocess(&ds, "toy", "batch", Some("type"), &c).unwrap().report.small_batches_dropped.is_empty());
+    assert!(preprocess(&ds, "toy", Some("batch"), Some("type"), &c).unwrap().report.small_batches_dropped.is_empty());
 }
 
 #[test]
@@ -121,7 +121,7 @@ fn batch_with_constant_library_is_an_error() {
         &[("batch", vec!["x", "x", "y", "y"])],
     );
     let ds = read_dataset(tmp.path()).unwrap();
-    let e = preprocess(&ds, "t", "batch", None, &cfg(2, 0.0, 0)).unwrap_err().to_string();
+    let e = preprocess(&ds, "t", Some("batch"), None, &cfg(2, 0.0, 0)).unwrap_err().to_string();
     assert!(e.contains("batch 'x'") && e.contains("std 0"), "{e}");
 }
 
@@ -129,11 +129,11 @@ fn batch_with_constant_library_is_an_error() {
 fn missing_keys_and_missing_values_are_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = toy(tmp.path());
-    let e = preprocess(&ds, "toy", "donor", None, &cfg(3, 0.25, 0)).unwrap_err().to_string();
+    let e = preprocess(&ds, "toy", Some("donor"), None, &cfg(3, 0.25, 0)).unwrap_err().to_string();
     assert!(e.contains("'donor'") && e.contains("batch, type"), "{e}");
     write_folder(tmp.path(), &[vec![1.0], vec![2.0]], &["G"], &["a", "b"], &[("batch", vec!["x", "NA"])]);
     let ds = read_dataset(tmp.path()).unwrap();
-    let e = preprocess(&ds, "t", "batch", None, &cfg(1, 0.0, 0)).unwrap_err().to_string();
+    let e = preprocess(&ds, "t", Some("batch"), None, &cfg(1, 0.0, 0)).unwrap_err().to_string();
     assert!(e.contains("no value for 1 cells") && e.contains("'b'"), "{e}");
 }
 
@@ -141,7 +141,7 @@ fn missing_keys_and_missing_values_are_reported() {
 fn real_baron_preprocessing_counts() {
     let d = bundled();
     let m = read_dataset(&d.join("mouse")).unwrap();
-    let p = preprocess(&m, "mouse", "batch", Some("cell_type"), &PreprocessConfig::default()).unwrap();
+    let p = preprocess(&m, "mouse", Some("batch"), Some("cell_type"), &PreprocessConfig::default()).unwrap();
     // Four mouse types have <= 20 cells: Schwann (6), T (7), leukocyte (8), B (10); no cell fails min_genes.
     assert_eq!(p.report.cells_in_rare_types, 31);
     assert_eq!(p.report.cells_below_min_genes, 0);
@@ -250,9 +250,42 @@ fn seurat_v3_finds_overdispersed_genes_in_every_batch() {
     );
     let ds = read_dataset(tmp.path()).unwrap();
     let mut c = PreprocessConfig { n_top_genes: Some(2), min_non_zero_genes: 0.0, ..Default::default() };
-    let p = preprocess(&ds, "t", "batch", None, &c).unwrap();
+    let p = preprocess(&ds, "t", Some("batch"), None, &c).unwrap();
     assert_eq!(p.data.genes, vec!["G13", "G41"]);
     c.n_top_genes = None;
-    let full = preprocess(&ds, "t", "batch", None, &c).unwrap();
+    let full = preprocess(&ds, "t", Some("batch"), None, &c).unwrap();
     assert_eq!(p.batch_prior, full.batch_prior);
+}
+
+#[test]
+fn every_input_cell_is_kept_or_has_a_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = toy(tmp.path());
+    // Type B (c2, c4) is rare at min 2; z has no counts.
+    let p = preprocess(&ds, "toy", Some("batch"), Some("type"), &cfg(3, 0.25, 2)).unwrap();
+    assert_eq!(p.input_rows, vec![0, 1, 3, 5]);
+    assert_eq!(p.removed.len(), 7);
+    assert_eq!(p.removed[6].as_deref(), Some("zero total counts"));
+    assert!(p.removed[2].as_deref().unwrap().contains("cell type 'B'"), "{:?}", p.removed[2]);
+    assert!(p.removed[4].as_deref().unwrap().contains("cell type 'B'"));
+    for i in [0, 1, 3, 5] {
+        assert!(p.removed[i].is_none());
+    }
+    // The gene filter: only c5 expresses enough genes.
+    let p = preprocess(&ds, "toy", Some("batch"), None, &cfg(3, 0.3, 0)).unwrap();
+    assert_eq!(p.input_rows, vec![5]);
+    assert!(p.removed[0].as_deref().unwrap().contains("expressed genes"), "{:?}", p.removed[0]);
+}
+
+#[test]
+fn without_a_batch_key_all_cells_form_one_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = toy(tmp.path());
+    let p = preprocess(&ds, "toy", None, Some("type"), &cfg(3, 0.25, 0)).unwrap();
+    assert_eq!(p.batch_names, vec![scspecies::preprocess::ONE_BATCH]);
+    assert!(p.batch.iter().all(|&b| b == 0));
+    // One prior over the six cells with counts: ln 1, 2, 4, 3, 3, 9.
+    let logs: Vec<f64> = [1.0f64, 2.0, 4.0, 3.0, 3.0, 9.0].iter().map(|x| x.ln()).collect();
+    let mean = logs.iter().sum::<f64>() / 6.0;
+    assert!((p.batch_prior[0].0 - mean).abs() < 1e-12);
 }

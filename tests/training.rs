@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 fn pair() -> &'static PreparedPair {
     static P: OnceLock<PreparedPair> = OnceLock::new();
-    P.get_or_init(|| prepare(&demo_like_inputs(&common::bundled()), &PreprocessConfig::default(), &mut |_| {}).unwrap())
+    P.get_or_init(|| prepare(&demo_like_inputs(&common::bundled()), &PreprocessConfig::default(), &scspecies::pipeline::Silent).unwrap())
 }
 
 fn cfg(epochs: usize, seed: u64) -> TrainConfig {
@@ -44,7 +44,7 @@ fn knn_balanced_accuracy(z: &[f32], dim: usize, labels: &[u32], k: usize) -> f64
 #[test]
 fn nelbo_falls_and_latent_space_separates_cell_types() {
     let be = Cpu::<f32>::new();
-    let run = pretrain(&be, pair(), &cfg(8, 369963), &mut |_| {}).unwrap();
+    let run = pretrain(&be, pair(), &cfg(8, 369963), &scspecies::pipeline::Silent).unwrap();
     let h = &run.history;
     assert_eq!(h.len(), 8);
     // nELBO falls (β rises each epoch, so compare NLL too).
@@ -63,9 +63,9 @@ fn nelbo_falls_and_latent_space_separates_cell_types() {
 #[test]
 fn same_seed_same_result_and_model_file_round_trip() {
     let be = Cpu::<f32>::new();
-    let a = pretrain(&be, pair(), &cfg(1, 11), &mut |_| {}).unwrap();
-    let b = pretrain(&be, pair(), &cfg(1, 11), &mut |_| {}).unwrap();
-    let c = pretrain(&be, pair(), &cfg(1, 12), &mut |_| {}).unwrap();
+    let a = pretrain(&be, pair(), &cfg(1, 11), &scspecies::pipeline::Silent).unwrap();
+    let b = pretrain(&be, pair(), &cfg(1, 11), &scspecies::pipeline::Silent).unwrap();
+    let c = pretrain(&be, pair(), &cfg(1, 12), &scspecies::pipeline::Silent).unwrap();
     assert_eq!(a.repr.z_mu, b.repr.z_mu, "same seed must give bit-identical results");
     assert_eq!(a.history[0].nelbo, b.history[0].nelbo);
     assert_ne!(a.repr.z_mu, c.repr.z_mu);
@@ -102,7 +102,7 @@ fn divergence_stops_with_epoch_step_and_term() {
     let be = Cpu::<f32>::new();
     let mut c = cfg(3, 1);
     c.adam.lr = 1e12; // makes the weights explode after the first update
-    let e = pretrain(&be, pair(), &c, &mut |_| {}).err().expect("must diverge").to_string();
+    let e = pretrain(&be, pair(), &c, &scspecies::pipeline::Silent).err().expect("must diverge").to_string();
     assert!(e.contains("training diverged") && e.contains("epoch 1 step 2"), "{e}");
     assert!(e.contains("NLL") || e.contains("KL_z") || e.contains("KL_l"), "{e}");
 }

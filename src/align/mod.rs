@@ -3,8 +3,6 @@
 
 pub mod agreement;
 pub mod candidates;
-/// The data-level kNN lives with the other searches in [`crate::knn`].
-pub use crate::knn::data_level as knn;
 
 use crate::data::Csr;
 use crate::engine::Backend;
@@ -45,7 +43,7 @@ pub struct AlignConfig {
     pub space: AlignSpace,
     /// Feature space of the data-level kNN that selects the aligned cells and their candidates.
     #[serde(default)]
-    pub knn_space: knn::KnnSpace,
+    pub knn_space: crate::knn::KnnSpace,
     /// Target models aligned from the one context model, each with its own seed; their label votes
     /// are pooled per cell ([`crate::transfer::consensus`]).
     #[serde(default = "one")]
@@ -129,7 +127,7 @@ impl AlignConfig {
             candidate_dropout: true,
             decoder_init: DecoderInit::Fresh,
             space: AlignSpace::Inter,
-            knn_space: knn::KnnSpace::Informative,
+            knn_space: crate::knn::KnnSpace::Informative,
             members: DEFAULT_MEMBERS,
             candidates: CandidateSet::Warmup,
         }
@@ -312,6 +310,9 @@ pub fn train_target_guarded<B: Backend>(
                 running,
                 finished_epoch: done.as_ref().map(|h| &h.stats),
             });
+            if crate::interrupt::requested() {
+                return Err(Divergence { epoch, step, steps, what: "interrupted".into() });
+            }
             if let Some(h) = done {
                 return Ok(h);
             }

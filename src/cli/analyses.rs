@@ -86,9 +86,9 @@ pub fn load(a: &AnalysisArgs, command: &str) -> Result<Loaded> {
     let cfg: crate::preprocess::PreprocessConfig = serde_json::from_value(m["preprocess_config"].clone())
         .map_err(|e| Error::format(&mpath, format!("the key 'preprocess_config' is missing or damaged ({e})")))?;
     let quiet = a.quiet;
-    let mut log = |s: &str| log_line(quiet, s);
+    let log = |s: &str| log_line(quiet, s);
     log(&format!("{command}: re-reading the inputs of {}", a.run.display()));
-    let pair = crate::pipeline::prepare(&inputs, &cfg, &mut log)?;
+    let pair = crate::pipeline::prepare(&inputs, &cfg, &super::Reporter::new(quiet))?;
     let be = Cpu::<f32>::new();
     let mut models = Vec::new();
     for (stem, p) in [(a.run.join("context_model"), &pair.context), (a.run.join("target_model"), &pair.target)] {

@@ -86,7 +86,7 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let mut pair = None;
     for _ in 0..a.repeat.max(1) {
         let t = Instant::now();
-        let p = prepare(&inputs, &cfg, &mut |_| {})?;
+        let p = prepare(&inputs, &cfg, &crate::pipeline::Silent)?;
         let mut m: serde_json::Map<String, serde_json::Value> = p.timings.iter().map(|(k, v)| (format!("{k}_s"), json!(v))).collect();
         m.insert("total_s".into(), json!(t.elapsed().as_secs_f64()));
         m.insert("nonzeros".into(), json!(p.context.data.counts.nnz() + p.target.data.counts.nnz()));
@@ -120,28 +120,17 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     tcfg.epochs = 1;
     tcfg.adam.lr = a.opts.learning_rate;
     let t = Instant::now();
-    let crun = crate::pipeline::pretrain(be, &pair, &tcfg, &mut |_| {})?;
+    let crun = crate::pipeline::pretrain(be, &pair, &tcfg, &crate::pipeline::Silent)?;
     let ctx_epoch_s = t.elapsed().as_secs_f64();
     let ctx_ms = crun.history[0].ms_per_step;
     say(&format!("context step {ctx_ms:.1} ms"));
 
     // Data-level kNN and one epoch of target fine-tuning (inside align_and_transfer), then transfer of
     // a subset timed separately.
-    let mut acfg = super::align_config(&a.opts, tgt.n_cells())?;
+    let mut acfg = a.opts.run_config(std::path::Path::new(".")).align_config(tgt.n_cells())?;
     acfg.epochs = 1;
     let tfcfg = crate::transfer::TransferConfig { unassigned_threshold: a.opts.unassigned_threshold, ..Default::default() };
-    let arun = crate::pipeline::align_and_transfer(
-        be,
-        &pair,
-        &crun.model,
-        &crun.repr,
-        &acfg,
-        &tfcfg,
-        None,
-        &Default::default(),
-        &mut |_| {},
-        &mut |_| {},
-    )?;
+    let arun = crate::pipeline::align_and_transfer(be, &pair, &crun, &acfg, &tfcfg, &crate::pipeline::Silent)?;
     let phase = |k: &str| arun.timings.iter().find(|(n, _)| n == k).map(|x| x.1).unwrap_or(f64::NAN);
     let tgt_ms = arun.history()[0].stats.ms_per_step;
     // Per member: the consensus repeats alignment and transfer once per member.
@@ -286,12 +275,12 @@ fn ranking_agreement<B: Backend>(
     let hom = crate::transfer::HomologousCounts::of(pair);
     let repr = arun.repr();
     let queries: Vec<crate::align::candidates::Query> = (0..tgt.n_cells())
-        .filter(|&j| arun.aligned[j])
+        .filter(|&j| arun.knn.aligned[j])
         .map(|j| crate::align::candidates::Query {
             cell: j,
             batch: tgt.batch[j],
             lib: (repr.l_mu[j] as f64).exp(),
-            neighbours: &arun.knn[j * arun.knn_stored..j * arun.knn_stored + acfg.k],
+            neighbours: &arun.knn.knn[j * arun.knn.stored..j * arun.knn.stored + acfg.k],
         })
         .collect();
     let run = |p: Precision| {

@@ -144,3 +144,5 @@ pub fn cosine_dense(q: &[f64], r: &[f64], d: usize, k: usize) -> Vec<usize> {
         })
         .collect()
 }
+
+pub use data_level::{KnnSpace, data_level_knn};

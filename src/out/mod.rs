@@ -4,6 +4,10 @@
 #[cfg(feature = "h5ad")]
 pub mod h5ad;
 pub mod plot;
+#[cfg(feature = "h5ad")]
+pub mod run;
+#[cfg(feature = "h5ad")]
+pub use run::{WriteOptions, write_run};
 
 use crate::error::{Error, Result};
 use std::io::Write;

@@ -89,6 +89,9 @@ impl PreprocessReport {
     }
 }
 
+/// The batch name of a dataset given without a batch column: all its cells form one batch.
+pub const ONE_BATCH: &str = "all";
+
 /// A dataset ready for the model.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -110,6 +113,10 @@ pub struct Prepared {
     /// `round(mean over cells of library_log_mean, 5)`: the library encoder's constant offset.
     pub lib_mu_add: f64,
     pub report: PreprocessReport,
+    /// Row in the input dataset of every kept cell.
+    pub input_rows: Vec<usize>,
+    /// Per input cell, why preprocessing removed it (None: kept).
+    pub removed: Vec<Option<String>>,
 }
 
 impl Prepared {
@@ -179,14 +186,19 @@ fn compact(c: &Categorical) -> Categorical {
 }
 
 /// Run the steps above on one dataset. `label_key` is required for the context and optional for the target.
-pub fn preprocess(ds: &Dataset, name: &str, batch_key: &str, label_key: Option<&str>, cfg: &PreprocessConfig) -> Result<Prepared> {
+pub fn preprocess(ds: &Dataset, name: &str, batch_key: Option<&str>, label_key: Option<&str>, cfg: &PreprocessConfig) -> Result<Prepared> {
     if !(0.0..1.0).contains(&cfg.min_non_zero_genes) {
         return Err(Error::Config(format!("min_non_zero_genes must be in [0, 1), got {}", cfg.min_non_zero_genes)));
     }
     let src = ds.source.display().to_string();
     let mut report = PreprocessReport { cells_in: ds.n_cells(), genes_in: ds.n_genes(), ..Default::default() };
     // Resolve the keys first, so a typo fails before any work.
-    let batch_col = ds.labels(batch_key)?;
+    let batch_col = match batch_key {
+        Some(k) => ds.labels(k)?,
+        None => Categorical { codes: vec![Some(0); ds.n_cells()], categories: vec![ONE_BATCH.to_string()] },
+    };
+    // Why each input cell was removed (None: kept).
+    let mut removed: Vec<Option<String>> = vec![None; ds.n_cells()];
     let label_col = match label_key {
         Some(k) => Some(ds.labels(k)?),
         None => None,
@@ -197,6 +209,9 @@ pub fn preprocess(ds: &Dataset, name: &str, batch_key: &str, label_key: Option<&
     let mut keep: Vec<usize> = (0..ds.n_cells()).filter(|&i| lib[i] > 0.0).collect();
     report.zero_count_cells_removed = ds.n_cells() - keep.len();
     report.zero_count_cells_examples = (0..ds.n_cells()).filter(|&i| lib[i] <= 0.0).take(10).map(|i| ds.cells[i].clone()).collect();
+    for i in (0..ds.n_cells()).filter(|&i| lib[i] <= 0.0) {
+        removed[i] = Some("zero total counts".into());
+    }
 
     // 2. batches
     let mut size = vec![0usize; batch_col.categories.len()];
@@ -208,8 +223,9 @@ pub fn preprocess(ds: &Dataset, name: &str, batch_key: &str, label_key: Option<&
         let list: Vec<String> = small.iter().map(|&b| format!("'{}' ({} cells)", batch_col.categories[b], size[b])).collect();
         if !cfg.drop_small_batches {
             return Err(Error::Input(format!(
-                "{src}: batch {} in obs column '{batch_key}' has fewer than min_batch_size = {} cells; its library prior would be unreliable. Merge it with another batch, lower --min-batch-size, or pass --drop-small-batches to drop its cells",
+                "{src}: batch {} in obs column '{}' has fewer than min_batch_size = {} cells; its library prior would be unreliable. Merge it with another batch, lower --min-batch-size, or pass --drop-small-batches to drop its cells",
                 list.join(", "),
+                batch_key.unwrap_or_default(),
                 cfg.min_batch_size
             )));
         }
@@ -217,7 +233,13 @@ pub fn preprocess(ds: &Dataset, name: &str, batch_key: &str, label_key: Option<&
             report.small_batches_dropped.push((batch_col.categories[b].clone(), size[b]));
             report.cells_in_small_batches += size[b];
         }
-        keep.retain(|&i| !small.contains(&(batch_col.codes[i].unwrap() as usize)));
+        keep.retain(|&i| {
+            let b = batch_col.codes[i].unwrap() as usize;
+            if small.contains(&b) {
+                removed[i] = Some(format!("batch '{}' below --min-batch-size", batch_col.categories[b]));
+            }
+            !small.contains(&b)
+        });
     }
     if keep.is_empty() {
         return Err(Error::Input(format!("{src}: no cells left after removing zero-count cells and small batches")));
@@ -262,6 +284,9 @@ pub fn preprocess(ds: &Dataset, name: &str, batch_key: &str, label_key: Option<&
     report.min_genes_threshold = min_genes;
     let n_expr = data.counts.row_nnz_positive();
     let mut keep2: Vec<usize> = (0..data.n_cells()).filter(|&i| n_expr[i] as f64 >= min_genes).collect();
+    for i in (0..data.n_cells()).filter(|&i| (n_expr[i] as f64) < min_genes) {
+        removed[keep[i]] = Some(format!("fewer than {min_genes:.1} expressed genes"));
+    }
     report.cells_below_min_genes = data.n_cells() - keep2.len();
 
     // 6. rare cell types (counted after the cell filter)
@@ -275,7 +300,13 @@ pub fn preprocess(ds: &Dataset, name: &str, batch_key: &str, label_key: Option<&
             report.rare_cell_types_removed.push((l.categories[k].clone(), n[k]));
             report.cells_in_rare_types += n[k];
         }
-        keep2.retain(|&i| !rare.contains(&(l.codes[i].unwrap() as usize)));
+        keep2.retain(|&i| {
+            let k = l.codes[i].unwrap() as usize;
+            if rare.contains(&k) {
+                removed[keep[i]] = Some(format!("cell type '{}' not above --min-cell-type-size", l.categories[k]));
+            }
+            !rare.contains(&k)
+        });
     }
     if keep2.is_empty() {
         return Err(Error::Input(format!("{src}: no cells left after filtering (see the filters above)")));
@@ -293,6 +324,7 @@ pub fn preprocess(ds: &Dataset, name: &str, batch_key: &str, label_key: Option<&
     // numpy rounds half to even.
     let lib_mu_add = (mean_prior * 1e5).round_ties_even() / 1e5;
     report.cells_out = data.n_cells();
+    let input_rows = keep2.iter().map(|&i| keep[i]).collect();
     report.genes_out = data.n_genes();
     Ok(Prepared {
         name: name.to_string(),
@@ -306,5 +338,7 @@ pub fn preprocess(ds: &Dataset, name: &str, batch_key: &str, label_key: Option<&
         n_genes,
         lib_mu_add,
         report,
+        input_rows,
+        removed,
     })
 }

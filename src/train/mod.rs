@@ -315,6 +315,8 @@ pub fn drive_epochs<B: Backend, H: Serialize + serde::de::DeserializeOwned>(
                 }
             }
             Err(d) => {
+                // An interrupted epoch stops the same way as a diverged one; it is reported as what it is.
+                crate::interrupt::check()?;
                 let at = format!("{} is not finite at epoch {} step {} (of {})", d.what, d.epoch + 1, d.step + 1, d.steps);
                 let last = match &last_good {
                     Some((p, e)) => format!("the last good checkpoint is {} (after epoch {e})", p.display()),
@@ -411,6 +413,9 @@ pub fn train_context_guarded<B: Backend>(
             let ms = t0.elapsed().as_secs_f64() * 1000.0 / (step + 1) as f64;
             let done = (step + 1 == steps).then(|| EpochStats::from_sums(epoch, beta, &sums, steps, ms));
             progress(&Progress { epoch, epochs: cfg.epochs, step, steps, ms_per_step: ms, running, finished_epoch: done.as_ref() });
+            if crate::interrupt::requested() {
+                return Err(Divergence { epoch, step, steps, what: "interrupted".into() });
+            }
             if let Some(d) = done {
                 return Ok(d);
             }
