@@ -16,7 +16,9 @@ fn data_stages(c: &mut Criterion) {
     let mouse = read_dataset(&dir.join("mouse")).unwrap();
     let human = read_dataset(&dir.join("human")).unwrap();
     let cfg = PreprocessConfig::default();
-    g.bench_function("preprocess_mouse", |b| b.iter(|| black_box(preprocess(&mouse, "mouse", Some("batch"), Some("cell_type"), &cfg).unwrap())));
+    g.bench_function("preprocess_mouse", |b| {
+        b.iter(|| black_box(preprocess(&mouse, "mouse", Some("batch"), Some("cell_type"), &cfg).unwrap()))
+    });
     let hvg = PreprocessConfig { n_top_genes: Some(2000), ..Default::default() };
     g.bench_function("preprocess_human_hvg2000", |b| b.iter(|| black_box(preprocess(&human, "human", Some("batch"), None, &hvg).unwrap())));
     let table = OrthologTable::read(&dir.join("homology.tsv")).unwrap();

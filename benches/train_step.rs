@@ -61,7 +61,8 @@ fn target_candidates(c: &mut Criterion) {
     hom_t.sort_unstable();
     let tcfg = ModelConfig::scspecies(tgt.data.n_genes(), tgt.n_batches(), hom_t, tgt.lib_mu_add);
     let tmodel = Model::new(&be, tcfg, &mut stream(1, 0, 1, 0));
-    let (knn, _) = scspecies::knn::data_level::cosine_knn(&ctx.data.counts, &pair.homology.context, &tgt.data.counts, &pair.homology.target, 25);
+    let (knn, _) =
+        scspecies::knn::data_level::cosine_knn(&ctx.data.counts, &pair.homology.context, &tgt.data.counts, &pair.homology.target, 25);
     let queries: Vec<Query> = (0..64)
         .map(|i| {
             let cell = i * 29 % tgt.n_cells();

@@ -27,7 +27,7 @@
 //! let names = &target.meta().labels;
 //! println!("first target cell: {}", names[target.transfer.pred[0] as usize]);
 //! let accuracy = run.evaluation.as_ref().expect("the simulated target has labels").balanced_accuracy.latent_transfer;
-//! assert!(accuracy > 0.7, "balanced accuracy {accuracy}");
+//! assert!(accuracy > 0.6, "balanced accuracy {accuracy}");
 //!
 //! scspecies::out::write_run(&be, &mut run, &dir.join("run"), &Default::default())?;
 //! assert!(dir.join("run/results.h5ad").is_file() && dir.join("run/metrics.json").is_file());

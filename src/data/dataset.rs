@@ -206,6 +206,33 @@ impl Dataset {
         })
     }
 
+    /// A dataset held in memory (an AnnData object in Python): CSR parts, names and label columns,
+    /// checked like a file that was read (`source` names it in messages).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_memory(
+        source: &str,
+        n_genes: usize,
+        indptr: Vec<usize>,
+        indices: Vec<u32>,
+        data: Vec<f64>,
+        cells: Vec<String>,
+        genes: Vec<String>,
+        obs: Vec<(String, Vec<String>)>,
+    ) -> Result<Dataset> {
+        let src = PathBuf::from(source);
+        let data = data
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| super::sparse::check_count(v, || format!("stored count {}", k + 1)).map_err(|m| Error::format(&src, m)))
+            .collect::<Result<Vec<f32>>>()?;
+        let n_cells = indptr.len().saturating_sub(1);
+        let counts = Csr::from_parts(n_cells, n_genes, indptr, indices, data).map_err(|m| Error::format(&src, format!("counts: {m}")))?;
+        let obs = obs.into_iter().map(|(k, v)| (k, Ok(Column::Categorical(Categorical::from_strings(&v))))).collect();
+        let ds = Dataset { source: src, counts, cells, genes, obs };
+        ds.validate()?;
+        Ok(ds)
+    }
+
     pub fn validate(&self) -> Result<()> {
         let p = &self.source;
         if self.cells.len() != self.counts.n_rows {
