@@ -38,6 +38,7 @@
 
 pub mod align;
 pub mod analysis;
+pub mod bench;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod data;
@@ -45,6 +46,8 @@ pub mod engine;
 pub mod error;
 pub mod homology;
 pub mod interrupt;
+/// The CUDA sources and their parsed signatures (public for the kernel tests, not an API).
+#[doc(hidden)]
 pub mod kernels;
 pub mod knn;
 pub mod method;

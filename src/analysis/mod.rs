@@ -2,6 +2,7 @@
 //! neighbour [`graph`]s and clustering they need), a 2-D [`umap`] layout for plots.
 
 pub mod dge;
+pub mod folder;
 pub mod graph;
 pub mod lrp;
 pub mod metrics;

@@ -9,7 +9,6 @@ use crate::summary::{summarize, thousands};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod analyses;
-mod bench;
 mod report;
 mod robustness;
 pub use report::Reporter;
@@ -499,11 +498,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => {
             run_pipeline(&demo_inputs(a.data.as_deref())?, &a.out, &a.opts, Stages::All)?;
             if a.analyses {
-                analyses::all(&a.out, a.opts.quiet)?;
+                crate::analysis::folder::all(&a.out, &Reporter::new(a.opts.quiet))?;
             }
             Ok(())
         }
-        Command::Bench(a) => bench::bench(&a),
+        Command::Bench(a) => bench(&a),
         Command::Robustness(a) => {
             if let Some(t) = a.threads {
                 let _ = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global();
@@ -587,7 +586,6 @@ macro_rules! on_device {
         $body
     }};
 }
-pub(crate) use on_device;
 
 /// Run the requested stages and write the run folder.
 fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages) -> Result<()> {
@@ -708,4 +706,51 @@ fn simulate(a: &SimulateArgs) -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `bench`: the phases timed on the bundled data (or `--data`), as JSON.
+fn bench(a: &BenchArgs) -> Result<()> {
+    check_options(&a.opts)?;
+    refuse_unused(&a.opts)?;
+    let inputs = demo_inputs(a.data.as_deref())?;
+    let cfg = a.opts.run_config(Path::new("."));
+    let reporter = Reporter::new(a.opts.quiet);
+    on_device!(&a.opts, be => {
+        let report = crate::bench::bench(be, &inputs, &cfg, a.repeat, a.reference.as_deref(), &reporter)?;
+        match &a.out {
+            Some(p) => out::write_json(p, &report),
+            None => {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap());
+                Ok(())
+            }
+        }
+    })
+}
+
+/// `bench` times one epoch of each phase on the bundled data: options about run length, checkpoints,
+/// divergence handling, memory limits and extra outputs would not take effect, so they are refused.
+fn refuse_unused(o: &RunOptions) -> Result<()> {
+    let mut unused = Vec::new();
+    let mut check = |used: bool, flag: &'static str| {
+        if used {
+            unused.push(flag);
+        }
+    };
+    check(o.epochs_context.is_some(), "--epochs-context");
+    check(o.epochs_target.is_some(), "--epochs-target");
+    check(o.write_h5ad, "--write-h5ad");
+    check(o.resume.is_some(), "--resume");
+    check(o.checkpoint_every != 1, "--checkpoint-every");
+    check(o.keep_checkpoints, "--keep-checkpoints");
+    check(o.on_nan != NanPolicy::Stop, "--on-nan");
+    check(o.rollback_lr_factor != 0.5, "--rollback-lr-factor");
+    check(o.rollback_retries != 3, "--rollback-retries");
+    check(o.max_memory.is_some(), "--max-memory");
+    if unused.is_empty() {
+        return Ok(());
+    }
+    Err(crate::error::Error::Config(format!(
+        "bench does not use {}: it times one epoch of each phase, without checkpoints or a memory check",
+        unused.join(", ")
+    )))
 }

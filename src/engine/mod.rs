@@ -9,9 +9,11 @@ pub mod backend;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+/// Fast f32 exp/ln used by the scoring kernels (public for their accuracy tests, not an API).
+#[doc(hidden)]
 pub mod fastmath;
 #[cfg(target_arch = "x86_64")]
-pub mod gemm512;
+pub(crate) mod gemm512;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm_bf16;
 pub mod likelihood;
@@ -19,7 +21,7 @@ pub mod ops;
 pub mod precision;
 pub mod real;
 pub mod simd;
-pub mod special;
+pub(crate) mod special;
 
 pub use backend::Backend;
 pub use cpu::Cpu;

@@ -1,15 +1,14 @@
-//! `scspecies bench`: the pipeline's phases timed end to end on real shapes, as one JSON report: data
+//! The pipeline's phases timed end to end (`scspecies bench`) on real shapes, as one JSON report: data
 //! phases, the machine's measured GEMM peak, the decoder heads' share of it, one epoch of context
 //! pre-training and of target fine-tuning (ms per step, cells per second), the data-level kNN, the label
 //! transfer (cells per second), peak RSS, and, given the reference's metrics JSON from `run_ref.py`
 //! (`--reference`), the measured speed-up of each phase over it.
 
-use super::{BenchArgs, check_options, demo_inputs};
 use crate::engine::Backend;
 use crate::error::Result;
-use crate::out;
-use crate::pipeline::prepare;
+use crate::pipeline::{Inputs, Observer, RunConfig, prepare};
 use serde_json::json;
+use std::path::Path;
 use std::time::Instant;
 
 /// The reference's figures from a `run_ref.py` metrics JSON: ms per training step of each phase and
@@ -65,28 +64,25 @@ fn gemm_gflops<B: Backend>(be: &B, m: usize, k: usize, n: usize, reps: usize) ->
     2.0 * (m * k * n) as f64 / best / 1e9
 }
 
-pub fn bench(a: &BenchArgs) -> Result<()> {
-    check_options(&a.opts)?;
-    refuse_unused(&a.opts)?;
-    super::on_device!(&a.opts, be => bench_on(be, a))
-}
-
-fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
-    let reference = a.reference.as_deref().map(read_reference).transpose()?;
-    let inputs = demo_inputs(a.data.as_deref())?;
-    let cfg = a.opts.preprocess_config();
-    let quiet = a.opts.quiet;
-    let say = |m: &str| {
-        if !quiet {
-            eprintln!("{m}");
-        }
-    };
+/// Time the phases on `inputs` (`repeat` times for the data phases, one epoch of each training
+/// phase) with the settings of `cfg`; `reference`: the reference's metrics JSON, for the speed-ups.
+/// Returns the report.
+pub fn bench<B: Backend>(
+    be: &B,
+    inputs: &Inputs,
+    cfg: &RunConfig,
+    repeat: usize,
+    reference: Option<&Path>,
+    obs: &dyn Observer,
+) -> Result<serde_json::Value> {
+    let reference = reference.map(read_reference).transpose()?;
+    let say = |m: &str| obs.log(m);
     // Data phases.
     let mut runs = Vec::new();
     let mut pair = None;
-    for _ in 0..a.repeat.max(1) {
+    for _ in 0..repeat.max(1) {
         let t = Instant::now();
-        let p = prepare(&inputs, &cfg, &crate::pipeline::Silent)?;
+        let p = prepare(inputs, &cfg.preprocess, &crate::pipeline::Silent)?;
         let mut m: serde_json::Map<String, serde_json::Value> = p.timings.iter().map(|(k, v)| (format!("{k}_s"), json!(v))).collect();
         m.insert("total_s".into(), json!(t.elapsed().as_secs_f64()));
         m.insert("nonzeros".into(), json!(p.context.data.counts.nnz() + p.target.data.counts.nnz()));
@@ -116,9 +112,8 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     say(&format!("GEMM peak {peak:.0} GFLOP/s"));
 
     // One epoch of context pre-training.
-    let mut tcfg = crate::train::TrainConfig::default_for(ctx.n_cells(), a.opts.seed);
+    let mut tcfg = cfg.train_config(ctx.n_cells());
     tcfg.epochs = 1;
-    tcfg.adam.lr = a.opts.learning_rate;
     let t = Instant::now();
     let crun = crate::pipeline::pretrain(be, &pair, &tcfg, &crate::pipeline::Silent)?;
     let ctx_epoch_s = t.elapsed().as_secs_f64();
@@ -127,9 +122,9 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
 
     // Data-level kNN and one epoch of target fine-tuning (inside align_and_transfer), then transfer of
     // a subset timed separately.
-    let mut acfg = a.opts.run_config(std::path::Path::new(".")).align_config(tgt.n_cells())?;
+    let mut acfg = cfg.align_config(tgt.n_cells())?;
     acfg.epochs = 1;
-    let tfcfg = crate::transfer::TransferConfig { unassigned_threshold: a.opts.unassigned_threshold, ..Default::default() };
+    let tfcfg = cfg.transfer.clone();
     let arun = crate::pipeline::align_and_transfer(be, &pair, &crun, &acfg, &tfcfg, &crate::pipeline::Silent)?;
     let phase = |k: &str| arun.timings.iter().find(|(n, _)| n == k).map(|x| x.1).unwrap_or(f64::NAN);
     let tgt_ms = arun.history()[0].stats.ms_per_step;
@@ -138,7 +133,7 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let cells_per_s = tgt.n_cells() as f64 / transfer_s;
     say(&format!("target step {tgt_ms:.1} ms, transfer {transfer_s:.1} s"));
 
-    let agreement = ranking_agreement(be, &pair, &crun, &arun, &acfg, &tfcfg, a.opts.seed)?;
+    let agreement = ranking_agreement(be, &pair, &crun, &arun, &acfg, &tfcfg, cfg.seed)?;
     say(&format!("bf16 against f32: {agreement}"));
     let ref_transfer = reference.as_ref().and_then(|r| r.transfer_s.zip(r.target_cells));
     let bytes_per_nnz = crate::resources::peak_rss().map(|b| b as f64 / (ctx.data.counts.nnz() + tgt.data.counts.nnz()) as f64);
@@ -207,39 +202,7 @@ fn bench_on<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
             Some(_) => "speed-ups at equal threads, against the reference measured on this machine".to_string(),
         },
     });
-    match &a.out {
-        Some(p) => out::write_json(p, &report)?,
-        None => println!("{}", serde_json::to_string_pretty(&report).unwrap()),
-    }
-    Ok(())
-}
-
-/// `bench` times one epoch of each phase on the bundled data: options about run length, checkpoints,
-/// divergence handling, memory limits and extra outputs would not take effect, so they are refused.
-fn refuse_unused(o: &super::RunOptions) -> Result<()> {
-    let mut unused = Vec::new();
-    let mut check = |used: bool, flag: &'static str| {
-        if used {
-            unused.push(flag);
-        }
-    };
-    check(o.epochs_context.is_some(), "--epochs-context");
-    check(o.epochs_target.is_some(), "--epochs-target");
-    check(o.write_h5ad, "--write-h5ad");
-    check(o.resume.is_some(), "--resume");
-    check(o.checkpoint_every != 1, "--checkpoint-every");
-    check(o.keep_checkpoints, "--keep-checkpoints");
-    check(o.on_nan != super::NanPolicy::Stop, "--on-nan");
-    check(o.rollback_lr_factor != 0.5, "--rollback-lr-factor");
-    check(o.rollback_retries != 3, "--rollback-retries");
-    check(o.max_memory.is_some(), "--max-memory");
-    if unused.is_empty() {
-        return Ok(());
-    }
-    Err(crate::error::Error::Config(format!(
-        "bench does not use {}: it times one epoch of each phase, without checkpoints or a memory check",
-        unused.join(", ")
-    )))
+    Ok(report)
 }
 
 /// The ranking paths in bf16 against f32 on the models just trained: the share of candidate choices
