@@ -550,7 +550,7 @@ fn check_options(o: &RunOptions) -> Result<()> {
 macro_rules! on_device {
     ($o:expr, $be:ident => $body:expr) => {{
         let o: &$crate::cli::RunOptions = $o;
-        #[cfg(feature = "cuda")]
+        // Without the `cuda` feature `Cuda::new` is an error saying so (engine/cuda_absent.rs).
         let gpu = match o.device {
             $crate::cli::Device::Cpu => None,
             $crate::cli::Device::Cuda | $crate::cli::Device::Auto => match $crate::engine::cuda::Cuda::new(0, o.tf32) {
@@ -569,13 +569,6 @@ macro_rules! on_device {
                 }
             },
         };
-        #[cfg(not(feature = "cuda"))]
-        if o.device == $crate::cli::Device::Cuda {
-            return Err($crate::error::Error::Config(
-                "--device cuda: this build has no CUDA support (built without the `cuda` feature)".into(),
-            ));
-        }
-        #[cfg(feature = "cuda")]
         if let Some(g) = gpu {
             $crate::engine::precision::set_ranking_gpu(o.precision.to_engine());
             let $be = &g;

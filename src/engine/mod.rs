@@ -9,6 +9,10 @@ pub mod backend;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+/// Without the `cuda` feature: the same name, a backend that cannot be constructed.
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda_absent.rs"]
+pub mod cuda;
 /// Fast f32 exp/ln used by the scoring kernels (public for their accuracy tests, not an API).
 #[doc(hidden)]
 pub mod fastmath;
