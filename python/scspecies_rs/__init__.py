@@ -303,9 +303,9 @@ class Result:
         return f"scspecies_rs.Result({self.context.n_obs} context cells, {self.target.n_obs} target cells{extra})"
 
     def save(self, folder: Union[str, os.PathLike]) -> str:
-        """Write the run folder: the trained models, the tables, `results.h5ad` and `metrics.json`,
-        plus the inputs (`inputs/*.h5ad`, the counts and label columns used), so that the analyses
-        and `scspecies` commands can read it."""
+        """Write the run folder: the trained models, the tables, `results.h5ad`, `metrics.json` and
+        `report.html` (figures and tables on one page), plus the inputs (`inputs/*.h5ad`, the counts
+        and label columns used), so that the analyses and `scspecies` commands can read it."""
         folder = os.path.abspath(os.fspath(folder))
         if self._native is None:
             raise ValueError("this Result was loaded from a folder; it is saved already")
@@ -331,6 +331,7 @@ class Result:
         os.replace(tmp, mpath)
         self.metrics = metrics
         self.folder = folder
+        _native.command(["report", "--run", folder, "--quiet"])
         return folder
 
     def _analysis(self, command: str, files: list, **options: Any) -> dict:

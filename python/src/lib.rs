@@ -131,8 +131,10 @@ fn align(
     if o.device != Device::Cpu || o.tf32 {
         return Err(PyValueError::new_err("device: the Python package runs on the CPU; use the scspecies binary for --device cuda"));
     }
-    if o.resume.is_some() || o.keep_checkpoints || o.write_h5ad {
-        return Err(PyValueError::new_err("resume, keep_checkpoints and write_h5ad belong to the command line; use Result.save(dir)"));
+    if o.resume.is_some() || o.keep_checkpoints || o.write_h5ad || o.no_report {
+        return Err(PyValueError::new_err(
+            "resume, keep_checkpoints, write_h5ad and no_report belong to the command line; Result.save(dir) writes the run folder and its report",
+        ));
     }
     let mut inputs: Inputs = serde_json::from_str(inputs_json).map_err(|e| PyValueError::new_err(format!("inputs: {e}")))?;
     inputs.homology_fill = o.homology_fill;

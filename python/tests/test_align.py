@@ -159,7 +159,7 @@ def test_ctrl_c_stops_the_run(sim):
 def test_save_load_transfer_with_saved_models_and_analyses(sim, res, tmp_path):
     d, c, t = sim
     folder = res.save(tmp_path / "run")
-    for f in ["context_model.safetensors", "target_model.safetensors", "results.h5ad", "metrics.json", "inputs/target.h5ad"]:
+    for f in ["context_model.safetensors", "target_model.safetensors", "results.h5ad", "metrics.json", "inputs/target.h5ad", "report.html"]:
         assert os.path.exists(os.path.join(folder, f)), f
     back = scspecies_rs.load(folder)
     assert list(back.target.obs_names) == list(t.obs_names)

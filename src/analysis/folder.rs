@@ -277,6 +277,7 @@ pub fn evaluate(a: &FolderOptions, obs: &dyn Observer) -> Result<()> {
             labels: &[],
             point_size: 1.6,
             axes: false,
+            palette: None,
         }
         .figure()
         .save(&l.out.join(file))?;
@@ -355,7 +356,17 @@ pub fn similarity(o: &FolderOptions, a: &SimilarityOptions, obs: &dyn Observer) 
     }
     out::write_tsv(&l.out.join("best_matches.tsv"), &["target_type", "best", "second", "type_in_context"], best_rows)?;
     let title = format!("{} types ({} labels) vs {} types", tgt.name, l.label_source, l.pair.context.name);
-    heatmap(&title, &ttypes, &ctypes, &m.values, &marks, "-mode of NLL difference", true).save(&l.out.join("similarity"))?;
+    heatmap(
+        &title,
+        &ttypes,
+        &ctypes,
+        &m.values,
+        &marks,
+        "-mode of NLL difference",
+        true,
+        (&format!("{} cell type", tgt.name), &format!("{} cell type", l.pair.context.name)),
+    )
+    .save(&l.out.join("similarity"))?;
     let (top1, shared) = m.agreement(1);
     let (top2, _) = m.agreement(2);
     out::write_json(
@@ -508,6 +519,7 @@ pub fn dge(o: &FolderOptions, a: &DgeOptions, obs: &dyn Observer) -> Result<()> 
             labels: &labels,
             point_size: 1.3,
             axes: true,
+            palette: None,
         }
         .figure()
         .save(&l.out.join(format!("{stem}_lfc")))?;

@@ -4,6 +4,7 @@
 use super::Reporter;
 use crate::analysis::folder::{self, DgeOptions, FolderOptions, LabelSource, LrpOptions, SimilarityOptions};
 use crate::error::{Error, Result};
+use crate::pipeline::Observer;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -92,14 +93,23 @@ pub struct LrpArgs {
     pub top: usize,
 }
 
+/// A spinner while `f` runs.
+fn spinning<T>(r: &Reporter, name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    r.phase(name, 0);
+    let out = f();
+    r.phase_done();
+    out
+}
+
 pub fn evaluate(a: &AnalysisArgs) -> Result<()> {
     let (o, r) = a.options()?;
-    folder::evaluate(&o, &r)
+    spinning(&r, "evaluate", || folder::evaluate(&o, &r))
 }
 
 pub fn similarity(a: &SimilarityArgs) -> Result<()> {
     let (o, r) = a.common.options()?;
-    folder::similarity(&o, &SimilarityOptions { max_target_cells: a.max_target_cells, context_per_cell: a.context_per_cell }, &r)
+    let s = SimilarityOptions { max_target_cells: a.max_target_cells, context_per_cell: a.context_per_cell };
+    spinning(&r, "similarity", || folder::similarity(&o, &s, &r))
 }
 
 pub fn dge(a: &DgeArgs) -> Result<()> {
@@ -111,10 +121,11 @@ pub fn dge(a: &DgeArgs) -> Result<()> {
         uniform_noise: a.uniform_noise,
         cell_types: a.cell_types.clone(),
     };
-    folder::dge(&o, &d, &r)
+    spinning(&r, "dge", || folder::dge(&o, &d, &r))
 }
 
 pub fn lrp(a: &LrpArgs) -> Result<()> {
     let (o, r) = a.common.options()?;
-    folder::lrp(&o, &LrpOptions { gamma: a.gamma, max_cells: a.max_cells, top: a.top }, &r)
+    let l = LrpOptions { gamma: a.gamma, max_cells: a.max_cells, top: a.top };
+    spinning(&r, "lrp", || folder::lrp(&o, &l, &r))
 }

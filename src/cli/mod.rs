@@ -51,6 +51,18 @@ pub enum Command {
     Dge(analyses::DgeArgs),
     /// Relevance of input genes for the latent mean (LRP-γ), ranked per cell type and species.
     Lrp(analyses::LrpArgs),
+    /// Write <run>/report.html (one self-contained page with the figures) for a finished run folder.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Output folder of a finished `scspecies run` or `demo` (with several targets: one target's folder).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -149,7 +161,7 @@ pub struct RunOptions {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// No progress output (errors and warnings still go to stderr).
+    /// Print nothing but errors (warnings are listed in metrics.json).
     #[arg(long, short)]
     pub quiet: bool,
     /// Batches with fewer cells are an error (or dropped with --drop-small-batches).
@@ -170,6 +182,9 @@ pub struct RunOptions {
     /// Also write each preprocessed dataset as <out>/<name>_preprocessed.h5ad.
     #[arg(long)]
     pub write_h5ad: bool,
+    /// Do not write <out>/report.html (the run's figures and tables on one page).
+    #[arg(long)]
+    pub no_report: bool,
     /// Align the top p % of each data-level predicted type (the package's default 20 at every size;
     /// the publication used 50 below 10,000 target cells).
     #[arg(long, default_value_t = 20.0)]
@@ -496,9 +511,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Align(a) => run_pipeline(&a.inputs()?, &a.out, &a.opts, Stages::Align { models: a.out.clone() }),
         Command::Transfer(a) => run_pipeline(&a.inputs()?, &a.out, &a.opts, Stages::Transfer { models: a.out.clone() }),
         Command::Demo(a) => {
-            run_pipeline(&demo_inputs(a.data.as_deref())?, &a.out, &a.opts, Stages::All)?;
+            // With the analyses the report is written once they are done, and shows their figures.
+            let opts = RunOptions { no_report: a.opts.no_report || a.analyses, ..a.opts.clone() };
+            run_pipeline(&demo_inputs(a.data.as_deref())?, &a.out, &opts, Stages::All)?;
             if a.analyses {
-                crate::analysis::folder::all(&a.out, &Reporter::new(a.opts.quiet))?;
+                let r = Reporter::new(a.opts.quiet);
+                crate::analysis::folder::all(&a.out, &r)?;
+                write_report(&a.out, &a.opts, &r)?;
             }
             Ok(())
         }
@@ -515,6 +534,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Similarity(a) => analyses::similarity(&a),
         Command::Dge(a) => analyses::dge(&a),
         Command::Lrp(a) => analyses::lrp(&a),
+        Command::Report(a) => {
+            let r = Reporter::new(a.quiet);
+            let path = crate::out::report::write_report(&a.run, &r)?;
+            r.log(&format!("wrote {} (open it in a browser)", path.display()));
+            Ok(())
+        }
     }
 }
 
@@ -590,8 +615,20 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages)
         let mut run = crate::pipeline::run(be, &inputs, &cfg, &stages, &reporter)?;
         crate::out::write_run(be, &mut run, out_dir, &o.write_options())?;
         reporter.log(&format!("wrote {}", out_dir.display()));
-        Ok(())
+        write_report(out_dir, o, &reporter)
     })
+}
+
+/// `report.html` at the end of a run, unless `--no-report`.
+fn write_report(dir: &Path, o: &RunOptions, reporter: &Reporter) -> Result<()> {
+    if o.no_report {
+        return Ok(());
+    }
+    reporter.phase("report", 0);
+    let path = crate::out::report::write_report(dir, reporter);
+    reporter.phase_done();
+    reporter.log(&format!("report: {} (open it in a browser)", path?.display()));
+    Ok(())
 }
 
 /// `run` with several targets ([`crate::pipeline::run_targets`]): each target's complete run folder in
@@ -610,7 +647,10 @@ fn run_several(a: &PipelineArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     on_device!(&a.opts, be => {
         let wopts = a.opts.write_options();
-        let runs = crate::pipeline::run_targets(be, &targets, &reporter, &mut |k, run| crate::out::write_run(be, run, &dirs[k], &wopts))?;
+        let runs = crate::pipeline::run_targets(be, &targets, &reporter, &mut |k, run| {
+            crate::out::write_run(be, run, &dirs[k], &wopts)?;
+            write_report(&dirs[k], &a.opts, &reporter)
+        })?;
         crate::out::run::write_joint_latent(&a.out.join("latent.tsv"), &runs)?;
         let summary: Vec<serde_json::Value> = runs
             .iter()
@@ -732,6 +772,7 @@ fn refuse_unused(o: &RunOptions) -> Result<()> {
     check(o.epochs_context.is_some(), "--epochs-context");
     check(o.epochs_target.is_some(), "--epochs-target");
     check(o.write_h5ad, "--write-h5ad");
+    check(o.no_report, "--no-report");
     check(o.resume.is_some(), "--resume");
     check(o.checkpoint_every != 1, "--checkpoint-every");
     check(o.keep_checkpoints, "--keep-checkpoints");

@@ -34,8 +34,11 @@ impl Observer for Reporter {
         }
     }
 
-    /// Warnings are printed even with `--quiet`.
+    /// Warnings too are silent with `--quiet` (`metrics.json` lists them).
     fn warn(&self, line: &str) {
+        if self.quiet {
+            return;
+        }
         let line = format!("warning: {line}");
         match self.bar.lock().unwrap().as_ref() {
             Some((b, _)) if !b.is_hidden() => b.println(line),

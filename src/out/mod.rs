@@ -1,9 +1,11 @@
 //! Out: everything we write. Each file is written under a temporary name in the same folder and
 //! renamed when complete, so an interrupted run never leaves a half-written output behind.
 
+pub mod figures;
 #[cfg(feature = "h5ad")]
 pub mod h5ad;
 pub mod plot;
+pub mod report;
 #[cfg(feature = "h5ad")]
 pub mod run;
 #[cfg(feature = "h5ad")]

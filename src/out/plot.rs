@@ -1,6 +1,6 @@
 //! Small figures without a plotting stack: a figure is a list of shapes in points, written as SVG
-//! (vector, exact text) and, with the `plots` feature, as PNG (rasterised here at 2x, text from the
-//! public-domain 8x8 bitmap font of `font8x8`). Enough for heatmaps and scatter plots with labels.
+//! (vector, exact text) and, with the `plots` feature, as PNG (the SVG rendered at 2x by `resvg`, with
+//! anti-aliased text in the embedded DejaVu Sans).
 
 use crate::error::{Error, Result};
 use std::fmt::Write as _;
@@ -186,103 +186,11 @@ impl Figure {
         s
     }
 
-    /// RGB pixels at `scale` pixels per point.
+    /// The figure as PNG bytes at `scale` pixels per point: the SVG rendered by resvg, its text in
+    /// the embedded DejaVu Sans (no system fonts are read, so every machine draws the same pixels).
     #[cfg(feature = "plots")]
-    pub fn raster(&self, scale: f64) -> (usize, usize, Vec<u8>) {
-        let (w, h) = ((self.width * scale).ceil() as usize, (self.height * scale).ceil() as usize);
-        let mut px = vec![255u8; w * h * 3];
-        let mut blend = |x: i64, y: i64, c: Rgb, a: f64| {
-            if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
-                return;
-            }
-            let i = (y as usize * w + x as usize) * 3;
-            for (k, v) in [c.0, c.1, c.2].into_iter().enumerate() {
-                px[i + k] = (px[i + k] as f64 * (1.0 - a) + v as f64 * a).round() as u8;
-            }
-        };
-        for sh in &self.shapes {
-            match sh {
-                Shape::Rect { x, y, w: rw, h: rh, fill, stroke } => {
-                    let (x0, y0) = ((x * scale).round() as i64, (y * scale).round() as i64);
-                    let (x1, y1) = (((x + rw) * scale).round() as i64, ((y + rh) * scale).round() as i64);
-                    for yy in y0..y1 {
-                        for xx in x0..x1 {
-                            let edge = xx == x0 || yy == y0 || xx == x1 - 1 || yy == y1 - 1;
-                            match (edge, stroke) {
-                                (true, Some(c)) => blend(xx, yy, *c, 1.0),
-                                _ => blend(xx, yy, *fill, 1.0),
-                            }
-                        }
-                    }
-                }
-                Shape::Circle { x, y, r, fill, alpha } => {
-                    let (cx, cy, r) = (x * scale, y * scale, (r * scale).max(0.7));
-                    for yy in (cy - r - 1.0).floor() as i64..=(cy + r + 1.0).ceil() as i64 {
-                        for xx in (cx - r - 1.0).floor() as i64..=(cx + r + 1.0).ceil() as i64 {
-                            let d = ((xx as f64 + 0.5 - cx).powi(2) + (yy as f64 + 0.5 - cy).powi(2)).sqrt();
-                            let cover = (r + 0.5 - d).clamp(0.0, 1.0);
-                            if cover > 0.0 {
-                                blend(xx, yy, *fill, alpha * cover);
-                            }
-                        }
-                    }
-                }
-                Shape::Line { x1, y1, x2, y2, colour, width } => {
-                    let (ax, ay, bx, by) = (x1 * scale, y1 * scale, x2 * scale, y2 * scale);
-                    let len = ((bx - ax).powi(2) + (by - ay).powi(2)).sqrt();
-                    let half = (width * scale / 2.0).max(0.5);
-                    let steps = (len * 2.0).ceil().max(1.0) as usize;
-                    let mut done = std::collections::HashSet::new();
-                    for s in 0..=steps {
-                        let t = s as f64 / steps as f64;
-                        let (px_, py_) = (ax + (bx - ax) * t, ay + (by - ay) * t);
-                        for yy in (py_ - half).round() as i64..=(py_ + half - 1.0).round().max((py_ - half).round()) as i64 {
-                            for xx in (px_ - half).round() as i64..=(px_ + half - 1.0).round().max((px_ - half).round()) as i64 {
-                                if done.insert((xx, yy)) {
-                                    blend(xx, yy, *colour, 1.0);
-                                }
-                            }
-                        }
-                    }
-                }
-                Shape::Text { x, y, size, anchor, colour, text, vertical } => {
-                    let g = ((size * scale / 12.0).round() as i64).max(1); // pixels per font pixel: about 8 pt per character
-                    let adv = 8 * g; // glyph advance
-                    let total = adv * text.chars().count() as i64;
-                    let shift = match anchor {
-                        Anchor::Start => 0,
-                        Anchor::Middle => total / 2,
-                        Anchor::End => total,
-                    };
-                    let (bx, by) = ((x * scale).round() as i64, (y * scale).round() as i64);
-                    for (ci, ch) in text.chars().enumerate() {
-                        let code = if (ch as u32) < 128 { ch as usize } else { b'?' as usize };
-                        let glyph = font8x8::legacy::BASIC_LEGACY[code];
-                        for (row, bits) in glyph.iter().enumerate() {
-                            for col in 0..8 {
-                                if bits >> col & 1 == 0 {
-                                    continue;
-                                }
-                                // Glyph pixel (u, v) from the text origin; the baseline is the glyph's 7th row.
-                                let u = ci as i64 * adv - shift + col as i64 * g;
-                                let v = (row as i64 - 7) * g;
-                                for dy in 0..g {
-                                    for dx in 0..g {
-                                        let (gx, gy) = (u + dx, v + dy);
-                                        if *vertical {
-                                            blend(bx + gy, by - gx, *colour, 1.0);
-                                        } else {
-                                            blend(bx + gx, by + gy, *colour, 1.0);
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        (w, h, px)
+    pub fn png(&self, scale: f32) -> std::result::Result<Vec<u8>, String> {
+        render_png(&self.svg(), scale)
     }
 
     /// Write `<stem>.svg` and (with the `plots` feature) `<stem>.png`, each complete or not at all.
@@ -292,18 +200,32 @@ impl Figure {
         #[cfg(feature = "plots")]
         {
             let png_path = stem.with_extension("png");
-            let (w, h, px) = self.raster(2.0);
-            crate::out::write_atomic(&png_path, |out| {
-                let mut enc = png::Encoder::new(out, w as u32, h as u32);
-                enc.set_color(png::ColorType::Rgb);
-                enc.set_depth(png::BitDepth::Eight);
-                let mut wr = enc.write_header().map_err(std::io::Error::other)?;
-                wr.write_image_data(&px).map_err(std::io::Error::other)?;
-                wr.finish().map_err(std::io::Error::other)
-            })?;
+            let bytes = self.png(2.0).map_err(|m| Error::format(&png_path, m))?;
+            crate::out::write_atomic(&png_path, |out| out.write_all(&bytes))?;
         }
         Ok(())
     }
+}
+
+/// Render SVG text to PNG bytes at `scale` pixels per SVG unit, on white.
+#[cfg(feature = "plots")]
+pub fn render_png(svg: &str, scale: f32) -> std::result::Result<Vec<u8>, String> {
+    use resvg::{tiny_skia, usvg};
+    use std::sync::{Arc, OnceLock};
+    static FONTS: OnceLock<Arc<usvg::fontdb::Database>> = OnceLock::new();
+    let fonts = FONTS.get_or_init(|| {
+        let mut db = usvg::fontdb::Database::new();
+        db.load_font_data(include_bytes!("../../assets/fonts/DejaVuSans.ttf").to_vec());
+        db.set_sans_serif_family("DejaVu Sans");
+        Arc::new(db)
+    });
+    let opt = usvg::Options { fontdb: fonts.clone(), font_family: "DejaVu Sans".into(), ..Default::default() };
+    let tree = usvg::Tree::from_str(svg, &opt).map_err(|e| format!("the figure's SVG does not parse: {e}"))?;
+    let size = tree.size().to_int_size().scale_by(scale).ok_or("the figure has no size")?;
+    let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height()).ok_or("the figure is too large to rasterise")?;
+    pixmap.fill(tiny_skia::Color::WHITE);
+    resvg::render(&tree, tiny_skia::Transform::from_scale(scale, scale), &mut pixmap.as_mut());
+    pixmap.encode_png().map_err(|e| format!("PNG encoding failed: {e}"))
 }
 
 fn escape(s: &str) -> String {
@@ -327,14 +249,16 @@ pub fn ticks(lo: f64, hi: f64) -> Vec<f64> {
     v
 }
 
-fn tick_label(v: f64) -> String {
+pub fn tick_label(v: f64) -> String {
     let s = format!("{v:.3}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     if s == "-0" { "0".into() } else { s.into() }
 }
 
-/// A heatmap: `values[r * cols + c]`, rows top to bottom; `marks` are (row, col, text) drawn in cells.
-/// `row_scaled`: colours run from each row's minimum to its maximum (for rows on different scales).
+/// A heatmap: `values[r * cols + c]`, rows top to bottom; `marks` are (row, col, text) drawn in cells;
+/// `axes` titles the rows and the columns. `row_scaled`: colours run from each row's minimum to its
+/// maximum (for rows on different scales).
+#[allow(clippy::too_many_arguments)]
 pub fn heatmap(
     title: &str,
     rows: &[String],
@@ -343,13 +267,16 @@ pub fn heatmap(
     marks: &[(usize, usize, String)],
     legend: &str,
     row_scaled: bool,
+    axes: (&str, &str),
 ) -> Figure {
     let cell = 28.0;
-    let label_w = 8.0 + 8.0 * rows.iter().map(|r| r.chars().count()).max().unwrap_or(1) as f64;
-    let label_h = 8.0 + 8.0 * cols.iter().map(|r| r.chars().count()).max().unwrap_or(1) as f64;
-    let (x0, y0) = (label_w + 10.0, 40.0);
+    let label_w = 8.0 + 6.0 * rows.iter().map(|r| r.chars().count()).max().unwrap_or(1) as f64;
+    let label_h = 8.0 + 6.0 * cols.iter().map(|r| r.chars().count()).max().unwrap_or(1) as f64;
+    let (x0, y0) = (label_w + 30.0, 40.0);
     let (gw, gh) = (cell * cols.len() as f64, cell * rows.len() as f64);
-    let mut f = Figure::new((x0 + gw + 170.0).max(20.0 + 8.5 * title.chars().count() as f64), y0 + gh + label_h + 20.0);
+    let mut f = Figure::new((x0 + gw + 170.0).max(20.0 + 7.0 * title.chars().count() as f64), y0 + gh + label_h + 30.0);
+    f.vertical_text(14.0, y0 + gh / 2.0, 11.0, Anchor::Middle, axes.0);
+    f.text(x0 + gw / 2.0, y0 + gh + label_h + 16.0, 11.0, Anchor::Middle, axes.1);
     f.text(f.width / 2.0, 22.0, 13.0, Anchor::Middle, title);
     let range = |vals: &[f64]| {
         let lo = vals.iter().copied().filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min);
@@ -380,7 +307,7 @@ pub fn heatmap(
     }
     // Colour bar.
     let (bx, bh) = (x0 + gw + 20.0, gh.max(80.0));
-    let x_legend = bx + 16.0 + 8.0 * if row_scaled { 7.0 } else { 8.0 };
+    let x_legend = bx + 16.0 + 6.0 * if row_scaled { 7.0 } else { 5.0 };
     for i in 0..50 {
         let t = 1.0 - i as f64 / 50.0;
         f.rect(bx, y0 + i as f64 * bh / 50.0, 12.0, bh / 50.0 + 0.3, viridis(t), None);
@@ -409,12 +336,15 @@ pub struct Scatter<'a> {
     pub point_size: f64,
     /// Show the axes' ticks (off for embeddings, whose coordinates mean nothing).
     pub axes: bool,
+    /// Colour of each group (None: the categorical palette).
+    pub palette: Option<&'a [Rgb]>,
 }
 
 impl Scatter<'_> {
     pub fn figure(&self) -> Figure {
         let (pw, ph) = (460.0, 400.0);
-        let legend_w = 20.0 + 8.0 * self.group_names.iter().map(|g| g.chars().count()).max().unwrap_or(0) as f64;
+        let legend_w = 20.0 + 6.5 * self.group_names.iter().map(|g| g.chars().count()).max().unwrap_or(0) as f64;
+        let colour = |g: usize| self.palette.and_then(|p| p.get(g).copied()).unwrap_or_else(|| category_colour(g));
         let (x0, y0) = (60.0, 40.0);
         let mut f = Figure::new(x0 + pw + 30.0 + legend_w, y0 + ph + 50.0);
         f.text(x0 + pw / 2.0, 22.0, 13.0, Anchor::Middle, self.title);
@@ -449,7 +379,7 @@ impl Scatter<'_> {
         f.vertical_text(18.0, y0 + ph / 2.0, 11.0, Anchor::Middle, self.y_label);
         for i in 0..self.x.len() {
             if self.x[i].is_finite() && self.y[i].is_finite() {
-                f.circle(sx(self.x[i]), sy(self.y[i]), self.point_size, category_colour(self.group[i]), 0.7);
+                f.circle(sx(self.x[i]), sy(self.y[i]), self.point_size, colour(self.group[i]), 0.7);
             }
         }
         // Labels: stacked in a column beside their points (left half: text to the right, and the
@@ -468,7 +398,7 @@ impl Scatter<'_> {
         }
         for (g, name) in self.group_names.iter().enumerate() {
             let ly = y0 + 10.0 + g as f64 * 15.0;
-            f.circle(x0 + pw + 20.0, ly, 4.0, category_colour(g), 1.0);
+            f.circle(x0 + pw + 20.0, ly, 4.0, colour(g), 1.0);
             f.text(x0 + pw + 28.0, ly + 3.5, 10.0, Anchor::Start, name.clone());
         }
         f

@@ -128,6 +128,8 @@ pub struct Metrics {
     pub align: Option<AlignSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evaluation: Option<Evaluation>,
+    /// The warnings of the run (also shown unless quiet).
+    pub warnings: Vec<String>,
     /// Seconds per phase, and `total`.
     pub timings_s: BTreeMap<String, f64>,
 }
@@ -160,6 +162,7 @@ impl Metrics {
             pretrain: None,
             align: None,
             evaluation: None,
+            warnings: Vec::new(),
             timings_s: BTreeMap::new(),
         }
     }

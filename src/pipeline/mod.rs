@@ -52,6 +52,41 @@ pub trait Observer {
 pub struct Silent;
 impl Observer for Silent {}
 
+/// Forwards everything to another observer and keeps the warnings, for the metrics (a script that
+/// runs quietly still finds them in `metrics.json`).
+struct Recording<'a> {
+    inner: &'a dyn Observer,
+    warnings: std::sync::Mutex<Vec<String>>,
+}
+
+impl<'a> Recording<'a> {
+    fn new(inner: &'a dyn Observer) -> Self {
+        Recording { inner, warnings: Default::default() }
+    }
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().unwrap().clone()
+    }
+}
+
+impl Observer for Recording<'_> {
+    fn log(&self, line: &str) {
+        self.inner.log(line);
+    }
+    fn warn(&self, line: &str) {
+        self.warnings.lock().unwrap().push(line.to_string());
+        self.inner.warn(line);
+    }
+    fn phase(&self, name: &str, steps: u64) {
+        self.inner.phase(name, steps);
+    }
+    fn step(&self, p: &Progress) {
+        self.inner.step(p);
+    }
+    fn phase_done(&self) {
+        self.inner.phase_done();
+    }
+}
+
 /// Which stages run, and where the saved models of the skipped ones are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stages {
@@ -89,10 +124,11 @@ pub struct Run<B: Backend> {
 pub fn run<B: Backend>(be: &B, inputs: &Inputs, cfg: &RunConfig, stages: &Stages, obs: &dyn Observer) -> Result<Run<B>> {
     cfg.validate()?;
     let t0 = Instant::now();
+    let obs = &Recording::new(obs);
     obs.phase("reading and preprocessing", 0);
     let pair = prepare(inputs, &cfg.preprocess, obs);
     obs.phase_done();
-    run_prepared(be, inputs, pair?, cfg, stages, obs, t0)
+    run_from(be, inputs, pair?, None, cfg, stages, obs, t0)
 }
 
 /// [`run`] from already prepared data (the Python module reads AnnData objects in memory). `t0` is
@@ -106,7 +142,7 @@ pub fn run_prepared<B: Backend>(
     obs: &dyn Observer,
     t0: Instant,
 ) -> Result<Run<B>> {
-    run_from(be, inputs, pair, None, cfg, stages, obs, t0)
+    run_from(be, inputs, pair, None, cfg, stages, &Recording::new(obs), t0)
 }
 
 /// The stages after preparing; `context`: a context model already in memory (several targets).
@@ -118,7 +154,7 @@ fn run_from<B: Backend>(
     context: Option<ContextRun<B>>,
     cfg: &RunConfig,
     stages: &Stages,
-    obs: &dyn Observer,
+    obs: &Recording,
     t0: Instant,
 ) -> Result<Run<B>> {
     cfg.validate()?;
@@ -145,6 +181,7 @@ fn run_from<B: Backend>(
     };
     crate::interrupt::check()?;
     if *stages == Stages::Pretrain {
+        metrics.warnings = obs.warnings();
         metrics.finish(timings, t0);
         return Ok(Run {
             inputs: inputs.clone(),
@@ -190,6 +227,7 @@ fn run_from<B: Backend>(
     let evaluation = evaluate(&pair, &target, obs);
     metrics.align = Some(AlignSummary::of(&acfg, &target, &cfg.transfer));
     metrics.evaluation = evaluation.clone();
+    metrics.warnings = obs.warnings();
     metrics.finish(timings, t0);
     Ok(Run {
         inputs: inputs.clone(),
@@ -237,10 +275,11 @@ pub fn run_targets<B: Backend>(
         let mut run = match runs.first() {
             None => run(be, inp, cfg, &Stages::All, obs)?,
             Some(first) => {
-                obs.phase("reading and preprocessing", 0);
-                let pair = prepare(inp, &cfg.preprocess, obs);
-                obs.phase_done();
-                run_from(be, inp, pair?, Some(first.context.duplicate(be)), cfg, &Stages::All, obs, t0)?
+                let rec = Recording::new(obs);
+                rec.phase("reading and preprocessing", 0);
+                let pair = prepare(inp, &cfg.preprocess, &rec);
+                rec.phase_done();
+                run_from(be, inp, pair?, Some(first.context.duplicate(be)), cfg, &Stages::All, &rec, t0)?
             }
         };
         each(k, &mut run)?;
