@@ -270,8 +270,8 @@ pub fn heatmap(
     axes: (&str, &str),
 ) -> Figure {
     let cell = 28.0;
-    let label_w = 8.0 + 6.0 * rows.iter().map(|r| r.chars().count()).max().unwrap_or(1) as f64;
-    let label_h = 8.0 + 6.0 * cols.iter().map(|r| r.chars().count()).max().unwrap_or(1) as f64;
+    let label_w = 8.0 + 5.6 * rows.iter().map(|r| r.chars().count()).max().unwrap_or(1) as f64;
+    let label_h = 8.0 + 5.4 * cols.iter().map(|r| r.chars().count()).max().unwrap_or(1) as f64;
     let (x0, y0) = (label_w + 30.0, 40.0);
     let (gw, gh) = (cell * cols.len() as f64, cell * rows.len() as f64);
     let mut f = Figure::new((x0 + gw + 170.0).max(20.0 + 7.0 * title.chars().count() as f64), y0 + gh + label_h + 30.0);
