@@ -160,13 +160,7 @@ fn align(
     scspecies::interrupt::clear();
     let result = py.detach(|| {
         let be = Be::new();
-        let work = || -> Result<pipeline::Run<Be>, Error> {
-            let t0 = std::time::Instant::now();
-            obs.phase("reading and preprocessing", 0);
-            let pair = pipeline::prepare_datasets(&ctx, &tgt, table.as_ref(), &inputs, &cfg.preprocess, &obs);
-            obs.phase_done();
-            pipeline::run_prepared(&be, &inputs, pair?, &cfg, &stages, &obs, t0)
-        };
+        let work = || pipeline::run_datasets(&be, &ctx, &tgt, table.as_ref(), &inputs, &cfg, &stages, &obs);
         let run = match threads {
             Some(t) => rayon::ThreadPoolBuilder::new().num_threads(t).build().map_err(|e| Error::Config(e.to_string()))?.install(work),
             None => work(),

@@ -131,18 +131,26 @@ pub fn run<B: Backend>(be: &B, inputs: &Inputs, cfg: &RunConfig, stages: &Stages
     run_from(be, inputs, pair?, None, cfg, stages, obs, t0)
 }
 
-/// [`run`] from already prepared data (the Python module reads AnnData objects in memory). `t0` is
-/// when the run began, for the total time in the metrics.
-pub fn run_prepared<B: Backend>(
+/// [`run`] on datasets already in memory (the Python module's AnnData objects): `inputs` gives their
+/// keys and names, its paths only name them in messages; `table` is the ortholog table.
+#[allow(clippy::too_many_arguments)]
+pub fn run_datasets<B: Backend>(
     be: &B,
+    context: &crate::data::Dataset,
+    target: &crate::data::Dataset,
+    table: Option<&crate::homology::OrthologTable>,
     inputs: &Inputs,
-    pair: PreparedPair,
     cfg: &RunConfig,
     stages: &Stages,
     obs: &dyn Observer,
-    t0: Instant,
 ) -> Result<Run<B>> {
-    run_from(be, inputs, pair, None, cfg, stages, &Recording::new(obs), t0)
+    cfg.validate()?;
+    let t0 = Instant::now();
+    let obs = &Recording::new(obs);
+    obs.phase("preprocessing", 0);
+    let pair = prepare_datasets(context, target, table, inputs, &cfg.preprocess, obs);
+    obs.phase_done();
+    run_from(be, inputs, pair?, None, cfg, stages, obs, t0)
 }
 
 /// The stages after preparing; `context`: a context model already in memory (several targets).
