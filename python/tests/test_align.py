@@ -167,6 +167,9 @@ def test_save_load_transfer_with_saved_models_and_analyses(sim, res, tmp_path):
     assert (back.target.obs["predicted_label"].astype(str).values == res.target.obs["predicted_label"].astype(str).values).all()
     again = scspecies_rs.align(c, t, homology=os.path.join(d, "homology.tsv"), models=folder, seed=3, progress=False, **KEYS)
     assert (again.target.obs["predicted_label"].values == res.target.obs["predicted_label"].values).all()
+    # Saved elsewhere, a run on loaded models carries them along.
+    moved = again.save(tmp_path / "again")
+    assert os.path.exists(os.path.join(moved, "target_model.safetensors")) and os.path.exists(os.path.join(moved, "context_model.safetensors"))
     sim_m = res.similarity()
     assert set(sim_m["target_type"]) == set(t.obs["cell_type"])
 

@@ -615,6 +615,8 @@ fn run_pipeline(inputs: &Inputs, out_dir: &Path, o: &RunOptions, stages: Stages)
         let mut run = crate::pipeline::run(be, &inputs, &cfg, &stages, &reporter)?;
         crate::out::write_run(be, &mut run, out_dir, &o.write_options())?;
         reporter.log(&format!("wrote {}", out_dir.display()));
+        // The report reads the folder: the run's data and models can go first (peak memory).
+        drop(run);
         write_report(out_dir, o, &reporter)
     })
 }

@@ -42,7 +42,8 @@ pub fn write_run<B: Backend>(be: &B, run: &mut Run<B>, dir: &Path, opts: &WriteO
     match &run.target {
         None => write_latent(&dir.join("latent.tsv"), &[(&pair.context, &run.context.repr)])?,
         Some(target) => {
-            if run.target_trained {
+            // Loaded models are written too when the folder is not the one they came from.
+            if run.target_trained || run.context_source.as_deref() != Some(dir) {
                 for (m, member) in target.members.iter().enumerate() {
                     crate::model::io::save(&member.model, be, &member.meta, &member_stem(dir, m))?;
                 }
