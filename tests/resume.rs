@@ -43,7 +43,20 @@ fn args(root: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     let (c, t) = (root.join("ctx"), root.join("tgt"));
     let mut a: Vec<String> =
         pipeline_args("run", c.to_str().unwrap(), t.to_str().unwrap(), out.to_str().unwrap()).iter().map(|s| s.to_string()).collect();
-    let rest = ["--target-label-key", "type", "--quiet", "--epochs-context", "8", "--epochs-target", "5", "--seed", "7"];
+    // A checkpoint after every epoch (the default spaces them two minutes apart).
+    let rest = [
+        "--target-label-key",
+        "type",
+        "--quiet",
+        "--epochs-context",
+        "8",
+        "--epochs-target",
+        "5",
+        "--seed",
+        "7",
+        "--checkpoint-every",
+        "1",
+    ];
     a.extend(rest.iter().map(|s| s.to_string()));
     a.extend(extra.iter().map(|s| s.to_string()));
     a
@@ -246,4 +259,22 @@ fn checkpoints_keep_f64_values_exactly() {
     assert_eq!(st.tensor(&format!("value.{}", a.params[0].name)).unwrap().dtype(), safetensors::Dtype::F64);
     // Fresh Adam moments are zeros: exact in f32.
     assert_eq!(st.tensor(&format!("adam_m.{}", a.params[1].name)).unwrap().dtype(), safetensors::Dtype::F32);
+}
+
+#[test]
+fn checkpoints_are_due_by_count_by_time_and_after_the_last_epoch() {
+    use scspecies::train::checkpoint::Checkpointing;
+    let c = |every, min_seconds| Checkpointing {
+        path: "x".into(),
+        resume_from: None,
+        fingerprint: serde_json::Value::Null,
+        every,
+        min_seconds,
+    };
+    // Every 3 epochs: after 3 and 6, not 4, and after the last (10) whatever the count.
+    assert!(c(3, 0.0).due(3, 10, 0.0) && c(3, 0.0).due(6, 10, 0.0) && !c(3, 0.0).due(4, 10, 1e9) && c(3, 0.0).due(10, 10, 0.0));
+    // By time: only once the interval has passed, and after the last epoch.
+    assert!(!c(0, 120.0).due(4, 10, 119.9) && c(0, 120.0).due(4, 10, 120.0) && c(0, 120.0).due(10, 10, 1.0));
+    // Neither: never, not even after the last epoch (a resume-only run reads, never writes).
+    assert!(!c(0, 0.0).due(10, 10, 1e9));
 }

@@ -234,9 +234,10 @@ pub struct RunOptions {
     /// result is the one the uninterrupted run would have given.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
-    /// Write a checkpoint every N epochs (0: none) to <out>/checkpoints.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub checkpoint_every: usize,
+    /// Write a checkpoint to <out>/checkpoints every N epochs (0: none), or with `auto` after the
+    /// first epoch that ends two minutes or more after the last one; and after each phase's last epoch.
+    #[arg(long, default_value = "auto", value_name = "N|auto", value_parser = parse_checkpoint_every)]
+    pub checkpoint_every: CheckpointEvery,
     /// Keep <out>/checkpoints after the run has finished (they are deleted by default).
     #[arg(long)]
     pub keep_checkpoints: bool,
@@ -253,6 +254,20 @@ pub struct RunOptions {
     /// available on this machine).
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     pub max_memory: Option<u64>,
+}
+
+/// `--checkpoint-every`: a number of epochs, or `auto` (by time, see [`crate::train::checkpoint::AUTO_SECONDS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointEvery {
+    Auto,
+    Epochs(usize),
+}
+
+fn parse_checkpoint_every(s: &str) -> std::result::Result<CheckpointEvery, String> {
+    if s == "auto" {
+        return Ok(CheckpointEvery::Auto);
+    }
+    s.parse().map(CheckpointEvery::Epochs).map_err(|_| format!("'{s}' is neither a number of epochs nor 'auto'"))
 }
 
 fn parse_size_arg(s: &str) -> std::result::Result<u64, String> {
@@ -281,11 +296,18 @@ impl RunOptions {
                 candidates: self.candidates,
             },
             transfer: crate::transfer::TransferConfig { unassigned_threshold: self.unassigned_threshold, ..Default::default() },
-            checkpoints: (self.checkpoint_every > 0 || self.resume.is_some()).then(|| Checkpoints {
-                dir: out_dir.join("checkpoints"),
-                every: self.checkpoint_every,
-                resume_from: self.resume.as_ref().map(|d| d.join("checkpoints")),
-            }),
+            checkpoints: {
+                let (every, min_seconds) = match self.checkpoint_every {
+                    CheckpointEvery::Auto => (0, crate::train::checkpoint::AUTO_SECONDS),
+                    CheckpointEvery::Epochs(n) => (n, 0.0),
+                };
+                (every > 0 || min_seconds > 0.0 || self.resume.is_some()).then(|| Checkpoints {
+                    dir: out_dir.join("checkpoints"),
+                    every,
+                    min_seconds,
+                    resume_from: self.resume.as_ref().map(|d| d.join("checkpoints")),
+                })
+            },
             on_nan: match self.on_nan {
                 NanPolicy::Stop => crate::train::OnNan::Stop,
                 NanPolicy::Rollback => {
@@ -776,7 +798,7 @@ fn refuse_unused(o: &RunOptions) -> Result<()> {
     check(o.write_h5ad, "--write-h5ad");
     check(o.no_report, "--no-report");
     check(o.resume.is_some(), "--resume");
-    check(o.checkpoint_every != 1, "--checkpoint-every");
+    check(o.checkpoint_every != CheckpointEvery::Auto, "--checkpoint-every");
     check(o.keep_checkpoints, "--keep-checkpoints");
     check(o.on_nan != NanPolicy::Stop, "--on-nan");
     check(o.rollback_lr_factor != 0.5, "--rollback-lr-factor");

@@ -50,8 +50,10 @@ impl Default for AlignOptions {
 pub struct Checkpoints {
     /// Folder of this run's checkpoints (`<out>/checkpoints` on the command line).
     pub dir: PathBuf,
-    /// Write one every this many epochs (and after the last).
+    /// Write one every this many epochs (0: not by count; and after the last).
     pub every: usize,
+    /// Write one after an epoch that ends this long after the last checkpoint (0: not by time).
+    pub min_seconds: f64,
     /// Resume from the checkpoints in this folder (an interrupted run's `dir`) where they exist.
     pub resume_from: Option<PathBuf>,
 }
@@ -108,8 +110,8 @@ impl RunConfig {
             if !(lr_factor > 0.0 && lr_factor < 1.0) {
                 return Err(Error::Config(format!("--rollback-lr-factor must be in (0, 1), got {lr_factor}")));
             }
-            if self.checkpoints.as_ref().is_none_or(|c| c.every == 0) {
-                return Err(Error::Config("--on-nan rollback needs checkpoints: --checkpoint-every must be at least 1".into()));
+            if self.checkpoints.as_ref().is_none_or(|c| c.every == 0 && c.min_seconds <= 0.0) {
+                return Err(Error::Config("--on-nan rollback needs checkpoints: --checkpoint-every must not be 0".into()));
             }
         }
         let a = &self.align;
@@ -171,6 +173,7 @@ impl RunConfig {
             resume_from: c.resume_from.as_ref().map(|d| d.join(&file)),
             fingerprint: serde_json::Value::Null,
             every: c.every,
+            min_seconds: c.min_seconds,
         });
         Guard { checkpoint, on_nan: self.on_nan }
     }

@@ -300,6 +300,7 @@ pub fn drive_epochs<B: Backend, H: Serialize + serde::de::DeserializeOwned>(
     if matches!(guard.on_nan, OnNan::Rollback { .. }) && last_good.is_none() {
         last_good = save(model, &history, &adam, rollbacks)?;
     }
+    let mut last_save = std::time::Instant::now();
     while history.len() < epochs {
         let epoch = history.len();
         let outcome = one_epoch(model, epoch, &adam);
@@ -308,10 +309,10 @@ pub fn drive_epochs<B: Backend, H: Serialize + serde::de::DeserializeOwned>(
             Ok(h) => {
                 history.push(h);
                 if let Some(c) = ck
-                    && c.every > 0
-                    && (history.len().is_multiple_of(c.every) || history.len() == epochs)
+                    && c.due(history.len(), epochs, last_save.elapsed().as_secs_f64())
                 {
                     last_good = save(model, &history, &adam, rollbacks)?;
+                    last_save = std::time::Instant::now();
                 }
             }
             Err(d) => {
