@@ -70,30 +70,18 @@ pub fn load(a: &FolderOptions, command: &str, obs: &dyn Observer) -> Result<Load
     obs.log(&format!("{command}: re-reading the inputs of {}", a.run.display()));
     let pair = crate::pipeline::prepare(&inputs, &cfg, obs)?;
     let be = Cpu::<f32>::new();
-    let mut models = Vec::new();
-    for (stem, p) in [(a.run.join("context_model"), &pair.context), (a.run.join("target_model"), &pair.target)] {
+    for stem in [a.run.join("context_model"), a.run.join("target_model")] {
         if !stem.with_extension("json").is_file() {
             return Err(Error::io(
                 stem.with_extension("json"),
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no model here: --run must be the folder of a finished `scspecies run`"),
             ));
         }
-        let (model, meta) = crate::model::io::load(&be, &stem)?;
-        if meta.genes != p.data.genes || meta.batches != p.batch_names {
-            return Err(Error::format(
-                stem.with_extension("json"),
-                format!(
-                    "the model does not match the re-read {} data (genes or batches differ): were the inputs changed since the run?",
-                    p.name
-                ),
-            ));
-        }
-        let data = crate::train::TrainData::of(p);
-        let repr = crate::train::represent(&be, &model, &data, crate::method::REPRESENT_BATCH);
-        models.push((model, repr));
     }
-    let (tgt_model, tgt_repr) = models.pop().unwrap();
-    let (ctx_model, ctx_repr) = models.pop().unwrap();
+    // The run's own loaders: they check that the models fit the re-read data.
+    let ctx = crate::pipeline::load_context(&be, &pair, &a.run)?;
+    let tgt = crate::pipeline::load_targets(&be, &pair, &a.run, 1)?.swap_remove(0);
+    let (ctx_model, ctx_repr, tgt_model, tgt_repr) = (ctx.model, ctx.repr, tgt.model, tgt.repr);
     let lab = |p: &crate::preprocess::Prepared| -> Option<Vec<String>> {
         p.labels.as_ref().map(|l| (0..p.n_cells()).map(|i| l.value(i).unwrap_or("unknown").to_string()).collect())
     };
@@ -138,15 +126,15 @@ fn read_predictions(path: &Path, cells: &[String]) -> Result<Vec<String>> {
 }
 
 /// Codes for names (sorted distinct names).
-pub fn codes(names: &[String]) -> (Vec<usize>, Vec<String>) {
-    let mut u: Vec<String> = names.to_vec();
+pub fn codes<S: AsRef<str>>(names: &[S]) -> (Vec<usize>, Vec<String>) {
+    let mut u: Vec<String> = names.iter().map(|n| n.as_ref().to_string()).collect();
     u.sort();
     u.dedup();
-    (names.iter().map(|n| u.binary_search(n).unwrap()).collect(), u)
+    (names.iter().map(|n| u.binary_search_by(|x| x.as_str().cmp(n.as_ref())).unwrap()).collect(), u)
 }
 
 /// Seeded subsample of at most `max` indices of 0..n, in ascending order.
-fn subsample(n: usize, max: usize, seed: u64) -> Vec<usize> {
+pub(crate) fn subsample(n: usize, max: usize, seed: u64) -> Vec<usize> {
     use rand::SeedableRng;
     use rand::seq::SliceRandom;
     let mut v: Vec<usize> = (0..n).collect();
@@ -405,7 +393,7 @@ impl Default for DgeOptions {
 }
 
 /// A file-name-safe version of a label.
-fn file_stem(name: &str) -> String {
+pub(crate) fn file_stem(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
 }
 

@@ -4,6 +4,7 @@
 
 use super::figures::{small_multiples, stacked_bars};
 use super::plot::{Figure, Rgb, Scatter, category_colour, heatmap, viridis};
+use crate::analysis::folder::{codes, file_stem, subsample};
 use crate::data::text::read_tsv;
 use crate::error::{Error, Result};
 use crate::pipeline::{CONFIDENCE_BINS, Observer};
@@ -56,14 +57,6 @@ fn num(v: &Value) -> String {
         Value::String(s) => esc(s),
         other => esc(&other.to_string()),
     }
-}
-
-/// Sorted distinct names and each value's index among them.
-fn codes(values: &[&str]) -> (Vec<usize>, Vec<String>) {
-    let mut u: Vec<String> = values.iter().map(|s| s.to_string()).collect();
-    u.sort();
-    u.dedup();
-    (values.iter().map(|v| u.binary_search_by(|x| x.as_str().cmp(v)).unwrap()).collect(), u)
 }
 
 /// Write `<dir>/report.html` (and the figures in `<dir>/figures/`) for the run folder `dir`.
@@ -161,7 +154,7 @@ pub fn write_report(dir: &Path, obs: &dyn Observer) -> Result<PathBuf> {
         let n = lrows.len();
         let (nc, nt) = (ctx_labels.len(), prows.len());
         if nz > 0 && n == nc + nt {
-            let keep = subsample(n, UMAP_CELLS);
+            let keep = subsample(n, UMAP_CELLS, 0);
             let z: Vec<f64> = keep.iter().flat_map(|&i| lrows[i][2..].iter().map(|v| v.parse::<f64>().unwrap_or(0.0))).collect();
             obs.log(&format!("report: UMAP of {} cells", keep.len()));
             let y = crate::analysis::umap::umap(&z, nz, 15, 0);
@@ -332,7 +325,7 @@ pub fn write_report(dir: &Path, obs: &dyn Observer) -> Result<PathBuf> {
     let dpath = dir.join("dge/summary.tsv");
     if let Some((dh, drows)) = table(&dpath)? {
         for (k, ty) in column(&dpath, &dh, &drows, "cell_type")?.iter().enumerate() {
-            let stem: String = ty.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+            let stem = file_stem(ty);
             let gpath = dir.join("dge").join(format!("{stem}.tsv"));
             let Some((gh, grows)) = table(&gpath)? else { continue };
             let x: Vec<f64> = column(&gpath, &gh, &grows, "data_lfc")?.iter().map(|v| v.parse().unwrap_or(f64::NAN)).collect();
@@ -374,19 +367,6 @@ pub fn write_report(dir: &Path, obs: &dyn Observer) -> Result<PathBuf> {
     let out = dir.join("report.html");
     super::write_bytes_atomic(&out, html.as_bytes())?;
     Ok(out)
-}
-
-/// Seeded subsample of at most `max` of 0..n, ascending.
-fn subsample(n: usize, max: usize) -> Vec<usize> {
-    use rand::SeedableRng;
-    use rand::seq::SliceRandom;
-    let mut v: Vec<usize> = (0..n).collect();
-    if n > max {
-        v.shuffle(&mut rand::rngs::ChaCha8Rng::seed_from_u64(0));
-        v.truncate(max);
-        v.sort_unstable();
-    }
-    v
 }
 
 fn kv_table(rows: &[(&str, String)]) -> String {
