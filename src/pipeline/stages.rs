@@ -98,20 +98,24 @@ fn model_file(model: ModelConfig, p: &Prepared, pair: &PreparedPair, labels: Vec
 
 /// A saved model must have been trained on exactly these genes and batches.
 fn check_model_genes(meta: &ModelFile, p: &Prepared, stem: &Path) -> Result<()> {
-    if meta.genes != p.data.genes || meta.batches != p.batch_names {
-        return Err(Error::format(
-            stem.with_extension("json"),
-            format!(
-                "this model was trained on {} genes and batches {:?}, but the preprocessed {} data have {} genes and batches {:?}: use the same inputs and options as for training",
-                meta.genes.len(),
-                meta.batches,
-                p.name,
-                p.data.n_genes(),
-                p.batch_names
-            ),
-        ));
+    match gene_mismatch(meta, p) {
+        Some(m) => Err(Error::format(stem.with_extension("json"), format!("{m}: use the same inputs and options as for training"))),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// How a model's genes and batches differ from the prepared data's, if they do.
+fn gene_mismatch(meta: &ModelFile, p: &Prepared) -> Option<String> {
+    (meta.genes != p.data.genes || meta.batches != p.batch_names).then(|| {
+        format!(
+            "this model was trained on {} genes and batches {:?}, but the preprocessed {} data have {} genes and batches {:?}",
+            meta.genes.len(),
+            meta.batches,
+            p.name,
+            p.data.n_genes(),
+            p.batch_names
+        )
+    })
 }
 
 /// A saved model's files, or an error saying which command writes them.
@@ -414,16 +418,8 @@ impl<B: Backend> ContextRun<B> {
 
     /// This model, if it was trained on the genes and batches of `pair`'s context.
     pub(crate) fn check_genes(self, pair: &PreparedPair) -> Result<Self> {
-        let p = &pair.context;
-        if self.meta.genes != p.data.genes || self.meta.batches != p.batch_names {
-            return Err(Error::Input(format!(
-                "the context model was trained on {} genes and batches {:?}, but the context prepared with target '{}' has {} genes and batches {:?}",
-                self.meta.genes.len(),
-                self.meta.batches,
-                pair.target.name,
-                p.data.n_genes(),
-                p.batch_names
-            )));
+        if let Some(m) = gene_mismatch(&self.meta, &pair.context) {
+            return Err(Error::Input(format!("{m} (the context prepared with target '{}')", pair.target.name)));
         }
         Ok(self)
     }
