@@ -52,6 +52,17 @@ fn outputs() -> Vec<Vec<u32>> {
     for v in [&nll, &dr, &dt, &ds, &dl] {
         out.push(v.iter().map(|v| v.to_bits()).collect());
     }
+    // The sparse input layer: 70 outputs (one 64-column block and a remainder).
+    let h = 70;
+    let sb = ops::SparseBatch::new(rows, n, x.indptr.clone(), x.indices.clone(), x.data.clone());
+    let w: Vec<f32> = (0..n * h).map(|_| (lcg(&mut s) - 0.5) as f32).collect();
+    let bias: Vec<f32> = (0..h).map(|_| (lcg(&mut s) - 0.5) as f32).collect();
+    let dy: Vec<f32> = (0..rows * h).map(|_| (lcg(&mut s) - 0.5) as f32).collect();
+    let (mut y, mut dw, mut db) = (vec![0f32; rows * h], vec![0f32; n * h], vec![0f32; h]);
+    ops::sparse_linear_fwd(&sb, &w, &bias, &mut y, h);
+    ops::sparse_linear_bwd(&sb, &dy, &mut dw, &mut db, h);
+    out.push(y.iter().map(|v| v.to_bits()).collect());
+    out.push(dw.iter().map(|v| v.to_bits()).collect());
     out
 }
 

@@ -153,8 +153,8 @@ impl<F: Real> SparseBatch<F> {
     }
 }
 
-/// One row of y += v · W[k, :] over a row's non-zeros (f32, at the widest vector width: this loop runs
-/// once per non-zero of every minibatch).
+/// One row of y += v · W[k, :] over a row's non-zeros (f32, at the widest vector width). The row-by-row
+/// reference for [`sparse_linear_fwd`]'s gene-by-gene path (same additions per element, same order).
 #[inline(always)]
 fn sparse_row_body(row: &mut [f32], idx: &[u32], val: &[f32], w: &[f32]) {
     let n = row.len();
@@ -167,7 +167,83 @@ fn sparse_row_body(row: &mut [f32], idx: &[u32], val: &[f32], w: &[f32]) {
 }
 crate::multiversion!(fn sparse_row(row: &mut [f32], idx: &[u32], val: &[f32], w: &[f32]) => sparse_row_body);
 
+/// Rows `y` [r×n] (bias already in place) += X·W over the rows' non-zeros, in blocks of `G` genes: a
+/// block of W stays in cache while every row adds its non-zeros of that block, 64 columns at a time held
+/// in registers. Each element adds its terms in ascending gene order, as the row-by-row loop does.
+#[inline(always)]
+fn sparse_rows_blocked_body(y: &mut [f32], indptr: &[usize], idx: &[u32], val: &[f32], w: &[f32], n: usize, g: usize) {
+    const C: usize = 64;
+    let rows = indptr.len() - 1;
+    let mut cursor: Vec<usize> = indptr[..rows].to_vec();
+    let k = w.len() / n.max(1);
+    let full = n - n % C;
+    for g0 in (0..k).step_by(g) {
+        let g1 = g0 + g;
+        for r in 0..rows {
+            let p0 = cursor[r];
+            let mut p1 = p0;
+            while p1 < indptr[r + 1] && (idx[p1] as usize) < g1 {
+                p1 += 1;
+            }
+            if p1 == p0 {
+                continue;
+            }
+            cursor[r] = p1;
+            let (ix, vx) = (&idx[p0..p1], &val[p0..p1]);
+            let yr = &mut y[r * n..(r + 1) * n];
+            for c in (0..full).step_by(C) {
+                let acc: &mut [f32; C] = (&mut yr[c..c + C]).try_into().unwrap();
+                let mut a = *acc;
+                for (&j, &v) in ix.iter().zip(vx) {
+                    let wr: &[f32; C] = w[j as usize * n + c..][..C].try_into().unwrap();
+                    for q in 0..C {
+                        a[q] += v * wr[q];
+                    }
+                }
+                *acc = a;
+            }
+            for (&j, &v) in ix.iter().zip(vx) {
+                for (o, &ww) in yr[full..].iter_mut().zip(&w[j as usize * n + full..][..n - full]) {
+                    *o += v * ww;
+                }
+            }
+        }
+    }
+}
+crate::multiversion!(
+    fn sparse_rows_blocked(y: &mut [f32], indptr: &[usize], idx: &[u32], val: &[f32], w: &[f32], n: usize, g: usize) => sparse_rows_blocked_body
+);
+
+// Rows per task and genes per block of the f32 sparse forward: 32 output rows of 300 (38 KB) stay in
+// L1 and 128 weight rows (154 KB) in L2. Measured on the Baron input layer (128 x 16,413 -> 300, 2
+// threads, Zen 5): 1.8 ms, against 3.5 ms row by row; 8-64 rows and 16-1,024 genes gave 1.8-3.5 ms.
+const FWD_ROWS: usize = 32;
+const FWD_GENES: usize = 128;
+
+/// y[B×N] = X·W + b for a sparse X [B×K]. f32 runs in gene blocks (see [`sparse_rows_blocked`]): the
+/// row-by-row order read a whole weight row from memory per non-zero (~300 MB per Baron minibatch).
+/// The sums are the row-by-row loop's, bit for bit.
 pub fn sparse_linear_fwd<F: Real>(x: &SparseBatch<F>, w: &[F], b: &[F], y: &mut [F], n: usize) {
+    if let Some(y32) = F::as_f32_mut(&mut y[..x.rows * n]) {
+        let (w32, b32, v32) = (F::as_f32(w), F::as_f32(b), F::as_f32(&x.values));
+        y32.par_chunks_mut(FWD_ROWS * n).enumerate().for_each(|(ci, yc)| {
+            let r0 = ci * FWD_ROWS;
+            let rows = yc.len() / n;
+            for row in yc.chunks_exact_mut(n) {
+                row.copy_from_slice(&b32);
+            }
+            let ptr: Vec<usize> = x.indptr[r0..=r0 + rows].to_vec();
+            sparse_rows_blocked(yc, &ptr, &x.indices, &v32, &w32, n, FWD_GENES);
+        });
+        return;
+    }
+    sparse_linear_fwd_rows(x, w, b, y, n);
+}
+
+/// The row-by-row forward: each row reads the weight row of each of its non-zeros. The reference for
+/// [`sparse_linear_fwd`] (tested bit-identical) and its path for f64.
+#[doc(hidden)]
+pub fn sparse_linear_fwd_rows<F: Real>(x: &SparseBatch<F>, w: &[F], b: &[F], y: &mut [F], n: usize) {
     if let Some(y32) = F::as_f32_mut(&mut y[..x.rows * n]) {
         let (w32, b32, v32) = (F::as_f32(w), F::as_f32(b), F::as_f32(&x.values));
         y32.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
@@ -189,14 +265,40 @@ pub fn sparse_linear_fwd<F: Real>(x: &SparseBatch<F>, w: &[F], b: &[F], y: &mut 
     });
 }
 
+/// One weight-gradient row dw[j, :] = Σ_p v_p · dy[i_p, :] over gene j's non-zeros, 64 columns at a time
+/// held in registers (the sum per element runs in the same order as a plain accumulation into the row).
+#[inline(always)]
+fn grad_row_body(row: &mut [f32], idx: &[u32], val: &[f32], dy: &[f32]) {
+    const C: usize = 64;
+    let n = row.len();
+    let full = n - n % C;
+    for c in (0..full).step_by(C) {
+        let mut acc = [0f32; C];
+        for (&i, &v) in idx.iter().zip(val) {
+            let d: &[f32; C] = dy[i as usize * n + c..][..C].try_into().unwrap();
+            for q in 0..C {
+                acc[q] += v * d[q];
+            }
+        }
+        row[c..c + C].copy_from_slice(&acc);
+    }
+    let tail = &mut row[full..];
+    tail.fill(0.0);
+    for (&i, &v) in idx.iter().zip(val) {
+        for (o, &d) in tail.iter_mut().zip(&dy[i as usize * n + full..][..n - full]) {
+            *o += v * d;
+        }
+    }
+}
+crate::multiversion!(fn grad_row(row: &mut [f32], idx: &[u32], val: &[f32], dy: &[f32]) => grad_row_body);
+
 /// dw[K×N] = Xᵀ·dy (only rows of features present in the batch are non-zero), db = Σ_rows dy.
 pub fn sparse_linear_bwd<F: Real>(x: &SparseBatch<F>, dy: &[F], dw: &mut [F], db: &mut [F], n: usize) {
     if let Some(dw32) = F::as_f32_mut(dw) {
         let (dy32, v32) = (F::as_f32(dy), F::as_f32(&x.t_values));
         dw32.par_chunks_mut(n).enumerate().for_each(|(j, row)| {
-            row.fill(0.0);
             let (p0, p1) = (x.t_indptr[j], x.t_indptr[j + 1]);
-            sparse_row(row, &x.t_rows[p0..p1], &v32[p0..p1], &dy32);
+            grad_row(row, &x.t_rows[p0..p1], &v32[p0..p1], &dy32);
         });
         col_sums(dy, db, x.rows, n);
         return;
