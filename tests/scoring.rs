@@ -93,6 +93,51 @@ fn scoring_kernel_matches_exact_likelihood() {
     }
 }
 
+/// The CPU's fused decode-and-score (split softmax, softplus and scoring row by row) against the three
+/// ops in turn: the same bits, for ZINB and NB, with a per-batch θ table, rows that repeat a cell, and
+/// cached count terms.
+#[test]
+fn fused_decode_score_matches_the_composed_ops() {
+    let (rows, n, batches) = (13, 2049, 3);
+    let mut s = 21u64;
+    let mut dense = vec![0f32; rows * n];
+    for v in dense.iter_mut() {
+        if lcg(&mut s) < 0.15 {
+            *v = (lcg(&mut s) * 40.0).floor() as f32 + 1.0;
+        }
+    }
+    // Rows 3-5 repeat one cell, as a query's candidates do.
+    for r in 4..6 {
+        let first = dense[3 * n..4 * n].to_vec();
+        dense[r * n..(r + 1) * n].copy_from_slice(&first);
+    }
+    let x = Csr::from_dense(rows, n, &dense);
+    let r: Vec<f32> = (0..rows * n).map(|_| (lcg(&mut s) * 16.0 - 8.0) as f32).collect();
+    let logit: Vec<f32> = (0..rows * n).map(|_| (lcg(&mut s) * 60.0 - 30.0) as f32).collect();
+    let theta: Vec<f32> = (0..batches * n).map(|_| (lcg(&mut s) * 12.0 - 6.0).exp() as f32).collect();
+    let lib: Vec<f32> = (0..rows).map(|i| 300.0 * (i + 1) as f32).collect();
+    let batch: Vec<u32> = (0..rows as u32).map(|i| (i * 7 % 3).min(batches as u32 - 1)).collect();
+    let group: Vec<u8> = (0..n).map(|g| (g % 5 == 0) as u8).collect();
+    let weight = [0.3, 0.7];
+    let hr = HostRows::gather(&x, &(0..rows).collect::<Vec<_>>());
+    let idx: Vec<u32> = (0..rows as u32).collect();
+    for dist in [Distribution::Zinb, Distribution::Nb] {
+        let mut rho = vec![0f32; rows * n];
+        ops::split_softmax_fwd(&r, &group, weight, &mut rho, n);
+        let sp = ops::softplus_all(&logit);
+        let mut want = vec![0f32; rows];
+        ops::likelihood_score(dist, &hr.ptr, &hr.idx, &hr.val, &idx, &batch, &rho, &theta, Some((&logit, &sp)), &lib, n, &mut want);
+        let cached = ops::count_terms(&hr.ptr, &hr.idx, &hr.val, &batch, &theta, n);
+        for counts in [None, Some(&cached[..])] {
+            let mut got = vec![f32::NAN; rows];
+            ops::decode_score(dist, &hr.ptr, &hr.idx, &hr.val, counts, &r, &group, weight, Some(&logit), &batch, &theta, &lib, n, &mut got);
+            for i in 0..rows {
+                assert_eq!(got[i].to_bits(), want[i].to_bits(), "{dist:?} row {i} (cached terms: {}): {} vs {}", counts.is_some(), got[i], want[i]);
+            }
+        }
+    }
+}
+
 /// One cell scored against several decoded rows (the candidate and transfer layouts): consecutive
 /// identical count rows share their count-only terms, which must not leak across cells or batches.
 #[test]

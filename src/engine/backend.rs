@@ -208,6 +208,31 @@ pub trait Backend: Send + Sync {
     );
     /// softplus element-wise.
     fn softplus(&self, x: &Self::Buf) -> Self::Buf;
+    /// NLL per row of decoder pre-activations: ρ = the split softmax of `r` [rows×N], then
+    /// [`Self::likelihood_score`] of row i against count row i of `x`, θ row `batch[i]` of `theta`
+    /// [S×N] and library `lib[i]` (ZINB: softplus of `logit` computed here). This default runs the three
+    /// ops in turn; the CPU backend fuses them row by row with the same result.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_score(
+        &self,
+        dist: Distribution,
+        x: &HostRows,
+        r: &Self::Buf,
+        group: &[u8],
+        weight: [f64; 2],
+        logit: Option<&Self::Buf>,
+        batch: &[u32],
+        theta: &Self::Buf,
+        lib: &Self::Buf,
+        n: usize,
+        nll: &mut Self::Buf,
+    ) {
+        let mut rho = self.zeros(batch.len() * n);
+        self.split_softmax_fwd(r, group, weight, &mut rho, n);
+        let sp = logit.map(|lg| self.softplus(lg));
+        let idx: Vec<u32> = (0..batch.len() as u32).collect();
+        self.likelihood_score(dist, x, &idx, batch, &rho, theta, logit.zip(sp.as_ref()), lib, n, nll);
+    }
 
     // latent terms
     fn reparam_fwd(&self, mu: &Self::Buf, ls: &Self::Buf, eps: &Self::Buf, z: &mut Self::Buf);

@@ -188,6 +188,23 @@ impl<F: Real> Backend for Cpu<F> {
     fn softplus(&self, x: &Vec<F>) -> Vec<F> {
         ops::softplus_all(x)
     }
+    fn decode_score(
+        &self,
+        dist: Distribution,
+        x: &HostRows,
+        r: &Vec<F>,
+        group: &[u8],
+        weight: [f64; 2],
+        logit: Option<&Vec<F>>,
+        batch: &[u32],
+        theta: &Vec<F>,
+        lib: &Vec<F>,
+        n: usize,
+        nll: &mut Vec<F>,
+    ) {
+        let x = x.materialized();
+        ops::decode_score(dist, &x.ptr, &x.idx, &x.val, x.count_terms.as_deref(), r, group, weight, logit.map(|l| l.as_slice()), batch, theta, lib, n, nll)
+    }
     fn reparam_fwd(&self, mu: &Vec<F>, ls: &Vec<F>, eps: &Vec<F>, z: &mut Vec<F>) {
         ops::reparam_fwd(mu, ls, eps, z)
     }

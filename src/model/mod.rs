@@ -515,11 +515,11 @@ impl<B: Backend> Model<B> {
         Encoded { inter, z_mu, z_ls, l_mu, l_ls }
     }
 
-    /// Decoder outputs for latents `z` [rows×L] with a batch per row: ρ [rows×N] and, for ZINB, the
-    /// non-dropout logits. `masks` (decoder blocks only) for train mode.
-    fn decode_rows(&self, be: &B, z: &B::Buf, batch: &[u32], masks: Option<&[B::Buf]>) -> (B::Buf, Option<B::Buf>) {
+    /// Decoder outputs for latents `z` [rows×L] with a batch per row: the pre-softmax ρ head [rows×N]
+    /// and, for ZINB, the non-dropout logits. `masks` (decoder blocks only) for train mode.
+    fn decode_pre(&self, be: &B, z: &B::Buf, batch: &[u32], masks: Option<&[B::Buf]>) -> (B::Buf, Option<B::Buf>) {
         let rows = batch.len();
-        let (n, s, l) = (self.cfg.n_genes, self.cfg.n_batches, self.cfg.latent);
+        let (s, l) = (self.cfg.n_batches, self.cfg.latent);
         let mut onehot = vec![0f64; rows * s];
         for (i, &b) in batch.iter().enumerate() {
             onehot[i * s + b as usize] = 1.0;
@@ -530,10 +530,15 @@ impl<B: Backend> Model<B> {
         let decoder = self.stack_fwd(be, &self.decoder, Some(&dec_in), None, rows, masks);
         let hd = &decoder.last().unwrap().out;
         let lin = |lin: &Linear| self.head(be, lin, hd, rows);
-        let r = lin(&self.rho);
-        let mut rho = be.zeros(rows * n);
-        be.split_softmax_fwd(&r, &self.group, self.group_weight, &mut rho, n);
-        (rho, self.pi.as_ref().map(lin))
+        (lin(&self.rho), self.pi.as_ref().map(lin))
+    }
+
+    /// [`Self::decode_pre`] with the split softmax applied: ρ [rows×N] and the logits.
+    fn decode_rows(&self, be: &B, z: &B::Buf, batch: &[u32], masks: Option<&[B::Buf]>) -> (B::Buf, Option<B::Buf>) {
+        let (r, logit) = self.decode_pre(be, z, batch, masks);
+        let mut rho = be.zeros(batch.len() * self.cfg.n_genes);
+        be.split_softmax_fwd(&r, &self.group, self.group_weight, &mut rho, self.cfg.n_genes);
+        (rho, logit)
     }
 
     /// Decode latents and score counts: the per-row NLL of the count rows `x` under the decoder at
@@ -548,14 +553,11 @@ impl<B: Backend> Model<B> {
         x: &crate::engine::backend::HostRows,
         masks: Option<&[B::Buf]>,
     ) -> B::Buf {
-        let rows = batch.len();
-        let (rho, logit) = self.decode_rows(be, z, batch, masks);
-        let sp = logit.as_ref().map(|lg| be.softplus(lg));
+        let (r, logit) = self.decode_pre(be, z, batch, masks);
         let theta = self.theta_table(be);
-        let idx: Vec<u32> = (0..rows as u32).collect();
-        let mut nll = be.zeros(rows);
-        let lg = logit.as_ref().zip(sp.as_ref());
-        be.likelihood_score(self.cfg.distribution, x, &idx, batch, &rho, &theta, lg, lib, self.cfg.n_genes, &mut nll);
+        let mut nll = be.zeros(batch.len());
+        let (group, weight) = (&self.group, self.group_weight);
+        be.decode_score(self.cfg.distribution, x, &r, group, weight, logit.as_ref(), batch, &theta, lib, self.cfg.n_genes, &mut nll);
         nll
     }
 
