@@ -125,3 +125,23 @@ fn adam_chunks_match_the_elementwise_update() {
         assert_eq!(diff, 0, "{level:?}: {diff} of {n} parameters differ from the element-wise update");
     }
 }
+
+/// The f32 Adam notes non-finite gradients during the update (the divergence check has no pass of its
+/// own): NaN and ±inf anywhere, in any chunk, are reported, and every element is still updated.
+#[test]
+fn adam_reports_non_finite_gradients() {
+    let cfg = ops::AdamConfig::default();
+    let n = 3 * (1 << 14) + 5;
+    for (at, bad) in [(None, 0.0f32), (Some(7), f32::NAN), (Some(1 << 14), f32::INFINITY), (Some(n - 1), f32::NEG_INFINITY)] {
+        let mut g = vec![0.25f32; n];
+        if let Some(i) = at {
+            g[i] = bad;
+        }
+        let (mut p, mut m, mut v) = (vec![1f32; n], vec![0f32; n], vec![0f32; n]);
+        let ok = ops::adam_step(&cfg, 1, &mut p, &g, &mut m, &mut v);
+        assert_eq!(ok, at.is_none(), "gradient {bad} at {at:?}");
+        // Every element away from the bad one moved by the same step.
+        let far = if at == Some(0) { 1 } else { 0 };
+        assert!(p.iter().enumerate().filter(|(i, _)| Some(*i) != at).all(|(_, &x)| x == p[far] && x < 1.0));
+    }
+}

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 pub use crate::model::AlignSpace;
 use crate::model::{InterTarget, Model, Noise};
 use crate::train::{
-    Divergence, EpochStats, Guard, Progress, Representation, Schedule, TrainData, check_step, drive_epochs, permutation, stream,
+    Divergence, EpochStats, Guard, Progress, Representation, Schedule, TrainData, checked_update, drive_epochs, permutation, stream,
 };
 use candidates::{Query, choose};
 use rand::RngExt;
@@ -283,8 +283,7 @@ pub fn train_target_guarded<B: Backend>(
             }
             let l = model.losses(be, &f, Some(&t));
             model.backward(be, &batch, &noise, &f, beta, Some(&t));
-            check_step(be, model, &l, &trainable, (epoch, step, steps))?;
-            model.adam_step(be, adam, trainable);
+            checked_update(be, model, &l, adam, &trainable, (epoch, step, steps))?;
             let vals = [l.total(beta, eta), l.nll, l.kl_z, l.kl_l, l.align, sel.len() as f64];
             for (s, v) in sums.iter_mut().zip(vals) {
                 *s += v;

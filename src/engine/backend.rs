@@ -264,6 +264,13 @@ pub trait Backend: Send + Sync {
     fn set_cols(&self, src: &Self::Buf, cols: usize, c0: usize, w: usize, dst: &mut Self::Buf);
 
     fn adam(&self, cfg: &AdamConfig, t: u64, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf);
+    /// [`Self::adam`], returning whether every gradient in `g` was finite (the update is applied either
+    /// way). The CPU notes it during the update; this default checks first with [`Self::all_finite`].
+    fn adam_checked(&self, cfg: &AdamConfig, t: u64, p: &mut Self::Buf, g: &Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf) -> bool {
+        let ok = self.all_finite(g);
+        self.adam(cfg, t, p, g, m, v);
+        ok
+    }
 
     /// The screening pass of the exact data-level kNN (`knn::data_level`) where the device has one: for `nt`
     /// target and `nc` context rows of `h` L2-normalised features (`target`, `context` make them a

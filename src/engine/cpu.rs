@@ -23,7 +23,18 @@ impl<F: Real> Backend for Cpu<F> {
         format!("cpu-{}x{}", std::any::type_name::<F>(), rayon::current_num_threads())
     }
     fn zeros(&self, n: usize) -> Vec<F> {
-        vec![F::zero(); n]
+        // Large buffers (decoder outputs, rows x genes) are zeroed by all threads: calloc zeroes reused
+        // heap memory on the calling thread alone, a serial share of every step.
+        const PARALLEL: usize = 1 << 18;
+        if n < PARALLEL {
+            return vec![F::zero(); n];
+        }
+        use rayon::prelude::*;
+        let mut v = Vec::with_capacity(n);
+        v.spare_capacity_mut()[..n].par_chunks_mut(1 << 16).for_each(|c| c.fill(std::mem::MaybeUninit::new(F::zero())));
+        // SAFETY: the first n elements were all initialised just above.
+        unsafe { v.set_len(n) };
+        v
     }
     fn upload(&self, v: &[f64]) -> Vec<F> {
         v.iter().map(|&x| F::f(x)).collect()
@@ -251,6 +262,9 @@ impl<F: Real> Backend for Cpu<F> {
         }
     }
     fn adam(&self, cfg: &AdamConfig, t: u64, p: &mut Vec<F>, g: &Vec<F>, m: &mut Vec<F>, v: &mut Vec<F>) {
+        ops::adam_step(cfg, t, p, g, m, v);
+    }
+    fn adam_checked(&self, cfg: &AdamConfig, t: u64, p: &mut Vec<F>, g: &Vec<F>, m: &mut Vec<F>, v: &mut Vec<F>) -> bool {
         ops::adam_step(cfg, t, p, g, m, v)
     }
     fn all_finite(&self, b: &Vec<F>) -> bool {

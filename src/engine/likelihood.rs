@@ -4,7 +4,7 @@
 //! **non**-dropout probability. Clamps as the reference applies them, in order: θ ≥ 1e-7,
 //! ρ ∈ [1e-8, 1 − 1e-7]; where a clamp is active its gradient is 0.
 
-use super::special::{digamma_diff, lgamma_ratio, ln_factorial, sigmoid, softplus, softplus_sigmoid};
+use super::special::{digamma_diff, lgamma_ratio, ln_factorial, softplus, softplus_sigmoid, softplus_sigmoid_neg};
 
 pub const THETA_MIN: f64 = 1e-7;
 pub const RHO_MIN: f64 = 1e-8;
@@ -39,8 +39,10 @@ pub fn zinb(x: f64, theta: f64, rho: f64, lib: f64, s: f64) -> LogLik {
     let r = rho.clamp(RHO_MIN, RHO_MAX);
     let mu = r * lib;
     let tm = th + mu;
-    // θ(log θ − log(θ+μ)) = −θ·log1p(μ/θ), accurate for θ ≫ μ.
-    let th_log = -th * (mu / th).ln_1p();
+    // θ(log θ − log(θ+μ)) = −θ·log1p(μ/θ), accurate for θ ≫ μ. log1p is a libm call the compiler does
+    // not merge, so it is evaluated once here.
+    let l1 = (mu / th).ln_1p();
+    let th_log = -th * l1;
     let (ll, d_s, d_th, d_mu);
     if x < 1e-7 {
         // The zero branch is ~90 % of all entries: share one exp between softplus and sigmoid.
@@ -49,13 +51,14 @@ pub fn zinb(x: f64, theta: f64, rho: f64, lib: f64, s: f64) -> LogLik {
         let (sp_s, ss) = softplus_sigmoid(s);
         ll = sp_a - sp_s;
         d_s = sa - ss;
-        d_th = sa * (mu / tm - (mu / th).ln_1p());
+        d_th = sa * (mu / tm - l1);
         d_mu = -sa * th / tm;
     } else {
-        // x(log μ − log(θ+μ)) = −x·log1p(θ/μ)
-        ll = -softplus(s) + s + th_log - x * (th / mu).ln_1p() + lgamma_ratio(x, th) - ln_factorial(x);
-        d_s = sigmoid(-s);
-        d_th = -(mu / th).ln_1p() + (mu - x) / tm + digamma_diff(x, th);
+        // x(log μ − log(θ+μ)) = −x·log1p(θ/μ). softplus(s) and σ(−s) share exp(−|s|).
+        let (sp_s, sig_neg) = softplus_sigmoid_neg(s);
+        ll = -sp_s + s + th_log - x * (th / mu).ln_1p() + lgamma_ratio(x, th) - ln_factorial(x);
+        d_s = sig_neg;
+        d_th = -l1 + (mu - x) / tm + digamma_diff(x, th);
         d_mu = x / mu - (x + th) / tm;
     }
     LogLik {

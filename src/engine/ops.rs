@@ -431,10 +431,17 @@ pub fn split_softmax_fwd<F: Real>(r: &[F], group: &[u8], weight: [f64; 2], rho: 
 pub fn split_softmax_bwd<F: Real>(rho: &[F], group: &[u8], weight: [f64; 2], d: &mut [F], n: usize) {
     d.par_chunks_mut(n).enumerate().for_each(|(i, dr)| {
         let ro = &rho[i * n..][..n];
-        let mut dot = [0f64; 2];
+        // Two register accumulators, each taking +0.0 for the other group's genes: a sum that starts at
+        // +0.0 is never −0.0, so adding +0.0 leaves it unchanged, and the sums are the per-group ones in
+        // gene order (an indexed array kept them in memory, one store-to-load round trip per gene).
+        let (mut d0, mut d1) = (0f64, 0f64);
         for g in 0..n {
-            dot[group[g] as usize] += ro[g].d() * dr[g].d();
+            let v = ro[g].d() * dr[g].d();
+            let first = group[g] == 0;
+            d0 += if first { v } else { 0.0 };
+            d1 += if first { 0.0 } else { v };
         }
+        let dot = [d0, d1];
         let c = [if weight[0] > 0.0 { dot[0] / weight[0] } else { 0.0 }, if weight[1] > 0.0 { dot[1] / weight[1] } else { 0.0 }];
         for g in 0..n {
             dr[g] = F::f(ro[g].d() * (dr[g].d() - c[group[g] as usize]));
@@ -1164,21 +1171,27 @@ impl Default for AdamConfig {
     }
 }
 
-crate::multiversion!(fn adam_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: [f32; 7]) => adam_chunk_body);
+crate::multiversion!(fn adam_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: [f32; 7]) -> bool => adam_chunk_body);
 
 #[inline(always)]
-fn adam_chunk_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: [f32; 7]) {
+fn adam_chunk_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: [f32; 7]) -> bool {
     let [b1, one_b1, b2, one_b2, step, sq, eps] = c;
     let n = p.len();
     let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    // Non-finite gradients (all exponent bits set) are noted on the way: the divergence check then
+    // needs no pass of its own over every gradient.
+    let mut bad = 0u32;
     for i in 0..n {
         m[i] = b1 * m[i] + one_b1 * g[i];
         v[i] = b2 * v[i] + one_b2 * g[i] * g[i];
         p[i] -= step * m[i] / (v[i].sqrt() / sq + eps);
+        bad |= (g[i].to_bits() & 0x7f80_0000 == 0x7f80_0000) as u32;
     }
+    bad == 0
 }
 
-pub fn adam_step<F: Real>(cfg: &AdamConfig, t: u64, p: &mut [F], g: &[F], m: &mut [F], v: &mut [F]) {
+/// One Adam update; returns whether every gradient was finite (the update is applied either way).
+pub fn adam_step<F: Real>(cfg: &AdamConfig, t: u64, p: &mut [F], g: &[F], m: &mut [F], v: &mut [F]) -> bool {
     let bc1 = 1.0 - cfg.beta1.powi(t as i32);
     let bc2 = 1.0 - cfg.beta2.powi(t as i32);
     let (b1, b2) = (F::f(cfg.beta1), F::f(cfg.beta2));
@@ -1191,16 +1204,19 @@ pub fn adam_step<F: Real>(cfg: &AdamConfig, t: u64, p: &mut [F], g: &[F], m: &mu
         let g32 = F::as_f32(g);
         let c = [b1.d() as f32, one_b1.d() as f32, b2.d() as f32, one_b2.d() as f32, step.d() as f32, sq.d() as f32, eps.d() as f32];
         const CH: usize = 1 << 14;
-        p32.par_chunks_mut(CH)
+        // `reduce`, not `all`: every chunk must be updated.
+        return p32
+            .par_chunks_mut(CH)
             .zip(g32.par_chunks(CH))
             .zip(m32.par_chunks_mut(CH))
             .zip(v32.par_chunks_mut(CH))
-            .for_each(|(((p, g), m), v)| adam_chunk(p, g, m, v, c));
-        return;
+            .map(|(((p, g), m), v)| adam_chunk(p, g, m, v, c))
+            .reduce(|| true, |a, b| a && b);
     }
     p.par_iter_mut().zip(g.par_iter()).zip(m.par_iter_mut()).zip(v.par_iter_mut()).for_each(|(((p, &g), m), v)| {
         *m = b1 * *m + one_b1 * g;
         *v = b2 * *v + one_b2 * g * g;
         *p = *p - step * *m / (v.sqrt() / sq + eps);
     });
+    g.par_iter().all(|x| x.d().is_finite())
 }

@@ -63,6 +63,16 @@ pub fn softplus_sigmoid(a: f64) -> (f64, f64) {
     (sp, sg)
 }
 
+/// (softplus(a), sigmoid(−a)) from one exponential: the same values as [`softplus`] and [`sigmoid`]
+/// evaluated apart (both take exp(−|a|)).
+#[inline]
+pub fn softplus_sigmoid_neg(a: f64) -> (f64, f64) {
+    let e = (-a.abs()).exp();
+    let sp = a.max(0.0) + e.ln_1p();
+    let sg = if a <= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+    (sp, sg)
+}
+
 /// Counts up to this use the finite sums below instead of lgamma/digamma.
 const SMALL_COUNT: f64 = 16.0;
 

@@ -712,12 +712,21 @@ impl<B: Backend> Model<B> {
 
     /// Adam on the parameters selected by `trainable` (all others keep their values and moments).
     pub fn adam_step(&mut self, be: &B, cfg: &AdamConfig, trainable: impl Fn(&str) -> bool) {
+        self.adam_step_checked(be, cfg, trainable);
+    }
+
+    /// [`Self::adam_step`], returning the first trainable parameter whose gradient was not finite. Every
+    /// parameter is updated either way, so after a `Some` the weights are spoilt: training stops or
+    /// rolls back to a checkpoint.
+    pub fn adam_step_checked(&mut self, be: &B, cfg: &AdamConfig, trainable: impl Fn(&str) -> bool) -> Option<String> {
         self.step += 1;
+        let mut first_bad = None;
         for (p, g) in self.params.iter_mut().zip(&self.grads) {
-            if trainable(&p.name) {
-                be.adam(cfg, self.step, &mut p.value, g, &mut p.m, &mut p.v);
+            if trainable(&p.name) && !be.adam_checked(cfg, self.step, &mut p.value, g, &mut p.m, &mut p.v) && first_bad.is_none() {
+                first_bad = Some(p.name.clone());
             }
         }
+        first_bad
     }
 
     /// Index of a parameter by its PyTorch name.

@@ -198,23 +198,20 @@ pub fn device_ok<B: Backend>(be: &B, during: &str) -> Result<()> {
     }
 }
 
-/// The loss terms, then the gradients of the trainable parameters, must be finite.
-pub fn check_step<B: Backend>(
+/// The Adam update of one step, guarded: the loss terms must be finite (else no update), then the
+/// gradients of the trainable parameters, which the update itself checks (after a non-finite one the
+/// weights are spoilt; the caller stops or rolls back to a checkpoint).
+pub fn checked_update<B: Backend>(
     be: &B,
-    model: &Model<B>,
+    model: &mut Model<B>,
     l: &Losses,
+    adam: &AdamConfig,
     trainable: &dyn Fn(&str) -> bool,
     at: (usize, usize, usize),
 ) -> std::result::Result<(), Divergence> {
-    let what = if let Some(term) = non_finite(l) {
-        Some(format!("the {term} term"))
-    } else {
-        model
-            .params
-            .iter()
-            .zip(&model.grads)
-            .find(|(p, g)| trainable(&p.name) && !be.all_finite(g))
-            .map(|(p, _)| format!("the gradient of {}", p.name))
+    let what = match non_finite(l) {
+        Some(term) => Some(format!("the {term} term")),
+        None => model.adam_step_checked(be, adam, trainable).map(|name| format!("the gradient of {name}")),
     };
     match what {
         Some(what) => Err(Divergence { epoch: at.0, step: at.1, steps: at.2, what }),
@@ -395,8 +392,7 @@ pub fn train_context_guarded<B: Backend>(
             let f = model.forward_with(be, &batch, &noise, true);
             let l = model.losses(be, &f, None);
             model.backward(be, &batch, &noise, &f, beta, None);
-            check_step(be, model, &l, &all, (epoch, step, steps))?;
-            model.adam_step(be, adam, all);
+            checked_update(be, model, &l, adam, &all, (epoch, step, steps))?;
             let vals = [l.total(beta, 0.0), l.nll, beta * l.kl_z, beta * l.kl_l];
             for (s, v) in sums.iter_mut().zip([l.total(beta, 0.0), l.nll, l.kl_z, l.kl_l]) {
                 *s += v;
