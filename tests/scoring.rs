@@ -132,7 +132,14 @@ fn fused_decode_score_matches_the_composed_ops() {
             let mut got = vec![f32::NAN; rows];
             ops::decode_score(dist, &hr.ptr, &hr.idx, &hr.val, counts, &r, &group, weight, Some(&logit), &batch, &theta, &lib, n, &mut got);
             for i in 0..rows {
-                assert_eq!(got[i].to_bits(), want[i].to_bits(), "{dist:?} row {i} (cached terms: {}): {} vs {}", counts.is_some(), got[i], want[i]);
+                assert_eq!(
+                    got[i].to_bits(),
+                    want[i].to_bits(),
+                    "{dist:?} row {i} (cached terms: {}): {} vs {}",
+                    counts.is_some(),
+                    got[i],
+                    want[i]
+                );
             }
         }
     }

@@ -214,7 +214,22 @@ impl<F: Real> Backend for Cpu<F> {
         nll: &mut Vec<F>,
     ) {
         let x = x.materialized();
-        ops::decode_score(dist, &x.ptr, &x.idx, &x.val, x.count_terms.as_deref(), r, group, weight, logit.map(|l| l.as_slice()), batch, theta, lib, n, nll)
+        ops::decode_score(
+            dist,
+            &x.ptr,
+            &x.idx,
+            &x.val,
+            x.count_terms.as_deref(),
+            r,
+            group,
+            weight,
+            logit.map(|l| l.as_slice()),
+            batch,
+            theta,
+            lib,
+            n,
+            nll,
+        )
     }
     fn reparam_fwd(&self, mu: &Vec<F>, ls: &Vec<F>, eps: &Vec<F>, z: &mut Vec<F>) {
         ops::reparam_fwd(mu, ls, eps, z)

@@ -888,8 +888,9 @@ pub fn likelihood_score_cached<F: Real>(
             _ => None,
         };
         let c = row_of.map_or(i, |r| r[i] as usize);
+        let (p0, p1) = (nz_ptr[c], nz_ptr[c + 1]);
         let (tc, ti) = tables.row(batch[i]);
-        *out = F::f(score_row(&rho32[r0..r0 + n], tc, ti, s, lib[i].d() as f32, counts[i], &nz_idx[nz_ptr[c]..nz_ptr[c + 1]], &nz_val[nz_ptr[c]..nz_ptr[c + 1]]));
+        *out = F::f(score_row(&rho32[r0..r0 + n], tc, ti, s, lib[i].d() as f32, counts[i], &nz_idx[p0..p1], &nz_val[p0..p1]));
     });
 }
 
