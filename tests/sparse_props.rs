@@ -156,3 +156,18 @@ proptest! {
         prop_assert!(dw.iter().zip(&want_dw).all(|(a, b)| a.to_bits() == b.to_bits()), "register-blocked weight gradient differs from the plain loop");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// The CPU backend's minibatch densification (rows filled in parallel, straight into the buffer)
+    /// against the dense matrix the CSR came from, in f32 and f64.
+    #[test]
+    fn cpu_upload_dense_matches_the_dense_matrix((rows, k, _n, dense, _seed) in sparse_batch()) {
+        use scspecies::engine::{Backend, Cpu};
+        let x = Csr::from_dense(rows, k, &dense);
+        let got32 = Cpu::<f32>::new().upload_dense(k, &x.indptr, &x.indices, &x.data);
+        prop_assert_eq!(&got32, &dense);
+        let got64 = Cpu::<f64>::new().upload_dense(k, &x.indptr, &x.indices, &x.data);
+        prop_assert!(got64.iter().zip(&dense).all(|(a, &b)| *a == b as f64));
+    }
+}

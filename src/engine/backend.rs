@@ -116,6 +116,18 @@ pub trait Backend: Send + Sync {
     fn download_f32(&self, b: &Self::Buf) -> Option<Vec<f32>>;
     fn len(&self, b: &Self::Buf) -> usize;
     fn copy(&self, b: &Self::Buf) -> Self::Buf;
+    /// CSR rows (indptr, column indices, values) as a dense [rows×cols] matrix. This default densifies
+    /// on the host and uploads; the CPU backend fills its rows in parallel.
+    fn upload_dense(&self, cols: usize, indptr: &[usize], indices: &[u32], values: &[f32]) -> Self::Buf {
+        let rows = indptr.len() - 1;
+        let mut dense = vec![0f32; rows * cols];
+        for r in 0..rows {
+            for p in indptr[r]..indptr[r + 1] {
+                dense[r * cols + indices[p] as usize] = values[p];
+            }
+        }
+        self.upload_f32(&dense)
+    }
     /// CSR rows (indptr, column indices, values) with `cols` columns.
     fn upload_sparse(&self, rows: usize, cols: usize, indptr: Vec<usize>, indices: Vec<u32>, values: Vec<f32>) -> Self::Sparse;
 

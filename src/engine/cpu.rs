@@ -42,6 +42,22 @@ impl<F: Real> Backend for Cpu<F> {
     fn upload_f32(&self, v: &[f32]) -> Vec<F> {
         v.iter().map(|&x| F::f(x as f64)).collect()
     }
+    fn upload_dense(&self, cols: usize, indptr: &[usize], indices: &[u32], values: &[f32]) -> Vec<F> {
+        use rayon::prelude::*;
+        // Written straight into the result, one row per task: no host copy to convert and no serial
+        // zeroing of a minibatch's rows x genes.
+        let rows = indptr.len() - 1;
+        let mut dense: Vec<F> = Vec::with_capacity(rows * cols);
+        dense.spare_capacity_mut()[..rows * cols].par_chunks_mut(cols.max(1)).enumerate().for_each(|(r, row)| {
+            row.fill(std::mem::MaybeUninit::new(F::zero()));
+            for p in indptr[r]..indptr[r + 1] {
+                row[indices[p] as usize] = std::mem::MaybeUninit::new(F::f(values[p] as f64));
+            }
+        });
+        // SAFETY: every row of the first rows*cols elements was filled just above.
+        unsafe { dense.set_len(rows * cols) };
+        dense
+    }
     fn download(&self, b: &Vec<F>) -> Vec<f64> {
         b.iter().map(|x| x.d()).collect()
     }

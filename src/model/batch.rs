@@ -39,14 +39,12 @@ impl<B: Backend> Batch<B> {
         let mut ip = Vec::with_capacity(rows + 1);
         let mut idx = Vec::with_capacity(genes.len() + rows);
         let mut val = Vec::with_capacity(genes.len() + rows);
-        let mut dense = vec![0f32; rows * n_genes];
         let mut onehot = vec![0f32; rows * n_batches];
         ip.push(0);
         for r in 0..rows {
             for p in indptr[r]..indptr[r + 1] {
                 idx.push(genes[p]);
                 val.push(values[p]);
-                dense[r * n_genes + genes[p] as usize] = values[p];
             }
             idx.push((n_genes + batch[r] as usize) as u32);
             val.push(1.0);
@@ -56,7 +54,7 @@ impl<B: Backend> Batch<B> {
         Batch {
             rows,
             sparse: be.upload_sparse(rows, n_genes + n_batches, ip, idx, val),
-            x: be.upload_f32(&dense),
+            x: be.upload_dense(n_genes, indptr, genes, values),
             onehot: be.upload_f32(&onehot),
             batch,
             prior_mu: be.upload(prior_mu),
