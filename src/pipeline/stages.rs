@@ -71,6 +71,7 @@ pub fn pretrain_guarded<B: Backend>(
     let history = history?;
     let train_seconds = t.elapsed().as_secs_f64();
     let repr = crate::train::represent(be, &model, &data, crate::method::REPRESENT_BATCH);
+    model.release_training_state(be);
     let meta = model_file(
         cfg,
         ctx,
@@ -137,7 +138,8 @@ fn require_model(stem: &Path, what: &str) -> Result<()> {
 pub fn load_context<B: Backend>(be: &B, pair: &PreparedPair, dir: &Path) -> Result<ContextRun<B>> {
     let stem = dir.join("context_model");
     require_model(&stem, "context model")?;
-    let (model, meta) = crate::model::io::load(be, &stem)?;
+    let (mut model, meta) = crate::model::io::load(be, &stem)?;
+    model.release_training_state(be);
     check_model_genes(&meta, &pair.context, &stem)?;
     let repr = crate::train::represent(be, &model, &TrainData::of(&pair.context), crate::method::REPRESENT_BATCH);
     Ok(ContextRun { model, history: Vec::new(), repr, meta, train_seconds: 0.0 })
@@ -162,7 +164,8 @@ pub fn load_targets<B: Backend>(be: &B, pair: &PreparedPair, dir: &Path, members
                 stem.with_extension("json").display()
             )));
         }
-        let (model, meta) = crate::model::io::load(be, &stem)?;
+        let (mut model, meta) = crate::model::io::load(be, &stem)?;
+        model.release_training_state(be);
         check_model_genes(&meta, &pair.target, &stem)?;
         let repr = crate::train::represent(be, &model, &data, crate::method::REPRESENT_BATCH);
         let seed = meta.training.get("config").and_then(|c| c.get("seed")).and_then(|s| s.as_u64()).unwrap_or(0);
@@ -323,6 +326,7 @@ pub fn align<B: Backend>(
             }
         };
         let repr = crate::train::represent(be, &model, &data, crate::method::REPRESENT_BATCH);
+        model.release_training_state(be);
         let training =
             serde_json::json!({ "config": mcfg, "history": history, "backend": be.name(), "member": m, "members": acfg.members });
         let meta = model_file(cfg.clone(), tgt, pair, label_names.clone(), training);
@@ -413,6 +417,7 @@ impl<B: Backend> ContextRun<B> {
     pub fn duplicate(&self, be: &B) -> Self {
         let mut model = Model::new(be, self.model.cfg.clone(), &mut crate::train::stream(0, 0, 0, 0));
         model.copy_params_from(be, &self.model, "");
+        model.release_training_state(be);
         ContextRun { model, history: Vec::new(), repr: self.repr.clone(), meta: self.meta.clone(), train_seconds: 0.0 }
     }
 
