@@ -167,7 +167,7 @@ fn sparse_row_body(row: &mut [f32], idx: &[u32], val: &[f32], w: &[f32]) {
 }
 crate::multiversion!(fn sparse_row(row: &mut [f32], idx: &[u32], val: &[f32], w: &[f32]) => sparse_row_body);
 
-/// Rows `y` [r×n] (bias already in place) += X·W over the rows' non-zeros, in blocks of `G` genes: a
+/// Rows `y` [r×n] (bias already in place) += X·W over the rows' non-zeros, in blocks of `g` genes: a
 /// block of W stays in cache while every row adds its non-zeros of that block, 64 columns at a time held
 /// in registers. Each element adds its terms in ascending gene order, as the row-by-row loop does.
 #[inline(always)]
@@ -232,8 +232,7 @@ pub fn sparse_linear_fwd<F: Real>(x: &SparseBatch<F>, w: &[F], b: &[F], y: &mut 
             for row in yc.chunks_exact_mut(n) {
                 row.copy_from_slice(&b32);
             }
-            let ptr: Vec<usize> = x.indptr[r0..=r0 + rows].to_vec();
-            sparse_rows_blocked(yc, &ptr, &x.indices, &v32, &w32, n, FWD_GENES);
+            sparse_rows_blocked(yc, &x.indptr[r0..=r0 + rows], &x.indices, &v32, &w32, n, FWD_GENES);
         });
         return;
     }
