@@ -171,3 +171,13 @@ proptest! {
         prop_assert!(got64.iter().zip(&dense).all(|(a, &b)| *a == b as f64));
     }
 }
+
+/// The CPU backend zeroes large buffers in parallel chunks: every element, the last partial chunk too.
+#[test]
+fn cpu_large_zeros_are_all_zero() {
+    use scspecies::engine::{Backend, Cpu};
+    let n = (1 << 18) + (1 << 16) + 7;
+    let z = Cpu::<f32>::new().zeros(n);
+    assert_eq!(z.len(), n);
+    assert!(z.iter().all(|&v| v.to_bits() == 0));
+}

@@ -29,12 +29,7 @@ impl<F: Real> Backend for Cpu<F> {
         if n < PARALLEL {
             return vec![F::zero(); n];
         }
-        use rayon::prelude::*;
-        let mut v = Vec::with_capacity(n);
-        v.spare_capacity_mut()[..n].par_chunks_mut(1 << 16).for_each(|c| c.fill(std::mem::MaybeUninit::new(F::zero())));
-        // SAFETY: the first n elements were all initialised just above.
-        unsafe { v.set_len(n) };
-        v
+        filled_in_parallel(n, 1 << 16, |_, _| {})
     }
     fn upload(&self, v: &[f64]) -> Vec<F> {
         v.iter().map(|&x| F::f(x)).collect()
@@ -43,20 +38,14 @@ impl<F: Real> Backend for Cpu<F> {
         v.iter().map(|&x| F::f(x as f64)).collect()
     }
     fn upload_dense(&self, cols: usize, indptr: &[usize], indices: &[u32], values: &[f32]) -> Vec<F> {
-        use rayon::prelude::*;
         // Written straight into the result, one row per task: no host copy to convert and no serial
         // zeroing of a minibatch's rows x genes.
         let rows = indptr.len() - 1;
-        let mut dense: Vec<F> = Vec::with_capacity(rows * cols);
-        dense.spare_capacity_mut()[..rows * cols].par_chunks_mut(cols.max(1)).enumerate().for_each(|(r, row)| {
-            row.fill(std::mem::MaybeUninit::new(F::zero()));
+        filled_in_parallel(rows * cols, cols.max(1), |r, row| {
             for p in indptr[r]..indptr[r + 1] {
-                row[indices[p] as usize] = std::mem::MaybeUninit::new(F::f(values[p] as f64));
+                row[indices[p] as usize] = F::f(values[p] as f64);
             }
-        });
-        // SAFETY: every row of the first rows*cols elements was filled just above.
-        unsafe { dense.set_len(rows * cols) };
-        dense
+        })
     }
     fn download(&self, b: &Vec<F>) -> Vec<f64> {
         b.iter().map(|x| x.d()).collect()
@@ -302,4 +291,19 @@ impl<F: Real> Backend for Cpu<F> {
         use rayon::prelude::*;
         b.par_chunks(1 << 16).all(|c| c.iter().all(|x| x.d().is_finite()))
     }
+}
+
+/// A vector of `n` zeros, then `fill(k, chunk)` on its k-th chunk of `chunk` elements: chunks zeroed and
+/// filled in parallel (calloc zeroes reused heap memory on the calling thread alone).
+fn filled_in_parallel<F: Real>(n: usize, chunk: usize, fill: impl Fn(usize, &mut [F]) + Sync) -> Vec<F> {
+    use rayon::prelude::*;
+    let mut v: Vec<F> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n].par_chunks_mut(chunk).enumerate().for_each(|(k, c)| {
+        c.fill(std::mem::MaybeUninit::new(F::zero()));
+        // SAFETY: every element of `c` was initialised on the line above.
+        fill(k, unsafe { &mut *(c as *mut [std::mem::MaybeUninit<F>] as *mut [F]) });
+    });
+    // SAFETY: every chunk of the first n elements was initialised above.
+    unsafe { v.set_len(n) };
+    v
 }

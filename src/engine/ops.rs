@@ -872,13 +872,7 @@ pub fn likelihood_score_cached<F: Real>(
     let (rho32, theta32) = (F::as_f32(rho), F::as_f32(theta));
     let logit32 = logit.map(|(a, b)| (F::as_f32(a), F::as_f32(b)));
     assert!(row_of.is_none() || cached.is_some(), "rows addressed through row_of need their count terms cached");
-    let counts = match cached {
-        Some(c) => {
-            assert_eq!(c.len(), nll.len(), "one cached count term per scored row");
-            std::borrow::Cow::Borrowed(c)
-        }
-        None => std::borrow::Cow::Owned(count_terms(nz_ptr, nz_idx, nz_val, batch, &theta32, n)),
-    };
+    let counts = cached_or_count_terms(cached, nz_ptr, nz_idx, nz_val, batch, &theta32, n);
     let tables = ThetaTables::new(&theta32, batch, n);
     nll.par_iter_mut().enumerate().for_each(|(i, out)| {
         let r0 = rows[i] as usize * n;
@@ -891,6 +885,25 @@ pub fn likelihood_score_cached<F: Real>(
         let (tc, ti) = tables.row(batch[i]);
         *out = F::f(score_row(&rho32[r0..r0 + n], tc, ti, s, lib[i].d() as f32, counts[i], &nz_idx[p0..p1], &nz_val[p0..p1]));
     });
+}
+
+/// The scored rows' count-only terms: the caller's cache (one per row) or [`count_terms`].
+fn cached_or_count_terms<'a>(
+    cached: Option<&'a [f64]>,
+    nz_ptr: &[usize],
+    nz_idx: &[u32],
+    nz_val: &[f32],
+    batch: &[u32],
+    theta32: &[f32],
+    n: usize,
+) -> std::borrow::Cow<'a, [f64]> {
+    match cached {
+        Some(c) => {
+            assert_eq!(c.len(), batch.len(), "one cached count term per scored row");
+            std::borrow::Cow::Borrowed(c)
+        }
+        None => std::borrow::Cow::Owned(count_terms(nz_ptr, nz_idx, nz_val, batch, theta32, n)),
+    }
 }
 
 /// θ clamped and its reciprocal for the table rows in use only (usually one batch of a few), so that the
@@ -974,10 +987,7 @@ pub fn decode_score<F: Real>(
     };
     let (r32, theta32) = (F::as_f32(r), F::as_f32(theta));
     let logit32 = logit.map(F::as_f32);
-    let counts = match cached {
-        Some(c) => std::borrow::Cow::Borrowed(c),
-        None => std::borrow::Cow::Owned(count_terms(nz_ptr, nz_idx, nz_val, batch, &theta32, n)),
-    };
+    let counts = cached_or_count_terms(cached, nz_ptr, nz_idx, nz_val, batch, &theta32, n);
     let tables = ThetaTables::new(&theta32, batch, n);
     nll32.par_iter_mut().enumerate().for_each_init(
         || (vec![0f32; n], vec![0f32; n]),
