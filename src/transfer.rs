@@ -30,11 +30,25 @@ pub struct TransferConfig {
     pub unassigned_threshold: f64,
     /// Nearest context cells (in latent space) pooled for the misfit.
     pub novelty_neighbours: usize,
+    /// How each pair's zero-count part is computed (see [`zero_parts`]).
+    #[serde(default)]
+    pub scoring: Scoring,
+}
+
+/// `--transfer-scoring`: the zero-count part of each (target cell, candidate) score, the sum of every
+/// gene's zero-count term, computed exactly for every pair or read from a polynomial in the library
+/// size per decoded context row, checked against exact values ([`zero_parts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scoring {
+    #[default]
+    Interpolated,
+    Exact,
 }
 
 impl Default for TransferConfig {
     fn default() -> Self {
-        TransferConfig { candidates: 250, top: 25, unassigned_threshold: 2.0, novelty_neighbours: 25 }
+        TransferConfig { candidates: 250, top: 25, unassigned_threshold: 2.0, novelty_neighbours: 25, scoring: Scoring::Interpolated }
     }
 }
 
@@ -147,6 +161,7 @@ pub fn similarities<B: Backend>(
     tgt: &Representation,
     ctx_z_mu: &[f32],
     pairs: &[(u32, u32)],
+    scoring: Scoring,
 ) -> Vec<f64> {
     let (l, n) = (tgt.latent, model.cfg.n_genes);
     let nt = data.n_cells();
@@ -193,7 +208,31 @@ pub fn similarities<B: Backend>(
         let (rho, logit) = ranking(|| model.decode(be, &be.upload(&z), b, c1 - c0));
         let sp = logit.as_ref().map(|lg| be.softplus(lg));
         let lg = logit.as_ref().zip(sp.as_ref());
-        for group in order[start..end].chunks(PAIR_GROUP) {
+        let block = &order[start..end];
+        let zero = zero_parts(
+            block,
+            scoring,
+            |evals: &[(u32, f64)]| {
+                let rows: Vec<u32> = evals.iter().map(|e| e.0).collect();
+                let lib: Vec<f64> = evals.iter().map(|e| e.1).collect();
+                let mut nll = be.zeros(evals.len());
+                be.likelihood_score(
+                    model.cfg.distribution,
+                    &HostRows::without_counts(evals.len()),
+                    &rows,
+                    &vec![b; evals.len()],
+                    &rho,
+                    &theta,
+                    lg,
+                    &be.upload(&lib),
+                    n,
+                    &mut nll,
+                );
+                be.download(&nll)
+            },
+            |p| ((pairs[p].1 - c0 as u32), lib_hat[pairs[p].0 as usize]),
+        );
+        for (k, group) in block.chunks(PAIR_GROUP).enumerate() {
             let g = group.len();
             let local: Vec<u32> = group.iter().map(|&p| pairs[p].1 - c0 as u32).collect();
             let cells: Vec<usize> = group.iter().map(|&p| pairs[p].0 as usize).collect();
@@ -202,14 +241,141 @@ pub fn similarities<B: Backend>(
             // The pairs point at their cells' stored counts: no copy per pair.
             stored.count_terms = Some(cells.iter().map(|&j| count_terms[j]).collect());
             stored.row_of = Some(cells.iter().map(|&j| j as u32).collect());
-            be.likelihood_score(model.cfg.distribution, &stored, &local, &vec![b; g], &rho, &theta, lg, &be.upload(&lib), n, &mut nll);
-            for (&p, v) in group.iter().zip(be.download(&nll)) {
-                d[p] = v - self_nll[pairs[p].0 as usize];
+            be.likelihood_score_counts(
+                model.cfg.distribution,
+                &stored,
+                &local,
+                &vec![b; g],
+                &rho,
+                &theta,
+                lg,
+                &be.upload(&lib),
+                n,
+                &mut nll,
+            );
+            for ((&p, v), z) in group.iter().zip(be.download(&nll)).zip(&zero[k * PAIR_GROUP..]) {
+                d[p] = z + v - self_nll[pairs[p].0 as usize];
             }
         }
         start = end;
     }
     d
+}
+
+/// Chebyshev points of the zero-count part's interpolant, and the points between them where it is checked.
+const ZERO_NODES: usize = 12;
+const ZERO_CHECKS: usize = 2;
+/// The most the interpolant may miss an exact value by at a check point, in half f32 ulps of the value:
+/// the nodes carry the f32 rounding of the stored scores, and the polynomial spreads it (Lebesgue
+/// constant ~2 for 12 nodes), so 4 is that rounding's own size, not an interpolation error.
+const ZERO_CHECK_HALF_ULPS: f64 = 4.0;
+
+/// The zero-count part of each pair's score in `block` (pairs sorted by context cell). `at(p)` is pair
+/// p's decoded row and library size; `eval` scores (row, library) without counts.
+///
+/// The part sums every gene's zero-count term, so it dominates the transfer's cost, yet for one decoded
+/// row it is a smooth function of the library size alone, and a context cell meets ~100 target cells
+/// per batch. So a row met by more pairs than the interpolant needs is scored at [`ZERO_NODES`]
+/// Chebyshev points in log library size over its pairs' range, and its pairs read the polynomial through
+/// them. The polynomial is compared with exact values at [`ZERO_CHECKS`] points between nodes; where it
+/// misses by more than the f32 rounding the scores are stored in, the range is halved and each half
+/// tried again while it still holds enough pairs to pay, else its pairs are scored exactly. Each round
+/// scores all its points in one `eval` call.
+fn zero_parts(block: &[usize], scoring: Scoring, eval: impl Fn(&[(u32, f64)]) -> Vec<f64>, at: impl Fn(usize) -> (u32, f64)) -> Vec<f64> {
+    /// Pairs (positions in `block`) of one row whose log libraries lie in [a, b].
+    struct Piece {
+        row: u32,
+        pairs: Vec<usize>,
+        a: f64,
+        b: f64,
+    }
+    let u = |k: usize| log_lib(at(block[k]).1);
+    let mut zero = vec![f64::NAN; block.len()];
+    let mut exact: Vec<usize> = Vec::new();
+    let mut pieces: Vec<Piece> = Vec::new();
+    // A piece is worth interpolating if it holds more pairs than the points that check it.
+    let place = |row: u32, pairs: Vec<usize>, exact: &mut Vec<usize>, pieces: &mut Vec<Piece>| {
+        let (a, b) = pairs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &k| (a.min(u(k)), b.max(u(k))));
+        if scoring == Scoring::Interpolated && pairs.len() > ZERO_NODES + ZERO_CHECKS && b > a {
+            pieces.push(Piece { row, pairs, a, b });
+        } else {
+            exact.extend(pairs);
+        }
+    };
+    let mut s = 0;
+    while s < block.len() {
+        let row = at(block[s]).0;
+        let e = s + block[s..].iter().position(|&p| at(p).0 != row).unwrap_or(block.len() - s);
+        place(row, (s..e).collect(), &mut exact, &mut pieces);
+        s = e;
+    }
+    while !pieces.is_empty() {
+        let points: Vec<([f64; ZERO_NODES], [f64; ZERO_CHECKS])> = pieces.iter().map(|q| chebyshev(q.a, q.b)).collect();
+        let evals: Vec<(u32, f64)> =
+            pieces.iter().zip(&points).flat_map(|(q, (nodes, checks))| nodes.iter().chain(checks).map(|&x| (q.row, x.exp()))).collect();
+        let vals = eval(&evals);
+        let mut next = Vec::new();
+        for ((q, (nodes, checks)), v) in pieces.into_iter().zip(&points).zip(vals.chunks_exact(ZERO_NODES + ZERO_CHECKS)) {
+            let (f, at_checks) = v.split_at(ZERO_NODES);
+            let worst =
+                checks.iter().zip(at_checks).map(|(&x, &v)| (barycentric(nodes, f, x) - v).abs() / f32_half_ulp(v)).fold(0.0, f64::max);
+            if worst <= ZERO_CHECK_HALF_ULPS {
+                for &k in &q.pairs {
+                    zero[k] = barycentric(nodes, f, u(k));
+                }
+            } else {
+                let mid = 0.5 * (q.a + q.b);
+                let (lo, hi): (Vec<usize>, Vec<usize>) = q.pairs.iter().partition(|&&k| u(k) <= mid);
+                place(q.row, lo, &mut exact, &mut next);
+                place(q.row, hi, &mut exact, &mut next);
+            }
+        }
+        pieces = next;
+    }
+    if !exact.is_empty() {
+        let vals = eval(&exact.iter().map(|&k| at(block[k])).collect::<Vec<_>>());
+        for (&k, v) in exact.iter().zip(vals) {
+            zero[k] = v;
+        }
+    }
+    zero
+}
+
+/// The library size as the scoring kernel reads it (f32), in log.
+fn log_lib(lib: f64) -> f64 {
+    (lib as f32 as f64).ln()
+}
+
+/// Half the spacing of f32 values near `v`: the rounding of a score stored in f32.
+fn f32_half_ulp(v: f64) -> f64 {
+    let v = (v as f32).abs().max(f32::MIN_POSITIVE);
+    (f32::from_bits(v.to_bits() + 1) - v) as f64 * 0.5
+}
+
+/// [`ZERO_NODES`] Chebyshev points of the second kind on [a, b] (both ends included), and
+/// [`ZERO_CHECKS`] points halfway between neighbouring nodes, one near an end and the others inside.
+fn chebyshev(a: f64, b: f64) -> ([f64; ZERO_NODES], [f64; ZERO_CHECKS]) {
+    let node = |t: f64| 0.5 * (a + b) + 0.5 * (b - a) * (std::f64::consts::PI * t / (ZERO_NODES - 1) as f64).cos();
+    let nodes = std::array::from_fn(|j| node(j as f64));
+    let checks = std::array::from_fn(|c| node(0.5 + (c * (ZERO_NODES - 1) / ZERO_CHECKS) as f64));
+    (nodes, checks)
+}
+
+/// The polynomial through (`nodes`, `values`) at `x`, nodes being Chebyshev points of the second kind
+/// (barycentric form, weights (−1)^j halved at the ends: stable for any number of nodes).
+fn barycentric(nodes: &[f64], values: &[f64], x: f64) -> f64 {
+    let k = nodes.len();
+    let (mut num, mut den) = (0.0, 0.0);
+    for (j, (&xj, &fj)) in nodes.iter().zip(values).enumerate() {
+        let dx = x - xj;
+        if dx == 0.0 {
+            return fj;
+        }
+        let w = if j % 2 == 0 { 1.0 } else { -1.0 } * if j == 0 || j == k - 1 { 0.5 } else { 1.0 } / dx;
+        num += w * fj;
+        den += w;
+    }
+    num / den
 }
 
 /// Label transfer. `data` is the target (counts, batches), `tgt`/`ctx` the eval-mode representations.
@@ -231,7 +397,7 @@ pub fn transfer<B: Backend>(
     let nk = cfg.candidates.min(nc);
     let cand = crate::knn::latent_knn_on(be, &ctx.z_mu, &tgt.z_mu, l, nk);
     let pairs: Vec<(u32, u32)> = (0..nt).flat_map(|j| cand[j * nk..(j + 1) * nk].iter().map(move |&c| (j as u32, c))).collect();
-    let d = similarities(be, model, data, tgt, &ctx.z_mu, &pairs);
+    let d = similarities(be, model, data, tgt, &ctx.z_mu, &pairs, cfg.scoring);
     // Vote among the `top` most similar candidates.
     let top = cfg.top.min(nk).max(1);
     let mut pred = vec![0u32; nt];
@@ -343,4 +509,123 @@ pub fn flag_outliers(score: &[f64], t: f64) -> Vec<bool> {
         return vec![false; score.len()];
     }
     score.iter().map(|&x| (x - med) / mad > t).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Cpu;
+    use rand::{RngExt, SeedableRng};
+    use std::cell::Cell;
+
+    #[test]
+    fn the_interpolant_reproduces_polynomials_of_its_degree() {
+        let (a, b) = (4.0, 10.5);
+        let (nodes, checks) = chebyshev(a, b);
+        assert!(nodes.iter().chain(&checks).all(|&x| (a..=b).contains(&x)));
+        let p = |x: f64| (0..ZERO_NODES).fold(0.0, |acc, k| acc * (x - 7.0) + (k as f64 - 5.5) / (1.0 + k as f64));
+        let f: Vec<f64> = nodes.iter().map(|&x| p(x)).collect();
+        for i in 0..=200 {
+            let x = a + (b - a) * i as f64 / 200.0;
+            assert!((barycentric(&nodes, &f, x) - p(x)).abs() <= 1e-9 * (1.0 + p(x).abs()), "x = {x}");
+        }
+        assert_eq!(barycentric(&nodes, &f, nodes[3]), f[3]);
+    }
+
+    /// Pairs over `rows` decoded rows, `per_row` each (libraries log-uniform in 100..50,000), sorted by
+    /// row as `similarities` sorts a block; returns (row, library) per pair.
+    fn pairs(rows: u32, per_row: usize, seed: u64) -> Vec<(u32, f64)> {
+        let mut r = rand::rngs::ChaCha8Rng::seed_from_u64(seed);
+        (0..rows)
+            .flat_map(|row| (0..per_row).map(move |_| row))
+            .map(|row| (row, r.random_range(100f64.ln()..50_000f64.ln()).exp()))
+            .collect()
+    }
+
+    /// zero_parts over `at` with `eval`, in both modes; also the number of (row, library) scored.
+    fn both(at: &[(u32, f64)], eval: &dyn Fn(&[(u32, f64)]) -> Vec<f64>) -> (Vec<f64>, Vec<f64>, usize) {
+        let block: Vec<usize> = (0..at.len()).collect();
+        let scored = Cell::new(0);
+        let counted = |e: &[(u32, f64)]| {
+            scored.set(scored.get() + e.len());
+            eval(e)
+        };
+        let interpolated = zero_parts(&block, Scoring::Interpolated, counted, |p| at[p]);
+        let n = scored.get();
+        let exact = zero_parts(&block, Scoring::Exact, eval, |p| at[p]);
+        (interpolated, exact, n)
+    }
+
+    /// The zero-count part of a model's decoded rows (a fresh ZINB model, one batch), as the CPU
+    /// backend scores it: the function the transfer interpolates.
+    #[test]
+    fn interpolated_zero_parts_match_exact_scores() {
+        let be = Cpu::<f32>::new();
+        let n = 2000;
+        let hom: Vec<usize> = (0..n).filter(|g| g % 3 != 0).collect();
+        let cfg = crate::model::ModelConfig::scspecies(n, 1, hom, 7.5);
+        let model = Model::new(&be, cfg, &mut rand::rngs::ChaCha8Rng::seed_from_u64(1));
+        let rows = 4;
+        let mut r = rand::rngs::ChaCha8Rng::seed_from_u64(2);
+        let z: Vec<f64> = (0..rows * model.cfg.latent).map(|_| r.random_range(-2.0..2.0)).collect();
+        let (rho, logit) = model.decode(&be, &be.upload(&z), 0, rows);
+        let sp = logit.as_ref().map(|l| be.softplus(l));
+        let theta = model.theta_table(&be);
+        let eval = |e: &[(u32, f64)]| {
+            let rows: Vec<u32> = e.iter().map(|v| v.0).collect();
+            let lib: Vec<f64> = e.iter().map(|v| v.1).collect();
+            let mut nll = be.zeros(e.len());
+            let lg = logit.as_ref().zip(sp.as_ref());
+            be.likelihood_score(
+                model.cfg.distribution,
+                &HostRows::without_counts(e.len()),
+                &rows,
+                &vec![0; e.len()],
+                &rho,
+                &theta,
+                lg,
+                &be.upload(&lib),
+                n,
+                &mut nll,
+            );
+            be.download(&nll)
+        };
+        let at = pairs(rows as u32, 150, 3);
+        let (interpolated, exact, scored) = both(&at, &eval);
+        eprintln!("{scored} (row, library) scored for {} pairs", at.len());
+        assert!(scored * 3 <= at.len(), "{scored} scored for {} pairs", at.len());
+        for (p, (i, e)) in interpolated.iter().zip(&exact).enumerate() {
+            assert_eq!(e.to_bits(), eval(&[at[p]])[0].to_bits(), "exact mode scores each pair");
+            assert!((i - e).abs() <= 2.0 * ZERO_CHECK_HALF_ULPS * f32_half_ulp(*e), "pair {p}: {i} vs {e}");
+        }
+    }
+
+    /// A row whose part is not smooth in the library size (rounding noise of 5 units) fails every check,
+    /// down to pieces too small to pay, and is scored exactly; a row met by too few pairs is scored
+    /// exactly without trying; a smooth row passes at once.
+    #[test]
+    fn rows_the_polynomial_misses_are_scored_exactly() {
+        let f = |row: u32, lib: f64| -> f64 {
+            let u = log_lib(lib);
+            (match row {
+                1 => -5000.0 - 5.0 * ((lib.to_bits().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64 / (1u64 << 24) as f64),
+                _ => -3000.0 - 50.0 * u * u,
+            }) as f32 as f64
+        };
+        let eval = |e: &[(u32, f64)]| e.iter().map(|&(r, l)| f(r, l)).collect::<Vec<f64>>();
+        let mut at = pairs(2, 200, 4);
+        at.extend(pairs(3, ZERO_NODES + ZERO_CHECKS, 5).into_iter().filter(|p| p.0 == 2));
+        let (interpolated, exact, scored) = both(&at, &eval);
+        // Row 0 at its first points; row 1 tried at halves down to pieces of ≤ 2 (K + C) pairs, then
+        // exactly; row 2 exactly.
+        assert!(scored >= (ZERO_NODES + ZERO_CHECKS) + 200 + (ZERO_NODES + ZERO_CHECKS), "{scored}");
+        for (p, (i, e)) in interpolated.iter().zip(&exact).enumerate() {
+            assert_eq!(e.to_bits(), f(at[p].0, at[p].1).to_bits());
+            if at[p].0 == 0 {
+                assert!((i - e).abs() <= 2.0 * ZERO_CHECK_HALF_ULPS * f32_half_ulp(*e), "pair {p}: {i} vs {e}");
+            } else {
+                assert_eq!(i.to_bits(), e.to_bits(), "pair {p} of row {}", at[p].0);
+            }
+        }
+    }
 }

@@ -473,8 +473,8 @@ fn candidate_choice_and_transfer_similarities() {
     close("eval-mode z_mu", &f(&rc.z_mu), &f(&rg.z_mu), 1e-4, 1e-5);
     close("eval-mode inter", &f(&rc.inter), &f(&rg.inter), 1e-4, 1e-5);
     let pairs: Vec<(u32, u32)> = (0..nt as u32).flat_map(|j| (0..20u32).map(move |q| (j, (j * 11 + q * 7) % nc as u32))).collect();
-    let dc = scspecies::transfer::similarities(&c, &mc, &data, &rc, &ctx.z_mu, &pairs);
-    let dg = scspecies::transfer::similarities(g, &mg, &data, &rc, &ctx.z_mu, &pairs);
+    let dc = scspecies::transfer::similarities(&c, &mc, &data, &rc, &ctx.z_mu, &pairs, scspecies::transfer::Scoring::default());
+    let dg = scspecies::transfer::similarities(g, &mg, &data, &rc, &ctx.z_mu, &pairs, scspecies::transfer::Scoring::default());
     close("label-transfer similarities", &dc, &dg, 1e-5, 1e-3);
 }
 

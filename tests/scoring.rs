@@ -93,6 +93,78 @@ fn scoring_kernel_matches_exact_likelihood() {
     }
 }
 
+/// The label transfer's two parts of a score (the count part, and the zero-count part as the score of a
+/// row without counts) sum to the whole score: bit for bit in f64, where no storage rounding enters,
+/// for ZINB and NB, with the count terms computed and cached and rows read through `row_of`; and
+/// through the f32 CPU backend within the f32 rounding of the stored values.
+#[test]
+fn score_parts_sum_to_the_score() {
+    let (rows, n, cells) = (9, 1500, 4);
+    let mut s = 5u64;
+    let mut dense = vec![0f32; cells * n];
+    for v in dense.iter_mut() {
+        if lcg(&mut s) < 0.2 {
+            *v = (lcg(&mut s) * 25.0).floor() as f32 + 1.0;
+        }
+    }
+    let x = Csr::from_dense(cells, n, &dense);
+    let mut rho: Vec<f64> = (0..rows * n).map(|_| lcg(&mut s).powi(2) + 1e-9).collect();
+    for r in 0..rows {
+        let t: f64 = rho[r * n..(r + 1) * n].iter().sum();
+        rho[r * n..(r + 1) * n].iter_mut().for_each(|v| *v /= t);
+    }
+    let theta: Vec<f64> = (0..2 * n).map(|_| (lcg(&mut s) * 8.0 - 4.0).exp()).collect();
+    let logit: Vec<f64> = (0..rows * n).map(|_| lcg(&mut s) * 10.0 - 5.0).collect();
+    let sp = ops::softplus_all(&logit);
+    let lib: Vec<f64> = (0..rows).map(|r| 400.0 * (r + 1) as f64).collect();
+    let batch: Vec<u32> = (0..rows as u32).map(|i| i % 2).collect();
+    let decoded: Vec<u32> = (0..rows as u32).rev().collect();
+    let row_of: Vec<u32> = (0..rows as u32).map(|i| i % cells as u32).collect();
+    let hr = HostRows::gather(&x, &row_of.iter().map(|&c| c as usize).collect::<Vec<_>>());
+    let stored = HostRows::all(&x);
+    let none = HostRows::without_counts(rows);
+    for dist in [Distribution::Zinb, Distribution::Nb] {
+        let lg = Some((&logit[..], &sp[..]));
+        let mut whole = vec![0f64; rows];
+        ops::likelihood_score(dist, &hr.ptr, &hr.idx, &hr.val, &decoded, &batch, &rho, &theta, lg, &lib, n, &mut whole);
+        let mut zero = vec![0f64; rows];
+        let zc = none.count_terms.as_deref();
+        ops::likelihood_score_cached(
+            dist, &none.ptr, &none.idx, &none.val, None, zc, &decoded, &batch, &rho, &theta, lg, &lib, n, &mut zero,
+        );
+        let cached = ops::count_terms(&hr.ptr, &hr.idx, &hr.val, &batch, &theta.iter().map(|&v| v as f32).collect::<Vec<_>>(), n);
+        for (row_of, x, counts) in [(None, &hr, None), (None, &hr, Some(&cached[..])), (Some(&row_of[..]), &stored, Some(&cached[..]))] {
+            let mut part = vec![0f64; rows];
+            ops::likelihood_score_counts(
+                dist, &x.ptr, &x.idx, &x.val, row_of, counts, &decoded, &batch, &rho, &theta, lg, &lib, n, &mut part,
+            );
+            for i in 0..rows {
+                assert_eq!(
+                    (zero[i] + part[i]).to_bits(),
+                    whole[i].to_bits(),
+                    "{dist:?} row {i}: {} + {} vs {}",
+                    zero[i],
+                    part[i],
+                    whole[i]
+                );
+            }
+        }
+        // The f32 backend stores each part rounded to f32.
+        let be = Cpu::<f32>::new();
+        let (rb, tb, lb, sb, libb) = (be.upload(&rho), be.upload(&theta), be.upload(&logit), be.upload(&sp), be.upload(&lib));
+        let (mut w, mut z, mut c) = (be.zeros(rows), be.zeros(rows), be.zeros(rows));
+        be.likelihood_score(dist, &hr, &decoded, &batch, &rb, &tb, Some((&lb, &sb)), &libb, n, &mut w);
+        be.likelihood_score(dist, &none, &decoded, &batch, &rb, &tb, Some((&lb, &sb)), &libb, n, &mut z);
+        be.likelihood_score_counts(dist, &hr, &decoded, &batch, &rb, &tb, Some((&lb, &sb)), &libb, n, &mut c);
+        let (w, z, c) = (be.download(&w), be.download(&z), be.download(&c));
+        for i in 0..rows {
+            let ulp = |v: f64| (v.abs() as f32).to_bits().checked_add(1).map_or(0.0, |b| f32::from_bits(b) as f64 - v.abs() as f32 as f64);
+            let bound = ulp(w[i]) + ulp(z[i]) + ulp(c[i]);
+            assert!((z[i] + c[i] - w[i]).abs() <= bound, "{dist:?} f32 row {i}: {} + {} vs {} (bound {bound})", z[i], c[i], w[i]);
+        }
+    }
+}
+
 /// The CPU's fused decode-and-score (split softmax, softplus and scoring row by row) against the three
 /// ops in turn: the same bits, for ZINB and NB, with a per-batch θ table, rows that repeat a cell, and
 /// cached count terms.

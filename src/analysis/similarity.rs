@@ -121,7 +121,7 @@ pub fn similarity_matrix<B: Backend>(
             }
         }
     }
-    let d = crate::transfer::similarities(be, model, data, tgt, &ctx.z_mu, &pairs);
+    let d = crate::transfer::similarities(be, model, data, tgt, &ctx.z_mu, &pairs, crate::transfer::Scoring::default());
     let mut per: Vec<Vec<f64>> = vec![Vec::new(); nt * nc];
     for (v, &(t, c)) in d.iter().zip(&owner) {
         per[t * nc + c].push(*v);

@@ -227,6 +227,12 @@ pub struct RunOptions {
     /// Robust z-score of the cross-species misfit above which a target cell is flagged unassigned.
     #[arg(long, default_value_t = 2.0)]
     pub unassigned_threshold: f64,
+    /// Label transfer scores: `interpolated` reads each pair's zero-count part (every gene's zero-count
+    /// term) from a polynomial in the library size per context cell, checked against exact values at
+    /// points between its nodes and replaced by exact scores where it misses by more than the scores'
+    /// f32 rounding; `exact` computes it for every pair (about 2.5x slower on the bundled pair).
+    #[arg(long, value_enum, default_value_t = crate::transfer::Scoring::Interpolated)]
+    pub transfer_scoring: crate::transfer::Scoring,
     /// Adam learning rate of both training phases.
     #[arg(long, default_value_t = 1e-3)]
     pub learning_rate: f64,
@@ -295,7 +301,11 @@ impl RunOptions {
                 knn_space: self.knn_space,
                 candidates: self.candidates,
             },
-            transfer: crate::transfer::TransferConfig { unassigned_threshold: self.unassigned_threshold, ..Default::default() },
+            transfer: crate::transfer::TransferConfig {
+                unassigned_threshold: self.unassigned_threshold,
+                scoring: self.transfer_scoring,
+                ..Default::default()
+            },
             checkpoints: {
                 let (every, min_seconds) = match self.checkpoint_every {
                     CheckpointEvery::Auto => (0, crate::train::checkpoint::AUTO_SECONDS),

@@ -64,6 +64,11 @@ impl HostRows {
         HostRows { ptr: m.indptr.clone(), idx: m.indices.clone(), val: m.data.clone(), count_terms: None, row_of: None, id }
     }
 
+    /// `rows` rows without counts (and count terms 0): scoring them gives the zero-count part alone.
+    pub fn without_counts(rows: usize) -> Self {
+        HostRows { ptr: vec![0; rows + 1], count_terms: Some(vec![0.0; rows]), ..Default::default() }
+    }
+
     /// The scored rows as their own CSR (a copy only when `row_of` is set).
     pub fn materialized(&self) -> std::borrow::Cow<'_, HostRows> {
         let Some(map) = &self.row_of else { return std::borrow::Cow::Borrowed(self) };
@@ -218,6 +223,29 @@ pub trait Backend: Send + Sync {
         n: usize,
         nll: &mut Self::Buf,
     );
+    /// [`Self::likelihood_score`] less its zero-count part ([`Self::likelihood_score`] of the same rows
+    /// without counts, [`HostRows::without_counts`]); see `ops::likelihood_score_counts`. This default
+    /// takes the difference of the two scores on the host; the CPU backend computes the part alone.
+    #[allow(clippy::too_many_arguments)]
+    fn likelihood_score_counts(
+        &self,
+        dist: Distribution,
+        x: &HostRows,
+        rows: &[u32],
+        batch: &[u32],
+        rho: &Self::Buf,
+        theta: &Self::Buf,
+        logit: Option<(&Self::Buf, &Self::Buf)>,
+        lib: &Self::Buf,
+        n: usize,
+        nll: &mut Self::Buf,
+    ) {
+        let mut zero = self.zeros(rows.len());
+        self.likelihood_score(dist, &HostRows::without_counts(rows.len()), rows, batch, rho, theta, logit, lib, n, &mut zero);
+        self.likelihood_score(dist, x, rows, batch, rho, theta, logit, lib, n, nll);
+        let diff: Vec<f64> = self.download(nll).iter().zip(self.download(&zero)).map(|(a, b)| a - b).collect();
+        *nll = self.upload(&diff);
+    }
     /// softplus element-wise.
     fn softplus(&self, x: &Self::Buf) -> Self::Buf;
     /// NLL per row of decoder pre-activations: ρ = the split softmax of `r` [rows×N], then

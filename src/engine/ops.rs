@@ -869,6 +869,58 @@ pub fn likelihood_score_cached<F: Real>(
     n: usize,
     nll: &mut [F],
 ) {
+    score_rows(ScorePart::All, dist, nz_ptr, nz_idx, nz_val, row_of, cached, rows, batch, rho, theta, logit, lib, n, nll)
+}
+
+/// [`likelihood_score_cached`] less its zero-count part: for each row the count-only terms and, for the
+/// genes with counts, the exact term less the zero-count one. The zero-count part, a smooth function of
+/// the library size alone, is then [`likelihood_score`] of a row without counts (the label transfer
+/// interpolates it between library sizes). Summing the two parts in f64 gives the full score's value.
+#[allow(clippy::too_many_arguments)]
+pub fn likelihood_score_counts<F: Real>(
+    dist: Distribution,
+    nz_ptr: &[usize],
+    nz_idx: &[u32],
+    nz_val: &[f32],
+    row_of: Option<&[u32]>,
+    cached: Option<&[f64]>,
+    rows: &[u32],
+    batch: &[u32],
+    rho: &[F],
+    theta: &[F],
+    logit: Option<(&[F], &[F])>,
+    lib: &[F],
+    n: usize,
+    nll: &mut [F],
+) {
+    score_rows(ScorePart::Counts, dist, nz_ptr, nz_idx, nz_val, row_of, cached, rows, batch, rho, theta, logit, lib, n, nll)
+}
+
+/// Which part of a row's NLL [`score_rows`] computes.
+#[derive(Clone, Copy, PartialEq)]
+enum ScorePart {
+    All,
+    Counts,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score_rows<F: Real>(
+    part: ScorePart,
+    dist: Distribution,
+    nz_ptr: &[usize],
+    nz_idx: &[u32],
+    nz_val: &[f32],
+    row_of: Option<&[u32]>,
+    cached: Option<&[f64]>,
+    rows: &[u32],
+    batch: &[u32],
+    rho: &[F],
+    theta: &[F],
+    logit: Option<(&[F], &[F])>,
+    lib: &[F],
+    n: usize,
+    nll: &mut [F],
+) {
     let (rho32, theta32) = (F::as_f32(rho), F::as_f32(theta));
     let logit32 = logit.map(|(a, b)| (F::as_f32(a), F::as_f32(b)));
     assert!(row_of.is_none() || cached.is_some(), "rows addressed through row_of need their count terms cached");
@@ -883,7 +935,11 @@ pub fn likelihood_score_cached<F: Real>(
         let c = row_of.map_or(i, |r| r[i] as usize);
         let (p0, p1) = (nz_ptr[c], nz_ptr[c + 1]);
         let (tc, ti) = tables.row(batch[i]);
-        *out = F::f(score_row(&rho32[r0..r0 + n], tc, ti, s, lib[i].d() as f32, counts[i], &nz_idx[p0..p1], &nz_val[p0..p1]));
+        let (ro, l, idx, val) = (&rho32[r0..r0 + n], lib[i].d() as f32, &nz_idx[p0..p1], &nz_val[p0..p1]);
+        *out = F::f(match part {
+            ScorePart::All => score_row(ro, tc, ti, s, l, counts[i], idx, val),
+            ScorePart::Counts => -(counts[i] + count_correction(ro, tc, ti, s.map(|(a, _)| a), l, idx, val)),
+        });
     });
 }
 
