@@ -135,6 +135,8 @@ pub fn bench<B: Backend>(
 
     let agreement = ranking_agreement(be, &pair, &crun, &arun, &acfg, &tfcfg, cfg.seed)?;
     say(&format!("bf16 against f32: {agreement}"));
+    let scoring = scoring_agreement(be, &pair, &crun, &arun, &tfcfg)?;
+    say(&format!("interpolated against exact transfer scoring: {scoring}"));
     let ref_transfer = reference.as_ref().and_then(|r| r.transfer_s.zip(r.target_cells));
     let bytes_per_nnz = crate::resources::peak_rss().map(|b| b as f64 / (ctx.data.counts.nnz() + tgt.data.counts.nnz()) as f64);
     let report = json!({
@@ -183,6 +185,7 @@ pub fn bench<B: Backend>(
             "speedup_vs_reference": ref_transfer.map(|(s, c)| s / c as f64 * cells_per_s),
         },
         "ranking_precision": agreement,
+        "transfer_scoring": scoring,
         // Which kernels this CPU ran (the others cannot run here; their tests skip and say so).
         "paths": {
             "simd_level": format!("{:?}", crate::engine::simd::level()).to_lowercase(),
@@ -203,6 +206,49 @@ pub fn bench<B: Backend>(
         },
     });
     Ok(report)
+}
+
+/// The label transfer with each pair's zero-count part interpolated (the default) against computed
+/// exactly for every pair (`--transfer-scoring`), on the models just trained: the share of predictions
+/// and of vote shares that agree, the largest difference of the best similarity, and both times.
+fn scoring_agreement<B: Backend>(
+    be: &B,
+    pair: &crate::pipeline::PreparedPair,
+    crun: &crate::pipeline::ContextRun<B>,
+    arun: &crate::pipeline::AlignRun<B>,
+    tfcfg: &crate::transfer::TransferConfig,
+) -> Result<serde_json::Value> {
+    use crate::transfer::{Scoring, TransferConfig, transfer};
+    let (ctx_labels, names) = crate::pipeline::context_label_codes(&pair.context)?;
+    let data = crate::train::TrainData::of(&pair.target);
+    let hom = crate::transfer::HomologousCounts::of(pair);
+    let run = |scoring: Scoring| {
+        let t = Instant::now();
+        let tr = transfer(
+            be,
+            arun.model(),
+            &data,
+            arun.repr(),
+            &crun.repr,
+            &ctx_labels,
+            names.len(),
+            &hom,
+            &TransferConfig { scoring, ..tfcfg.clone() },
+        );
+        (tr, t.elapsed().as_secs_f64())
+    };
+    let (exact, t_exact) = run(Scoring::Exact);
+    let (interp, t_interp) = run(Scoring::Interpolated);
+    let cells = exact.pred.len();
+    let share = |same: usize| same as f64 / cells.max(1) as f64;
+    Ok(json!({
+        "transfer_cells": cells,
+        "prediction_agreement": share(exact.pred.iter().zip(&interp.pred).filter(|(a, b)| a == b).count()),
+        "vote_share_agreement": share(exact.vote_share.iter().zip(&interp.vote_share).filter(|(a, b)| a == b).count()),
+        "max_best_similarity_difference": exact.best_similarity.iter().zip(&interp.best_similarity).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max),
+        "transfer_s_exact": t_exact,
+        "transfer_s_interpolated": t_interp,
+    }))
 }
 
 /// The ranking paths in bf16 against f32 on the models just trained: the share of candidate choices

@@ -543,7 +543,10 @@ mod tests {
     }
 
     /// zero_parts over `at` with `eval`, in both modes; also the number of (row, library) scored.
-    fn both(at: &[(u32, f64)], eval: &dyn Fn(&[(u32, f64)]) -> Vec<f64>) -> (Vec<f64>, Vec<f64>, usize) {
+    /// Scores (row, library) without counts, as `similarities` passes to `zero_parts`.
+    type Eval<'a> = &'a dyn Fn(&[(u32, f64)]) -> Vec<f64>;
+
+    fn both(at: &[(u32, f64)], eval: Eval<'_>) -> (Vec<f64>, Vec<f64>, usize) {
         let block: Vec<usize> = (0..at.len()).collect();
         let scored = Cell::new(0);
         let counted = |e: &[(u32, f64)]| {
