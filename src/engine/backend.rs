@@ -136,7 +136,8 @@ pub trait Backend: Send + Sync {
     /// CSR rows (indptr, column indices, values) with `cols` columns.
     fn upload_sparse(&self, rows: usize, cols: usize, indptr: Vec<usize>, indices: Vec<u32>, values: Vec<f32>) -> Self::Sparse;
 
-    // linear layers (weights input-major: w[K×N])
+    // linear layers (weights input-major: w[K×N]). The backward ops overwrite every element of `dw`,
+    // `db` and `dx`, so the model passes the previous step's gradient buffers without clearing them.
     #[allow(clippy::too_many_arguments)]
     fn linear_fwd(&self, x: &Self::Buf, w: &Self::Buf, b: &Self::Buf, y: &mut Self::Buf, rows: usize, k: usize, n: usize);
     #[allow(clippy::too_many_arguments)]
