@@ -143,6 +143,9 @@ def test_bad_input_raises_value_error_with_the_cli_message(sim, tmp_path):
 
 def test_ctrl_c_stops_the_run(sim):
     d, c, t = sim
+    # A shell's background job starts with SIGINT ignored, and Python then leaves it so: give it
+    # Python's own handler, as in a terminal.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -151,6 +154,7 @@ def test_ctrl_c_stops_the_run(sim):
                                progress=False, **KEYS)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, before)
     # The next run starts clean.
     r = scspecies_rs.align(c, t, homology=os.path.join(d, "homology.tsv"), epochs_context=1, epochs_target=1, progress=False, **KEYS)
     assert r.target.n_obs == t.n_obs
