@@ -127,15 +127,17 @@ extern "C" __global__ void likelihood(const float* x, const float* rho, const fl
 // of ρ (and the logit), θ row batch[i] of the per-batch table [S×n], library lib[i]. Every gene's
 // zero-count term, then for the genes with counts the exact term less the zero-count one: no dense
 // copy of the counts, and the decoded rows are read in place (no (cells x k x genes) tensor).
+// counts_only: skip the zero-count terms of all genes (ops::likelihood_score_counts: the label transfer
+// interpolates that part).
 extern "C" __global__ void likelihood_score(const long long* ptr, const unsigned* idx, const float* val, const unsigned* row_of,
                                             const unsigned* rows, const unsigned* batch, const float* rho, const float* theta,
-                                            const float* logit, const float* lib, int n, float* nll) {
+                                            const float* logit, const float* lib, int n, int counts_only, float* nll) {
     __shared__ double shared[32];
     long long rb = (long long)rows[blockIdx.x] * n;
     long long tb = (long long)batch[blockIdx.x] * n;
     double l = lib[blockIdx.x];
     double s = 0.0;
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    for (int j = threadIdx.x; j < (counts_only ? 0 : n); j += blockDim.x) {
         LogLik z = logit ? zinb_d(0.0, theta[tb + j], rho[rb + j], l, logit[rb + j]) : nb_d(0.0, theta[tb + j], rho[rb + j], l);
         s -= z.ll;
     }
