@@ -20,10 +20,6 @@ const NC: usize = 16 * NR;
 const K_SPLIT_MIN: usize = 8 * KC;
 const K_SPLIT_MAX_C: usize = 512 * 512;
 
-/// Buffers for the k-split path's per-block products, kept between calls (a few MB): allocating and
-/// zeroing them per call cost as much as a tenth of the head input gradient.
-static PARTIALS: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
-
 /// Raw matrix view: element (i, j) at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
 pub struct View {
@@ -74,30 +70,28 @@ pub unsafe fn gemm(m: usize, k: usize, n: usize, a: View, b: View, acc: bool, c:
         // too few tiles of C to share, so the KC blocks are the tasks. Each block's product is the
         // same chain from zero that the serial loop computes, and the products are added to C in
         // block order: the result is bit-identical to the serial loop's.
-        let (blocks, size) = (k.div_ceil(KC), m * n);
-        let mut parts = PARTIALS.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
-        // Every block's product overwrites its whole slot (acc = false, one KC block), so a reused
-        // buffer needs no clearing.
-        parts.resize(parts.len().max(blocks * size), 0.0);
-        parts[..blocks * size].par_chunks_mut(size).enumerate().for_each(|(blk, part)| {
-            let (p0, kc) = (blk * KC, KC.min(k - blk * KC));
-            // SAFETY: columns p0..p0+kc of A and rows p0..p0+kc of B exist; `part` is m×n.
-            unsafe { gemm_serial(m, kc, n, a.offset(0, p0), b.offset(p0, 0), false, part.as_mut_ptr(), n) };
-        });
-        // Rows of C in parallel, each adding the blocks in order.
-        (0..m).into_par_iter().for_each(|i| {
-            // SAFETY: row i of C has n elements at stride rsc, and only this task writes it.
-            let row = unsafe { std::slice::from_raw_parts_mut(out.at(i * rsc), n) };
-            for blk in 0..blocks {
-                let src = &parts[blk * size + i * n..blk * size + (i + 1) * n];
+        let parts: Vec<Vec<f32>> = (0..k.div_ceil(KC))
+            .into_par_iter()
+            .map(|blk| {
+                let (p0, kc) = (blk * KC, KC.min(k - blk * KC));
+                let mut part = vec![0f32; m * n];
+                // SAFETY: columns p0..p0+kc of A and rows p0..p0+kc of B exist; `part` is m×n.
+                unsafe { gemm_serial(m, kc, n, a.offset(0, p0), b.offset(p0, 0), false, part.as_mut_ptr(), n) };
+                part
+            })
+            .collect();
+        for (blk, part) in parts.iter().enumerate() {
+            for i in 0..m {
+                // SAFETY: row i of C has n elements at stride rsc.
+                let row = unsafe { std::slice::from_raw_parts_mut(out.at(i * rsc), n) };
+                let src = &part[i * n..(i + 1) * n];
                 if blk == 0 && !acc {
                     row.copy_from_slice(src);
                 } else {
                     row.iter_mut().zip(src).for_each(|(c, &p)| *c += p);
                 }
             }
-        });
-        PARTIALS.lock().unwrap_or_else(|e| e.into_inner()).push(parts);
+        }
         return;
     }
     // SAFETY: each task's block of C is its own; A and B are only read.
