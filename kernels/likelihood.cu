@@ -127,7 +127,7 @@ extern "C" __global__ void likelihood(const float* x, const float* rho, const fl
 // of ρ (and the logit), θ row batch[i] of the per-batch table [S×n], library lib[i]. Every gene's
 // zero-count term, then for the genes with counts the exact term less the zero-count one: no dense
 // copy of the counts, and the decoded rows are read in place (no (cells x k x genes) tensor).
-// counts_only: skip the zero-count terms of all genes (ops::likelihood_score_counts: the label transfer
+// counts_only: skip the zero-count terms of all genes (HostRows::counts_only, ops::ScorePart::Counts: the label transfer
 // interpolates that part).
 extern "C" __global__ void likelihood_score(const long long* ptr, const unsigned* idx, const float* val, const unsigned* row_of,
                                             const unsigned* rows, const unsigned* batch, const float* rho, const float* theta,

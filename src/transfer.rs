@@ -191,7 +191,8 @@ pub fn similarities<B: Backend>(
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.sort_by_key(|&p| (data.batch[pairs[p].0 as usize], pairs[p].1 as usize / CONTEXT_CHUNK, pairs[p].1));
     let mut d = vec![f64::NAN; pairs.len()];
-    let mut stored = HostRows::all(data.counts);
+    // The stored rows give each pair's counts' part; the zero-count part comes from `zero_parts`.
+    let mut stored = HostRows { counts_only: true, ..HostRows::all(data.counts) };
     let mut start = 0;
     while start < order.len() {
         let (j0, i0) = pairs[order[start]];
@@ -210,27 +211,11 @@ pub fn similarities<B: Backend>(
         let sp = logit.as_ref().map(|lg| be.softplus(lg));
         let lg = logit.as_ref().zip(sp.as_ref());
         let block = &order[start..end];
+        let dist = model.cfg.distribution;
         let zero = zero_parts(
             block,
             scoring,
-            |evals: &[(u32, f64)]| {
-                let rows: Vec<u32> = evals.iter().map(|e| e.0).collect();
-                let lib: Vec<f64> = evals.iter().map(|e| e.1).collect();
-                let mut nll = be.zeros(evals.len());
-                be.likelihood_score(
-                    model.cfg.distribution,
-                    &HostRows::without_counts(evals.len()),
-                    &rows,
-                    &vec![b; evals.len()],
-                    &rho,
-                    &theta,
-                    lg,
-                    &be.upload(&lib),
-                    n,
-                    &mut nll,
-                );
-                be.download(&nll)
-            },
+            |evals| zero_scores(be, dist, &rho, &theta, lg, b, n, evals),
             |p| ((pairs[p].1 - c0 as u32), lib_hat[pairs[p].0 as usize]),
         );
         for (k, group) in block.chunks(PAIR_GROUP).enumerate() {
@@ -242,18 +227,7 @@ pub fn similarities<B: Backend>(
             // The pairs point at their cells' stored counts: no copy per pair.
             stored.count_terms = Some(cells.iter().map(|&j| count_terms[j]).collect());
             stored.row_of = Some(cells.iter().map(|&j| j as u32).collect());
-            be.likelihood_score_counts(
-                model.cfg.distribution,
-                &stored,
-                &local,
-                &vec![b; g],
-                &rho,
-                &theta,
-                lg,
-                &be.upload(&lib),
-                n,
-                &mut nll,
-            );
+            be.likelihood_score(dist, &stored, &local, &vec![b; g], &rho, &theta, lg, &be.upload(&lib), n, &mut nll);
             for ((&p, v), z) in group.iter().zip(be.download(&nll)).zip(&zero[k * PAIR_GROUP..]) {
                 d[p] = z + v - self_nll[pairs[p].0 as usize];
             }
@@ -341,6 +315,37 @@ fn zero_parts(block: &[usize], scoring: Scoring, eval: impl Fn(&[(u32, f64)]) ->
         }
     }
     zero
+}
+
+/// The zero-count part of the scores of (decoded row, library) pairs `evals`: rows without counts,
+/// batch `batch`.
+#[allow(clippy::too_many_arguments)]
+fn zero_scores<B: Backend>(
+    be: &B,
+    dist: crate::engine::likelihood::Distribution,
+    rho: &B::Buf,
+    theta: &B::Buf,
+    logit: Option<(&B::Buf, &B::Buf)>,
+    batch: u32,
+    n: usize,
+    evals: &[(u32, f64)],
+) -> Vec<f64> {
+    let rows: Vec<u32> = evals.iter().map(|e| e.0).collect();
+    let lib: Vec<f64> = evals.iter().map(|e| e.1).collect();
+    let mut nll = be.zeros(evals.len());
+    be.likelihood_score(
+        dist,
+        &HostRows::without_counts(evals.len()),
+        &rows,
+        &vec![batch; evals.len()],
+        rho,
+        theta,
+        logit,
+        &be.upload(&lib),
+        n,
+        &mut nll,
+    );
+    be.download(&nll)
 }
 
 /// The library size as the scoring kernel reads it (f32), in log.
@@ -584,25 +589,8 @@ mod tests {
         let (rho, logit) = model.decode(&be, &be.upload(&z), 0, rows);
         let sp = logit.as_ref().map(|l| be.softplus(l));
         let theta = model.theta_table(&be);
-        let eval = |e: &[(u32, f64)]| {
-            let rows: Vec<u32> = e.iter().map(|v| v.0).collect();
-            let lib: Vec<f64> = e.iter().map(|v| v.1).collect();
-            let mut nll = be.zeros(e.len());
-            let lg = logit.as_ref().zip(sp.as_ref());
-            be.likelihood_score(
-                model.cfg.distribution,
-                &HostRows::without_counts(e.len()),
-                &rows,
-                &vec![0; e.len()],
-                &rho,
-                &theta,
-                lg,
-                &be.upload(&lib),
-                n,
-                &mut nll,
-            );
-            be.download(&nll)
-        };
+        let lg = logit.as_ref().zip(sp.as_ref());
+        let eval = |e: &[(u32, f64)]| zero_scores(&be, model.cfg.distribution, &rho, &theta, lg, 0, n, e);
         let at = pairs(rows as u32, 150, 3);
         let (interpolated, exact, scored) = both(&at, &eval);
         eprintln!("{scored} (row, library) scored for {} pairs", at.len());

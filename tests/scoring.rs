@@ -5,6 +5,7 @@ use scspecies::align::candidates::{Query, choose};
 use scspecies::data::Csr;
 use scspecies::engine::backend::HostRows;
 use scspecies::engine::likelihood::Distribution;
+use scspecies::engine::ops::ScorePart;
 use scspecies::engine::{Backend, Cpu, fastmath, ops};
 use scspecies::model::{Model, ModelConfig};
 use scspecies::train::Representation;
@@ -130,13 +131,41 @@ fn score_parts_sum_to_the_score() {
         let mut zero = vec![0f64; rows];
         let zc = none.count_terms.as_deref();
         ops::likelihood_score_cached(
-            dist, &none.ptr, &none.idx, &none.val, None, zc, &decoded, &batch, &rho, &theta, lg, &lib, n, &mut zero,
+            ScorePart::All,
+            dist,
+            &none.ptr,
+            &none.idx,
+            &none.val,
+            None,
+            zc,
+            &decoded,
+            &batch,
+            &rho,
+            &theta,
+            lg,
+            &lib,
+            n,
+            &mut zero,
         );
         let cached = ops::count_terms(&hr.ptr, &hr.idx, &hr.val, &batch, &theta.iter().map(|&v| v as f32).collect::<Vec<_>>(), n);
         for (row_of, x, counts) in [(None, &hr, None), (None, &hr, Some(&cached[..])), (Some(&row_of[..]), &stored, Some(&cached[..]))] {
             let mut part = vec![0f64; rows];
-            ops::likelihood_score_counts(
-                dist, &x.ptr, &x.idx, &x.val, row_of, counts, &decoded, &batch, &rho, &theta, lg, &lib, n, &mut part,
+            ops::likelihood_score_cached(
+                ScorePart::Counts,
+                dist,
+                &x.ptr,
+                &x.idx,
+                &x.val,
+                row_of,
+                counts,
+                &decoded,
+                &batch,
+                &rho,
+                &theta,
+                lg,
+                &lib,
+                n,
+                &mut part,
             );
             for i in 0..rows {
                 assert_eq!(
@@ -149,14 +178,19 @@ fn score_parts_sum_to_the_score() {
                 );
             }
         }
-        // The f32 backend stores each part rounded to f32.
+        // The f32 backend stores each part rounded to f32; `counts_only` rows give the counts' part,
+        // also when they are stored rows addressed through `row_of` (gathered on the CPU).
         let be = Cpu::<f32>::new();
         let (rb, tb, lb, sb, libb) = (be.upload(&rho), be.upload(&theta), be.upload(&logit), be.upload(&sp), be.upload(&lib));
-        let (mut w, mut z, mut c) = (be.zeros(rows), be.zeros(rows), be.zeros(rows));
+        let (mut w, mut z, mut c, mut c2) = (be.zeros(rows), be.zeros(rows), be.zeros(rows), be.zeros(rows));
+        let counts_only = HostRows { counts_only: true, ..hr.clone() };
+        let stored_counts_only = HostRows { counts_only: true, row_of: Some(row_of.clone()), ..stored.clone() };
         be.likelihood_score(dist, &hr, &decoded, &batch, &rb, &tb, Some((&lb, &sb)), &libb, n, &mut w);
         be.likelihood_score(dist, &none, &decoded, &batch, &rb, &tb, Some((&lb, &sb)), &libb, n, &mut z);
-        be.likelihood_score_counts(dist, &hr, &decoded, &batch, &rb, &tb, Some((&lb, &sb)), &libb, n, &mut c);
+        be.likelihood_score(dist, &counts_only, &decoded, &batch, &rb, &tb, Some((&lb, &sb)), &libb, n, &mut c);
+        be.likelihood_score(dist, &stored_counts_only, &decoded, &batch, &rb, &tb, Some((&lb, &sb)), &libb, n, &mut c2);
         let (w, z, c) = (be.download(&w), be.download(&z), be.download(&c));
+        assert_eq!(c, be.download(&c2), "{dist:?}: counts' part of stored rows through row_of");
         for i in 0..rows {
             let ulp = |v: f64| (v.abs() as f32).to_bits().checked_add(1).map_or(0.0, |b| f32::from_bits(b) as f64 - v.abs() as f32 as f64);
             let bound = ulp(w[i]) + ulp(z[i]) + ulp(c[i]);
@@ -287,6 +321,7 @@ fn scoring_repeated_cells_matches_exact_likelihood() {
         let cached_score = |h: &HostRows, row_of: Option<&[u32]>| {
             let mut out = vec![0f64; plan.len()];
             ops::likelihood_score_cached(
+                ScorePart::All,
                 dist,
                 &h.ptr,
                 &h.idx,

@@ -26,6 +26,10 @@ pub struct HostRows {
     /// Set by [`HostRows::all`]: a process-unique name for `ptr`, `idx` and `val`, which must not change
     /// while it is set. A device backend keeps such rows resident instead of uploading them per call.
     pub id: Option<u64>,
+    /// Score only the counts' part of each row: the count-only terms and, for the genes with counts,
+    /// the exact term less the zero-count one, without the zero-count term of every gene (the label
+    /// transfer interpolates that part: it is the score of the row [`HostRows::without_counts`]).
+    pub counts_only: bool,
 }
 
 impl HostRows {
@@ -54,14 +58,22 @@ impl HostRows {
             di.copy_from_slice(i);
             dv.copy_from_slice(v);
         });
-        HostRows { ptr, idx, val, count_terms: None, row_of: None, id: None }
+        HostRows { ptr, idx, val, count_terms: None, row_of: None, id: None, counts_only: false }
     }
 
     /// Every row of a CSR matrix, stored once (for [`HostRows::row_of`]).
     pub fn all(m: &crate::data::Csr) -> Self {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let id = Some(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        HostRows { ptr: m.indptr.clone(), idx: m.indices.clone(), val: m.data.clone(), count_terms: None, row_of: None, id }
+        HostRows {
+            ptr: m.indptr.clone(),
+            idx: m.indices.clone(),
+            val: m.data.clone(),
+            count_terms: None,
+            row_of: None,
+            id,
+            counts_only: false,
+        }
     }
 
     /// `rows` rows without counts (and count terms 0): scoring them gives the zero-count part alone.
@@ -72,7 +84,12 @@ impl HostRows {
     /// The scored rows as their own CSR (a copy only when `row_of` is set).
     pub fn materialized(&self) -> std::borrow::Cow<'_, HostRows> {
         let Some(map) = &self.row_of else { return std::borrow::Cow::Borrowed(self) };
-        let mut h = HostRows { ptr: Vec::with_capacity(map.len() + 1), count_terms: self.count_terms.clone(), ..Default::default() };
+        let mut h = HostRows {
+            ptr: Vec::with_capacity(map.len() + 1),
+            count_terms: self.count_terms.clone(),
+            counts_only: self.counts_only,
+            ..Default::default()
+        };
         h.ptr.push(0);
         for &r in map {
             let (a, b) = (self.ptr[r as usize], self.ptr[r as usize + 1]);
@@ -209,7 +226,8 @@ pub trait Backend: Send + Sync {
 
     /// Forward-only NLL per row for ranking: row i scores count row i of `x` against row `rows[i]` of
     /// the decoded `rho`/`logit` (with `logit`'s softplus precomputed), θ row `batch[i]` of the
-    /// per-batch table [S×N] and library `lib[i]`. See `ops::likelihood_score`.
+    /// per-batch table [S×N] and library `lib[i]`; only the counts' part where `x.counts_only`. See
+    /// `ops::likelihood_score_cached`.
     #[allow(clippy::too_many_arguments)]
     fn likelihood_score(
         &self,
@@ -224,29 +242,6 @@ pub trait Backend: Send + Sync {
         n: usize,
         nll: &mut Self::Buf,
     );
-    /// [`Self::likelihood_score`] less its zero-count part ([`Self::likelihood_score`] of the same rows
-    /// without counts, [`HostRows::without_counts`]); see `ops::likelihood_score_counts`. This default
-    /// takes the difference of the two scores on the host; the CPU backend computes the part alone.
-    #[allow(clippy::too_many_arguments)]
-    fn likelihood_score_counts(
-        &self,
-        dist: Distribution,
-        x: &HostRows,
-        rows: &[u32],
-        batch: &[u32],
-        rho: &Self::Buf,
-        theta: &Self::Buf,
-        logit: Option<(&Self::Buf, &Self::Buf)>,
-        lib: &Self::Buf,
-        n: usize,
-        nll: &mut Self::Buf,
-    ) {
-        let mut zero = self.zeros(rows.len());
-        self.likelihood_score(dist, &HostRows::without_counts(rows.len()), rows, batch, rho, theta, logit, lib, n, &mut zero);
-        self.likelihood_score(dist, x, rows, batch, rho, theta, logit, lib, n, nll);
-        let diff: Vec<f64> = self.download(nll).iter().zip(self.download(&zero)).map(|(a, b)| a - b).collect();
-        *nll = self.upload(&diff);
-    }
     /// softplus element-wise.
     fn softplus(&self, x: &Self::Buf) -> Self::Buf;
     /// NLL per row of decoder pre-activations: ρ = the split softmax of `r` [rows×N], then

@@ -181,22 +181,12 @@ impl<F: Real> Backend for Cpu<F> {
         n: usize,
         nll: &mut Vec<F>,
     ) {
-        score_with(ops::likelihood_score_cached, dist, x, rows, batch, rho, theta, logit, lib, n, nll)
-    }
-    fn likelihood_score_counts(
-        &self,
-        dist: Distribution,
-        x: &HostRows,
-        rows: &[u32],
-        batch: &[u32],
-        rho: &Vec<F>,
-        theta: &Vec<F>,
-        logit: Option<(&Vec<F>, &Vec<F>)>,
-        lib: &Vec<F>,
-        n: usize,
-        nll: &mut Vec<F>,
-    ) {
-        score_with(ops::likelihood_score_counts, dist, x, rows, batch, rho, theta, logit, lib, n, nll)
+        let lg = logit.map(|(a, b)| (a.as_slice(), b.as_slice()));
+        let part = if x.counts_only { ops::ScorePart::Counts } else { ops::ScorePart::All };
+        // Stored rows addressed through `row_of` are read in place when their count terms are cached.
+        let x = if x.count_terms.is_some() { std::borrow::Cow::Borrowed(x) } else { x.materialized() };
+        let (ro, ct) = (x.row_of.as_deref(), x.count_terms.as_deref());
+        ops::likelihood_score_cached(part, dist, &x.ptr, &x.idx, &x.val, ro, ct, rows, batch, rho, theta, lg, lib, n, nll)
     }
     fn softplus(&self, x: &Vec<F>) -> Vec<F> {
         ops::softplus_all(x)
@@ -303,43 +293,4 @@ fn filled_in_parallel<F: Real>(n: usize, chunk: usize, fill: impl Fn(usize, &mut
     // SAFETY: every chunk of the first n elements was initialised above.
     unsafe { v.set_len(n) };
     v
-}
-
-/// The signature shared by `ops::likelihood_score_cached` and `ops::likelihood_score_counts`.
-type ScoreFn<F> = fn(
-    Distribution,
-    &[usize],
-    &[u32],
-    &[f32],
-    Option<&[u32]>,
-    Option<&[f64]>,
-    &[u32],
-    &[u32],
-    &[F],
-    &[F],
-    Option<(&[F], &[F])>,
-    &[F],
-    usize,
-    &mut [F],
-);
-
-/// Runs a scoring op on host rows; stored rows addressed through `row_of` are read in place when their
-/// count terms are cached, else gathered.
-#[allow(clippy::too_many_arguments)]
-fn score_with<F: Real>(
-    op: ScoreFn<F>,
-    dist: Distribution,
-    x: &HostRows,
-    rows: &[u32],
-    batch: &[u32],
-    rho: &[F],
-    theta: &[F],
-    logit: Option<(&Vec<F>, &Vec<F>)>,
-    lib: &[F],
-    n: usize,
-    nll: &mut [F],
-) {
-    let lg = logit.map(|(a, b)| (a.as_slice(), b.as_slice()));
-    let x = if x.count_terms.is_some() { std::borrow::Cow::Borrowed(x) } else { x.materialized() };
-    op(dist, &x.ptr, &x.idx, &x.val, x.row_of.as_deref(), x.count_terms.as_deref(), rows, batch, rho, theta, lg, lib, n, nll)
 }

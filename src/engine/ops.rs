@@ -846,65 +846,26 @@ pub fn likelihood_score<F: Real>(
     n: usize,
     nll: &mut [F],
 ) {
-    likelihood_score_cached(dist, nz_ptr, nz_idx, nz_val, None, None, rows, batch, rho, theta, logit, lib, n, nll)
+    likelihood_score_cached(ScorePart::All, dist, nz_ptr, nz_idx, nz_val, None, None, rows, batch, rho, theta, logit, lib, n, nll)
 }
 
-/// [`likelihood_score`] with each row's count-only terms given (`cached`, from [`count_terms`] with
-/// the same θ table) instead of computed, and optionally with scored row i reading stored row
-/// `row_of[i]` of the CSR (then `cached` is required).
-#[allow(clippy::too_many_arguments)]
-pub fn likelihood_score_cached<F: Real>(
-    dist: Distribution,
-    nz_ptr: &[usize],
-    nz_idx: &[u32],
-    nz_val: &[f32],
-    row_of: Option<&[u32]>,
-    cached: Option<&[f64]>,
-    rows: &[u32],
-    batch: &[u32],
-    rho: &[F],
-    theta: &[F],
-    logit: Option<(&[F], &[F])>,
-    lib: &[F],
-    n: usize,
-    nll: &mut [F],
-) {
-    score_rows(ScorePart::All, dist, nz_ptr, nz_idx, nz_val, row_of, cached, rows, batch, rho, theta, logit, lib, n, nll)
-}
-
-/// [`likelihood_score_cached`] less its zero-count part: for each row the count-only terms and, for the
-/// genes with counts, the exact term less the zero-count one. The zero-count part, a smooth function of
-/// the library size alone, is then [`likelihood_score`] of a row without counts (the label transfer
-/// interpolates it between library sizes). Summing the two parts in f64 gives the full score's value.
-#[allow(clippy::too_many_arguments)]
-pub fn likelihood_score_counts<F: Real>(
-    dist: Distribution,
-    nz_ptr: &[usize],
-    nz_idx: &[u32],
-    nz_val: &[f32],
-    row_of: Option<&[u32]>,
-    cached: Option<&[f64]>,
-    rows: &[u32],
-    batch: &[u32],
-    rho: &[F],
-    theta: &[F],
-    logit: Option<(&[F], &[F])>,
-    lib: &[F],
-    n: usize,
-    nll: &mut [F],
-) {
-    score_rows(ScorePart::Counts, dist, nz_ptr, nz_idx, nz_val, row_of, cached, rows, batch, rho, theta, logit, lib, n, nll)
-}
-
-/// Which part of a row's NLL [`score_rows`] computes.
-#[derive(Clone, Copy, PartialEq)]
-enum ScorePart {
+/// Which part of a row's NLL [`likelihood_score_cached`] computes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ScorePart {
+    /// The whole NLL.
     All,
+    /// The NLL less its zero-count part: the count-only terms and, for the genes with counts, the exact
+    /// term less the zero-count one. The zero-count part, a smooth function of the library size alone,
+    /// is the whole NLL of a row without counts (the label transfer interpolates it between library
+    /// sizes); the two parts summed in f64 give the whole NLL's value.
     Counts,
 }
 
+/// [`likelihood_score`] (or its `part`) with each row's count-only terms given (`cached`, from
+/// [`count_terms`] with the same θ table) instead of computed, and optionally with scored row i reading
+/// stored row `row_of[i]` of the CSR (then `cached` is required).
 #[allow(clippy::too_many_arguments)]
-fn score_rows<F: Real>(
+pub fn likelihood_score_cached<F: Real>(
     part: ScorePart,
     dist: Distribution,
     nz_ptr: &[usize],
@@ -1039,7 +1000,23 @@ pub fn decode_score<F: Real>(
         split_softmax_fwd(r, group, weight, &mut rho, n);
         let sp = logit.map(softplus_all);
         let lg = logit.zip(sp.as_deref());
-        return likelihood_score_cached(dist, nz_ptr, nz_idx, nz_val, None, cached, &idx, batch, &rho, theta, lg, lib, n, nll);
+        return likelihood_score_cached(
+            ScorePart::All,
+            dist,
+            nz_ptr,
+            nz_idx,
+            nz_val,
+            None,
+            cached,
+            &idx,
+            batch,
+            &rho,
+            theta,
+            lg,
+            lib,
+            n,
+            nll,
+        );
     };
     let (r32, theta32) = (F::as_f32(r), F::as_f32(theta));
     let logit32 = logit.map(F::as_f32);

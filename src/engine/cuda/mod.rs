@@ -305,47 +305,6 @@ macro_rules! run {
     }};
 }
 
-impl Cuda {
-    /// The scoring kernel ([`Backend::likelihood_score`]; with `counts_only`, its part for the genes with
-    /// counts, [`Backend::likelihood_score_counts`]). Counts stay sparse: the stored rows (resident when
-    /// they have an id) and each scored row's stored row; every gene's zero-count term (unless
-    /// `counts_only`) plus a correction over the counts.
-    #[allow(clippy::too_many_arguments)]
-    fn score(
-        &self,
-        counts_only: bool,
-        dist: Distribution,
-        x: &HostRows,
-        rows: &[u32],
-        batch: &[u32],
-        rho: &DevBuf,
-        theta: &DevBuf,
-        logit: Option<(&DevBuf, &DevBuf)>,
-        lib: &DevBuf,
-        n: usize,
-        nll: &mut DevBuf,
-    ) {
-        let m = rows.len();
-        let csr = self.csr_rows(x);
-        let row_of: Vec<u32> = match &x.row_of {
-            Some(r) => r.clone(),
-            None => (0..m as u32).collect(),
-        };
-        let what = "upload of scoring indices";
-        let (ro, r, b) = (self.htod(what, &row_of), self.htod(what, rows), self.htod(what, batch));
-        let lg = match (dist, logit) {
-            (Distribution::Zinb, Some((l, _))) => Arg::from(l),
-            _ => NULL,
-        };
-        run!(
-            self,
-            "likelihood_score",
-            Self::per_row(m),
-            [&csr.ptr, &csr.idx, &csr.val, &ro, &r, &b, rho, theta, lg, lib, n as i32, counts_only as i32, nll]
-        );
-    }
-}
-
 impl Backend for Cuda {
     type Buf = DevBuf;
     type Sparse = DevSparse;
@@ -558,22 +517,28 @@ impl Backend for Cuda {
         n: usize,
         nll: &mut DevBuf,
     ) {
-        self.score(false, dist, x, rows, batch, rho, theta, logit, lib, n, nll)
-    }
-    fn likelihood_score_counts(
-        &self,
-        dist: Distribution,
-        x: &HostRows,
-        rows: &[u32],
-        batch: &[u32],
-        rho: &DevBuf,
-        theta: &DevBuf,
-        logit: Option<(&DevBuf, &DevBuf)>,
-        lib: &DevBuf,
-        n: usize,
-        nll: &mut DevBuf,
-    ) {
-        self.score(true, dist, x, rows, batch, rho, theta, logit, lib, n, nll)
+        // Counts stay sparse: the stored rows (resident when they have an id) and each scored row's
+        // stored row; every gene's zero-count term (unless `counts_only`) plus a correction over the
+        // counts.
+        let m = rows.len();
+        let csr = self.csr_rows(x);
+        let row_of: Vec<u32> = match &x.row_of {
+            Some(r) => r.clone(),
+            None => (0..m as u32).collect(),
+        };
+        let what = "upload of scoring indices";
+        let (ro, r, b) = (self.htod(what, &row_of), self.htod(what, rows), self.htod(what, batch));
+        let lg = match (dist, logit) {
+            (Distribution::Zinb, Some((l, _))) => Arg::from(l),
+            _ => NULL,
+        };
+        let part = x.counts_only as i32;
+        run!(
+            self,
+            "likelihood_score",
+            Self::per_row(m),
+            [&csr.ptr, &csr.idx, &csr.val, &ro, &r, &b, rho, theta, lg, lib, n as i32, part, nll]
+        );
     }
     fn softplus(&self, x: &DevBuf) -> DevBuf {
         let mut y = self.zeros(x.len);
