@@ -15,6 +15,27 @@ fn lcg(s: &mut u64) -> f64 {
     (*s >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// Counts [rows×n]: about `density` of the entries in 1..=max (integers), as CSR and dense.
+fn random_counts(rows: usize, n: usize, density: f64, max: f64, s: &mut u64) -> (Csr, Vec<f32>) {
+    let mut dense = vec![0f32; rows * n];
+    for v in dense.iter_mut() {
+        if lcg(s) < density {
+            *v = (lcg(s) * max).floor() as f32 + 1.0;
+        }
+    }
+    (Csr::from_dense(rows, n, &dense), dense)
+}
+
+/// Normalised expression profiles [rows×n] (each row sums to 1), skewed by `power`.
+fn random_profiles(rows: usize, n: usize, power: i32, s: &mut u64) -> Vec<f64> {
+    let mut rho: Vec<f64> = (0..rows * n).map(|_| lcg(s).powi(power) + 1e-9).collect();
+    for r in 0..rows {
+        let t: f64 = rho[r * n..(r + 1) * n].iter().sum();
+        rho[r * n..(r + 1) * n].iter_mut().for_each(|v| *v /= t);
+    }
+    rho
+}
+
 #[test]
 fn fast_math_accuracy() {
     let mut s = 3u64;
@@ -52,18 +73,8 @@ fn scoring_kernel_matches_exact_likelihood() {
     for (dist, extreme) in [(Distribution::Zinb, false), (Distribution::Nb, false), (Distribution::Zinb, true), (Distribution::Nb, true)] {
         let (rows, n) = (7, 3000);
         let mut s = 11u64;
-        let mut dense = vec![0f32; rows * n];
-        for v in dense.iter_mut() {
-            if lcg(&mut s) < 0.1 {
-                *v = (lcg(&mut s) * 30.0).floor() as f32 + 1.0;
-            }
-        }
-        let x = Csr::from_dense(rows, n, &dense);
-        let mut rho: Vec<f64> = (0..rows * n).map(|_| lcg(&mut s).powi(3) + 1e-9).collect();
-        for r in 0..rows {
-            let t: f64 = rho[r * n..(r + 1) * n].iter().sum();
-            rho[r * n..(r + 1) * n].iter_mut().for_each(|v| *v /= t);
-        }
+        let (x, dense) = random_counts(rows, n, 0.1, 30.0, &mut s);
+        let mut rho = random_profiles(rows, n, 3, &mut s);
         if extreme {
             rho.iter_mut().step_by(7).for_each(|v| *v = 1e-12);
         }
@@ -102,18 +113,8 @@ fn scoring_kernel_matches_exact_likelihood() {
 fn score_parts_sum_to_the_score() {
     let (rows, n, cells) = (9, 1500, 4);
     let mut s = 5u64;
-    let mut dense = vec![0f32; cells * n];
-    for v in dense.iter_mut() {
-        if lcg(&mut s) < 0.2 {
-            *v = (lcg(&mut s) * 25.0).floor() as f32 + 1.0;
-        }
-    }
-    let x = Csr::from_dense(cells, n, &dense);
-    let mut rho: Vec<f64> = (0..rows * n).map(|_| lcg(&mut s).powi(2) + 1e-9).collect();
-    for r in 0..rows {
-        let t: f64 = rho[r * n..(r + 1) * n].iter().sum();
-        rho[r * n..(r + 1) * n].iter_mut().for_each(|v| *v /= t);
-    }
+    let (x, _) = random_counts(cells, n, 0.2, 25.0, &mut s);
+    let rho = random_profiles(rows, n, 2, &mut s);
     let theta: Vec<f64> = (0..2 * n).map(|_| (lcg(&mut s) * 8.0 - 4.0).exp()).collect();
     let logit: Vec<f64> = (0..rows * n).map(|_| lcg(&mut s) * 10.0 - 5.0).collect();
     let sp = ops::softplus_all(&logit);
