@@ -153,8 +153,6 @@ pub fn bench<B: Backend>(
         "data_phases": { "phases": ["read", "preprocess", "homology"], "runs": runs },
         "gemm_peak_gflops": peak,
         "decoder_heads": decoder,
-        // Both training phases ran their decoder heads in this precision (`--training-precision`).
-        "training_gemms": crate::engine::precision::training_precision(),
         "context_training": {
             "ms_per_step": ctx_ms,
             "cells_per_s": 128.0 / (ctx_ms / 1000.0),

@@ -276,34 +276,6 @@ fn precision_bf16_without_the_instructions_is_refused() {
     }
 }
 
-/// `--training-precision bf16` is refused where the CPU cannot run it and by `transfer` (which trains
-/// nothing), naming why; `auto` is not a value it takes.
-#[test]
-fn training_precision_refusals() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("x");
-    let exe = env!("CARGO_BIN_EXE_scspecies");
-    let run = |args: &[&str], simd: Option<&str>| {
-        let mut c = std::process::Command::new(exe);
-        c.args(args);
-        if let Some(s) = simd {
-            c.env("SCSPECIES_SIMD", s);
-        }
-        let o = c.output().unwrap();
-        (o.status.success(), String::from_utf8_lossy(&o.stderr).to_string())
-    };
-    let o = out.to_str().unwrap();
-    let (ok, err) = run(&["demo", "--out", o, "--training-precision", "bf16", "--precision", "f32"], Some("avx2"));
-    assert!(!ok && err.contains("--training-precision bf16") && err.contains("AVX512-BF16"), "{err}");
-    let mut transfer = common::pipeline_args("transfer", "a", "b", o);
-    transfer.extend(["--training-precision", "bf16"]);
-    let (ok, err) = run(&transfer, None);
-    assert!(!ok && err.contains("`transfer` trains nothing"), "{err}");
-    let (ok, err) = run(&["demo", "--out", o, "--training-precision", "auto"], None);
-    assert!(!ok && err.contains("auto"), "{err}");
-    assert!(!out.exists(), "nothing may be written");
-}
-
 /// Every option `bench` accepts takes effect (the alignment options reach the timed alignment and the
 /// report says so) or is refused with the flag's name before any work.
 #[test]

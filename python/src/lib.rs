@@ -7,7 +7,7 @@ use clap::Parser;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use scspecies::cli::{Device, RunOptions, TrainingPrecisionArg};
+use scspecies::cli::{Device, RunOptions};
 use scspecies::data::Dataset;
 use scspecies::engine::Cpu;
 use scspecies::error::Error;
@@ -143,9 +143,6 @@ fn align(
     let mut cfg = o.run_config(std::path::Path::new("."));
     cfg.checkpoints = None;
     let stages = match models {
-        Some(_) if o.training_precision != TrainingPrecisionArg::F32 => {
-            return Err(PyValueError::new_err("training_precision: a transfer with saved models trains nothing"));
-        }
         Some(dir) => Stages::Transfer { models: dir },
         None => Stages::All,
     };

@@ -572,9 +572,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(a) => run_pipeline(&a.inputs()?, &a.out, &a.opts, Stages::All),
         Command::Pretrain(a) => run_pipeline(&a.inputs()?, &a.out, &a.opts, Stages::Pretrain),
         Command::Align(a) => run_pipeline(&a.inputs()?, &a.out, &a.opts, Stages::Align { models: a.out.clone() }),
-        Command::Transfer(a) if a.opts.training_precision != TrainingPrecisionArg::F32 => {
-            Err(Error::Config("--training-precision: `transfer` trains nothing (the models are read from --out)".into()))
-        }
         Command::Transfer(a) => run_pipeline(&a.inputs()?, &a.out, &a.opts, Stages::Transfer { models: a.out.clone() }),
         Command::Demo(a) => {
             // With the analyses the report is written once they are done, and shows their figures.

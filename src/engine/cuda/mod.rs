@@ -287,8 +287,7 @@ impl Cuda {
         }
         let g = Sgemm { trans_a: tb, trans_b: ta, m: n, n: m, k, a: b.ptr(), lda: ldb, b: a.ptr(), ldb: lda, c: c.ptr(), ldc: n };
         if crate::engine::precision::gemm_in_bf16() {
-            // The ranking decodes and, when chosen, the training heads (`precision`): both operands
-            // rounded to bf16, tensor cores.
+            // The ranking decodes (`precision::ranking`): both operands rounded to bf16, tensor cores.
             let (a16, b16) = (self.bf16_copy(a, m * k), self.bf16_copy(b, k * n));
             let r = self.dev.gemm_bf16(&Sgemm { a: b16.ptr(), b: a16.ptr(), ..g });
             self.check(format_args!("bf16 GEMM {m}x{n}x{k}"), r);
