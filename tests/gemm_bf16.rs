@@ -1,6 +1,6 @@
 //! The bf16 GEMM (AVX512-BF16) against an f64 reference, with a bound from bf16 rounding; its
 //! rounding against the `half` crate; thread-count independence; and the precision scope (bf16 only
-//! inside `precision::ranking` or `precision::training_heads` and only when chosen). Where this CPU has no AVX512-BF16 the kernel
+//! inside `precision::ranking` and only when chosen). Where this CPU has no AVX512-BF16 the kernel
 //! tests skip and say so; the scope test still checks that f32 is used.
 
 use scspecies::engine::ops;
@@ -149,75 +149,4 @@ fn precision_scope() {
         let e = precision::set_ranking(Precision::Bf16).unwrap_err();
         assert!(e.contains("AVX512-BF16"), "{e}");
     }
-}
-
-/// `--training-precision`: bf16 only inside `precision::training_heads` and only when chosen, the
-/// same kernel as the ranking paths' bf16; the ranking scope does not see it; `auto` and, where the
-/// CPU lacks AVX512-BF16, `bf16` are refused.
-#[test]
-fn training_precision_scope() {
-    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let (m, k, n) = (24, 128, 50);
-    let mut s = 9u64;
-    let a: Vec<f32> = (0..m * k).map(|_| (lcg(&mut s) - 0.5) as f32).collect();
-    let b: Vec<f32> = (0..k * n).map(|_| (lcg(&mut s) - 0.5) as f32).collect();
-    let plain = || {
-        let mut c = vec![0f32; m * n];
-        ops::gemm(m, k, n, &a, k, 1, &b, n, 1, &mut c, false);
-        c
-    };
-    let in_heads = || precision::training_heads(plain);
-    let f32_ref = plain();
-    assert!(precision::set_training(Precision::Auto).is_err(), "--training-precision has no auto");
-    precision::set_ranking(Precision::F32).unwrap();
-    precision::set_training(Precision::F32).unwrap();
-    assert_eq!(in_heads(), f32_ref, "f32 chosen: the heads stay f32");
-    if !have_bf16() {
-        let e = precision::set_training(Precision::Bf16).unwrap_err();
-        assert!(e.contains("AVX512-BF16"), "{e}");
-        return;
-    }
-    precision::set_training(Precision::Bf16).unwrap();
-    assert_eq!(precision::training_precision(), Precision::Bf16);
-    let heads = in_heads();
-    assert_eq!(plain(), f32_ref, "outside the scope: f32");
-    assert_eq!(ranked_gemm(m, k, n, &a, k, 1, &b, n, 1), f32_ref, "the ranking scope follows --precision only");
-    precision::set_ranking(Precision::Bf16).unwrap();
-    let ranked = ranked_gemm(m, k, n, &a, k, 1, &b, n, 1);
-    assert_ne!(heads, f32_ref);
-    assert_eq!(heads, ranked, "the same bf16 kernel as the ranking paths");
-    precision::set_ranking(Precision::F32).unwrap();
-    precision::set_training(Precision::F32).unwrap();
-    assert_eq!(in_heads(), f32_ref);
-}
-
-/// Pre-training with bf16 decoder heads on the bundled Baron mouse data: it trains as f32 does (the
-/// NLL falls, and after 6 epochs it is within 0.2 % of the f32 run's from the same seed), and the
-/// heads really ran in bf16 (the trained weights differ from f32's).
-#[test]
-fn bf16_training_heads_train_like_f32() {
-    use scspecies::pipeline::{demo_like_inputs, prepare, pretrain};
-    use scspecies::train::TrainConfig;
-    let _t = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    if !have_bf16() {
-        return;
-    }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/baron-pancreas");
-    let pair = prepare(&demo_like_inputs(&dir), &scspecies::preprocess::PreprocessConfig::default(), &scspecies::pipeline::Silent).unwrap();
-    let be = scspecies::engine::Cpu::<f32>::new();
-    let mut cfg = TrainConfig::default_for(pair.context.n_cells(), 7);
-    cfg.epochs = 6;
-    let run = |p: Precision| {
-        precision::set_training(p).unwrap();
-        let r = pretrain(&be, &pair, &cfg, &scspecies::pipeline::Silent);
-        precision::set_training(Precision::F32).unwrap();
-        r.unwrap()
-    };
-    let (f, b) = (run(Precision::F32), run(Precision::Bf16));
-    let nll = |r: &scspecies::pipeline::ContextRun<_>| r.history.iter().map(|e| e.nll).collect::<Vec<f64>>();
-    let (nf, nb) = (nll(&f), nll(&b));
-    eprintln!("NLL per epoch, f32 {nf:.1?}\nNLL per epoch, bf16 heads {nb:.1?}");
-    assert!(nb[5] < 0.9 * nb[0], "bf16 heads: the NLL falls: {nb:?}");
-    assert!((nb[5] - nf[5]).abs() <= 0.002 * nf[5], "bf16 heads end within 0.2 % of f32: {} vs {}", nb[5], nf[5]);
-    assert_ne!(f.repr.z_mu, b.repr.z_mu, "bf16 heads change the trained model");
 }

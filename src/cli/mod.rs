@@ -134,13 +134,6 @@ impl PrecisionArg {
     }
 }
 
-/// `--training-precision` (see [`crate::engine::precision`]).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TrainingPrecisionArg {
-    F32,
-    Bf16,
-}
-
 /// Options shared by every command that trains or analyses.
 #[derive(Args, Debug, Clone)]
 pub struct RunOptions {
@@ -153,15 +146,9 @@ pub struct RunOptions {
     pub tf32: bool,
     /// GEMM precision of the forward-only decoding that is only ranked (candidate choice, label
     /// transfer): `bf16` (f32 accumulation: AVX512-BF16 on the CPU, refused where it lacks it; tensor
-    /// cores on a GPU), `f32`, or `auto` (bf16 where the hardware has it). Training follows
-    /// `--training-precision`.
+    /// cores on a GPU), `f32`, or `auto` (bf16 where the hardware has it). Training always runs in f32.
     #[arg(long, value_enum, default_value = "auto")]
     pub precision: PrecisionArg,
-    /// GEMM precision of the two decoder heads in training (forward, weight and input gradients):
-    /// `f32`, or `bf16` with f32 accumulation (AVX512-BF16, refused where the CPU lacks it; tensor
-    /// cores on a GPU). Master weights, Adam and every other layer stay f32.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub training_precision: TrainingPrecisionArg,
     /// Epochs of context pre-training (default: 60 below 10,000 cells, else 30).
     #[arg(long)]
     pub epochs_context: Option<usize>,
@@ -294,24 +281,6 @@ fn parse_size_arg(s: &str) -> std::result::Result<u64, String> {
 }
 
 impl RunOptions {
-    /// Sets the process-wide GEMM precisions (`--precision`, `--training-precision`) for a run on the
-    /// GPU or the CPU; a precision the CPU cannot run is an error that says so.
-    pub fn set_precisions(&self, gpu: bool) -> Result<(), crate::error::Error> {
-        use crate::engine::precision::{self as p, Precision};
-        let training = match self.training_precision {
-            TrainingPrecisionArg::F32 => Precision::F32,
-            TrainingPrecisionArg::Bf16 => Precision::Bf16,
-        };
-        if gpu {
-            p::set_ranking_gpu(self.precision.to_engine());
-            p::set_training_gpu(training);
-        } else {
-            p::set_ranking(self.precision.to_engine()).map_err(crate::error::Error::Config)?;
-            p::set_training(training).map_err(crate::error::Error::Config)?;
-        }
-        Ok(())
-    }
-
     /// The run's settings, with checkpoints in `<out_dir>/checkpoints`.
     pub fn run_config(&self, out_dir: &Path) -> crate::pipeline::RunConfig {
         use crate::pipeline::{AlignOptions, Checkpoints, RunConfig};
@@ -658,11 +627,11 @@ macro_rules! on_device {
             },
         };
         if let Some(g) = gpu {
-            o.set_precisions(true)?;
+            $crate::engine::precision::set_ranking_gpu(o.precision.to_engine());
             let $be = &g;
             return $body;
         }
-        o.set_precisions(false)?;
+        $crate::engine::precision::set_ranking(o.precision.to_engine()).map_err($crate::error::Error::Config)?;
         let $be = &$crate::engine::Cpu::<f32>::new();
         $body
     }};

@@ -1,10 +1,9 @@
-//! Which GEMM precision the decoder heads may use: in the forward-only decoding of the ranking paths
-//! (candidate choice, label transfer; `--precision`) and in training (`--training-precision`, the two
-//! decoder heads' forward, weight-gradient and input-gradient GEMMs; f32 unless asked for).
+//! Which GEMM precision the forward-only decoding of the ranking paths (candidate choice, label
+//! transfer) may use. Training GEMMs stay f32 whatever is chosen here.
 //!
-//! Each choice is process-wide ([`set_ranking`], [`set_training`]); it takes effect only inside
-//! [`ranking`] or [`training_heads`], on the thread that calls it (the GEMM decides on the calling
-//! thread before it splits its work), so no other GEMM is affected.
+//! The choice is process-wide ([`set_ranking`], from `--precision`); it takes effect only inside
+//! [`ranking`], on the thread that calls it (the GEMM decides on the calling thread before it splits
+//! its work), so a training step on another thread is never affected.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,11 +19,9 @@ pub enum Precision {
 }
 
 static RANKING_BF16: AtomicBool = AtomicBool::new(false);
-static TRAINING_BF16: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static IN_RANKING: Cell<bool> = const { Cell::new(false) };
-    static IN_TRAINING_HEADS: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether this CPU has a bf16 GEMM (AVX512-BF16 at the current SIMD level).
@@ -75,55 +72,18 @@ pub fn ranking_precision() -> Precision {
 
 /// Runs `f` with this thread's GEMMs in the ranking precision.
 pub fn ranking<R>(f: impl FnOnce() -> R) -> R {
-    scoped(&IN_RANKING, f)
-}
-
-/// `--training-precision`: `f32`, or `bf16` for the decoder heads' training GEMMs (refused where the
-/// CPU cannot run it). There is no `auto`: bf16 training changes the trained model, so it is asked for.
-pub fn set_training(p: Precision) -> Result<Precision, String> {
-    let eff = match p {
-        Precision::F32 => Precision::F32,
-        Precision::Bf16 if bf16_available() => Precision::Bf16,
-        Precision::Bf16 => {
-            return Err("--training-precision bf16: this CPU has no AVX512-BF16 (or SCSPECIES_SIMD caps it below AVX-512); use f32".into());
-        }
-        Precision::Auto => return Err("--training-precision takes f32 or bf16".into()),
-    };
-    TRAINING_BF16.store(eff == Precision::Bf16, Ordering::Relaxed);
-    Ok(eff)
-}
-
-/// [`set_training`] for a run on a CUDA GPU (cuBLAS bf16 on the tensor cores).
-pub fn set_training_gpu(p: Precision) -> Precision {
-    let eff = if p == Precision::Bf16 { Precision::Bf16 } else { Precision::F32 };
-    TRAINING_BF16.store(eff == Precision::Bf16, Ordering::Relaxed);
-    eff
-}
-
-/// The training precision of the decoder heads in effect (`F32` or `Bf16`).
-pub fn training_precision() -> Precision {
-    if TRAINING_BF16.load(Ordering::Relaxed) { Precision::Bf16 } else { Precision::F32 }
-}
-
-/// Runs `f` (a decoder head's training GEMMs) with this thread's GEMMs in the training precision.
-pub fn training_heads<R>(f: impl FnOnce() -> R) -> R {
-    scoped(&IN_TRAINING_HEADS, f)
-}
-
-fn scoped<R>(flag: &'static std::thread::LocalKey<Cell<bool>>, f: impl FnOnce() -> R) -> R {
     // Restored on the way out, also when `f` unwinds.
-    struct Restore(&'static std::thread::LocalKey<Cell<bool>>, bool);
+    struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            self.0.with(|c| c.set(self.1));
+            IN_RANKING.with(|c| c.set(self.0));
         }
     }
-    let _restore = Restore(flag, flag.with(|c| c.replace(true)));
+    let _restore = Restore(IN_RANKING.with(|c| c.replace(true)));
     f()
 }
 
 /// Whether a GEMM called on this thread now should run in bf16.
 pub(crate) fn gemm_in_bf16() -> bool {
-    (RANKING_BF16.load(Ordering::Relaxed) && IN_RANKING.with(|c| c.get()))
-        || (TRAINING_BF16.load(Ordering::Relaxed) && IN_TRAINING_HEADS.with(|c| c.get()))
+    RANKING_BF16.load(Ordering::Relaxed) && IN_RANKING.with(|c| c.get())
 }

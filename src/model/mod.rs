@@ -24,7 +24,6 @@ pub use batch::{Batch, Noise};
 pub use config::ModelConfig;
 
 use crate::engine::likelihood::Distribution;
-use crate::engine::precision::training_heads;
 use crate::engine::{Backend, ops::AdamConfig};
 use rand::{Rng, RngExt};
 use rand_distr::{Distribution as _, StandardNormal};
@@ -455,10 +454,10 @@ impl<B: Backend> Model<B> {
         be.set_cols(&batch.onehot, l + s, l, s, &mut dec_in);
         let decoder = self.stack_fwd(be, &self.decoder, Some(&dec_in), None, rows, md);
         let hd = &decoder.last().unwrap().out;
-        let r = training_heads(|| lin(&self.rho, hd));
+        let r = lin(&self.rho, hd);
         let mut rho = be.zeros(rows * n);
         be.split_softmax_fwd(&r, &self.group, self.group_weight, &mut rho, n);
-        let logit = self.pi.as_ref().map(|p| training_heads(|| lin(p, hd)));
+        let logit = self.pi.as_ref().map(|p| lin(p, hd));
         let mut theta = be.zeros(rows * n);
         be.gather_exp_rows(self.val(self.log_alpha), &batch.batch, &mut theta, n);
         let mut nll = be.zeros(rows);
@@ -643,13 +642,13 @@ impl<B: Backend> Model<B> {
         let hdim = self.rho.k;
         let mut d_hd = be.zeros(rows * hdim);
         let (mut dw, mut db) = (self.grad_buffer(be, self.rho.w), self.grad_buffer(be, self.rho.b));
-        training_heads(|| be.linear_bwd(hd, self.val(self.rho.w), &d_rho, Some(&mut d_hd), &mut dw, &mut db, rows, hdim, n));
+        be.linear_bwd(hd, self.val(self.rho.w), &d_rho, Some(&mut d_hd), &mut dw, &mut db, rows, hdim, n);
         self.grads[self.rho.w] = dw;
         self.grads[self.rho.b] = db;
         if let (Some(pi), Some(dl)) = (self.pi, d_logit.as_ref()) {
             let mut d2 = be.zeros(rows * hdim);
             let (mut dw, mut db) = (self.grad_buffer(be, pi.w), self.grad_buffer(be, pi.b));
-            training_heads(|| be.linear_bwd(hd, self.val(pi.w), dl, Some(&mut d2), &mut dw, &mut db, rows, hdim, n));
+            be.linear_bwd(hd, self.val(pi.w), dl, Some(&mut d2), &mut dw, &mut db, rows, hdim, n);
             self.grads[pi.w] = dw;
             self.grads[pi.b] = db;
             be.axpy(1.0, &d2, &mut d_hd);

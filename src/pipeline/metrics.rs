@@ -10,7 +10,7 @@ use std::time::Instant;
 pub struct Precision {
     pub requested: String,
     pub ranking_gemms: crate::engine::precision::Precision,
-    pub training_gemms: crate::engine::precision::Precision,
+    pub training_gemms: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,7 +153,7 @@ impl Metrics {
             precision: Precision {
                 requested: cfg.precision_requested.clone(),
                 ranking_gemms: crate::engine::precision::ranking_precision(),
-                training_gemms: crate::engine::precision::training_precision(),
+                training_gemms: "f32",
             },
             preprocessing: [(c.name.clone(), c.report.clone()), (t.name.clone(), t.report.clone())].into(),
             library_prior: [(c.name.clone(), LibraryPrior::of(c)), (t.name.clone(), LibraryPrior::of(t))].into(),
