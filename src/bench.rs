@@ -133,9 +133,10 @@ pub fn bench<B: Backend>(
     let cells_per_s = tgt.n_cells() as f64 / transfer_s;
     say(&format!("target step {tgt_ms:.1} ms, transfer {transfer_s:.1} s"));
 
-    let agreement = ranking_agreement(be, &pair, &crun, &arun, &acfg, &tfcfg, cfg.seed)?;
+    let transfers = Transfers::of(&pair, &crun, &arun)?;
+    let agreement = ranking_agreement(be, &pair, &transfers, &acfg, &tfcfg, cfg.seed)?;
     say(&format!("bf16 against f32: {agreement}"));
-    let scoring = scoring_agreement(be, &pair, &crun, &arun, &tfcfg)?;
+    let scoring = scoring_agreement(be, &transfers, &tfcfg);
     say(&format!("interpolated against exact transfer scoring: {scoring}"));
     let ref_transfer = reference.as_ref().and_then(|r| r.transfer_s.zip(r.target_cells));
     let bytes_per_nnz = crate::resources::peak_rss().map(|b| b as f64 / (ctx.data.counts.nnz() + tgt.data.counts.nnz()) as f64);
@@ -208,47 +209,54 @@ pub fn bench<B: Backend>(
     Ok(report)
 }
 
+/// The label transfer on the models just trained, its inputs gathered once for the bench's comparisons.
+struct Transfers<'a, B: Backend> {
+    crun: &'a crate::pipeline::ContextRun<B>,
+    arun: &'a crate::pipeline::AlignRun<B>,
+    data: crate::train::TrainData<'a>,
+    hom: crate::transfer::HomologousCounts<'a>,
+    ctx_labels: Vec<u32>,
+    n_labels: usize,
+}
+
+impl<'a, B: Backend> Transfers<'a, B> {
+    fn of(
+        pair: &'a crate::pipeline::PreparedPair,
+        crun: &'a crate::pipeline::ContextRun<B>,
+        arun: &'a crate::pipeline::AlignRun<B>,
+    ) -> Result<Self> {
+        let (ctx_labels, names) = crate::pipeline::context_label_codes(&pair.context)?;
+        let (data, hom) = (crate::train::TrainData::of(&pair.target), crate::transfer::HomologousCounts::of(pair));
+        Ok(Transfers { crun, arun, data, hom, ctx_labels, n_labels: names.len() })
+    }
+
+    /// The transfer with `cfg` and its time in seconds.
+    fn run(&self, be: &B, cfg: &crate::transfer::TransferConfig) -> (crate::transfer::Transfer, f64) {
+        let (a, c) = (self.arun, &self.crun.repr);
+        let t = Instant::now();
+        let tr = crate::transfer::transfer(be, a.model(), &self.data, a.repr(), c, &self.ctx_labels, self.n_labels, &self.hom, cfg);
+        (tr, t.elapsed().as_secs_f64())
+    }
+}
+
 /// The label transfer with each pair's zero-count part interpolated (the default) against computed
 /// exactly for every pair (`--transfer-scoring`), on the models just trained: the share of predictions
 /// and of vote shares that agree, the largest difference of the best similarity, and both times.
-fn scoring_agreement<B: Backend>(
-    be: &B,
-    pair: &crate::pipeline::PreparedPair,
-    crun: &crate::pipeline::ContextRun<B>,
-    arun: &crate::pipeline::AlignRun<B>,
-    tfcfg: &crate::transfer::TransferConfig,
-) -> Result<serde_json::Value> {
-    use crate::transfer::{Scoring, TransferConfig, transfer};
-    let (ctx_labels, names) = crate::pipeline::context_label_codes(&pair.context)?;
-    let data = crate::train::TrainData::of(&pair.target);
-    let hom = crate::transfer::HomologousCounts::of(pair);
-    let run = |scoring: Scoring| {
-        let t = Instant::now();
-        let tr = transfer(
-            be,
-            arun.model(),
-            &data,
-            arun.repr(),
-            &crun.repr,
-            &ctx_labels,
-            names.len(),
-            &hom,
-            &TransferConfig { scoring, ..tfcfg.clone() },
-        );
-        (tr, t.elapsed().as_secs_f64())
-    };
+fn scoring_agreement<B: Backend>(be: &B, transfers: &Transfers<'_, B>, tfcfg: &crate::transfer::TransferConfig) -> serde_json::Value {
+    use crate::transfer::{Scoring, TransferConfig};
+    let run = |scoring: Scoring| transfers.run(be, &TransferConfig { scoring, ..tfcfg.clone() });
     let (exact, t_exact) = run(Scoring::Exact);
     let (interp, t_interp) = run(Scoring::Interpolated);
     let cells = exact.pred.len();
     let share = |same: usize| same as f64 / cells.max(1) as f64;
-    Ok(json!({
+    json!({
         "transfer_cells": cells,
         "prediction_agreement": share(exact.pred.iter().zip(&interp.pred).filter(|(a, b)| a == b).count()),
         "vote_share_agreement": share(exact.vote_share.iter().zip(&interp.vote_share).filter(|(a, b)| a == b).count()),
         "max_best_similarity_difference": exact.best_similarity.iter().zip(&interp.best_similarity).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max),
         "transfer_s_exact": t_exact,
         "transfer_s_interpolated": t_interp,
-    }))
+    })
 }
 
 /// The ranking paths in bf16 against f32 on the models just trained: the share of candidate choices
@@ -257,8 +265,7 @@ fn scoring_agreement<B: Backend>(
 fn ranking_agreement<B: Backend>(
     be: &B,
     pair: &crate::pipeline::PreparedPair,
-    crun: &crate::pipeline::ContextRun<B>,
-    arun: &crate::pipeline::AlignRun<B>,
+    transfers: &Transfers<'_, B>,
     acfg: &crate::align::AlignConfig,
     tfcfg: &crate::transfer::TransferConfig,
     seed: u64,
@@ -278,10 +285,7 @@ fn ranking_agreement<B: Backend>(
         }
     };
     let before = precision::ranking_precision();
-    let (ctx, tgt) = (&pair.context, &pair.target);
-    let (ctx_labels, names) = crate::pipeline::context_label_codes(ctx)?;
-    let data = crate::train::TrainData::of(tgt);
-    let hom = crate::transfer::HomologousCounts::of(pair);
+    let (tgt, crun, arun) = (&pair.target, transfers.crun, transfers.arun);
     let repr = arun.repr();
     let queries: Vec<crate::align::candidates::Query> = (0..tgt.n_cells())
         .filter(|&j| arun.knn.aligned[j])
@@ -296,9 +300,8 @@ fn ranking_agreement<B: Backend>(
         set(p);
         let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(seed);
         let chosen = crate::align::candidates::choose(be, arun.model(), &crun.repr, &tgt.data.counts, &queries, false, &mut rng).0;
-        let t = Instant::now();
-        let tr = crate::transfer::transfer(be, arun.model(), &data, repr, &crun.repr, &ctx_labels, names.len(), &hom, tfcfg);
-        (chosen, tr.pred, t.elapsed().as_secs_f64())
+        let (tr, secs) = transfers.run(be, tfcfg);
+        (chosen, tr.pred, secs)
     };
     let (c32, p32, t32) = run(Precision::F32);
     let (c16, p16, t16) = run(Precision::Bf16);

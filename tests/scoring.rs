@@ -129,45 +129,16 @@ fn score_parts_sum_to_the_score() {
         let lg = Some((&logit[..], &sp[..]));
         let mut whole = vec![0f64; rows];
         ops::likelihood_score(dist, &hr.ptr, &hr.idx, &hr.val, &decoded, &batch, &rho, &theta, lg, &lib, n, &mut whole);
-        let mut zero = vec![0f64; rows];
-        let zc = none.count_terms.as_deref();
-        ops::likelihood_score_cached(
-            ScorePart::All,
-            dist,
-            &none.ptr,
-            &none.idx,
-            &none.val,
-            None,
-            zc,
-            &decoded,
-            &batch,
-            &rho,
-            &theta,
-            lg,
-            &lib,
-            n,
-            &mut zero,
-        );
+        let score = |part: ScorePart, x: &HostRows, row_of: Option<&[u32]>, counts: Option<&[f64]>| {
+            let mut out = vec![0f64; rows];
+            #[rustfmt::skip]
+            ops::likelihood_score_cached(part, dist, &x.ptr, &x.idx, &x.val, row_of, counts, &decoded, &batch, &rho, &theta, lg, &lib, n, &mut out);
+            out
+        };
+        let zero = score(ScorePart::All, &none, None, none.count_terms.as_deref());
         let cached = ops::count_terms(&hr.ptr, &hr.idx, &hr.val, &batch, &theta.iter().map(|&v| v as f32).collect::<Vec<_>>(), n);
         for (row_of, x, counts) in [(None, &hr, None), (None, &hr, Some(&cached[..])), (Some(&row_of[..]), &stored, Some(&cached[..]))] {
-            let mut part = vec![0f64; rows];
-            ops::likelihood_score_cached(
-                ScorePart::Counts,
-                dist,
-                &x.ptr,
-                &x.idx,
-                &x.val,
-                row_of,
-                counts,
-                &decoded,
-                &batch,
-                &rho,
-                &theta,
-                lg,
-                &lib,
-                n,
-                &mut part,
-            );
+            let part = score(ScorePart::Counts, x, row_of, counts);
             for i in 0..rows {
                 assert_eq!(
                     (zero[i] + part[i]).to_bits(),
