@@ -191,8 +191,8 @@ pub fn bench<B: Backend>(
         "paths": {
             "simd_level": format!("{:?}", crate::engine::simd::level()).to_lowercase(),
             "f32_gemm": if cfg!(target_arch = "x86_64") && crate::engine::simd::level() == crate::engine::simd::Level::Avx512 { "own avx512" } else { "matrixmultiply" },
-            "bf16_gemm": if !be.name().starts_with("cpu") { "cuBLAS tensor cores (bf16 in, f32 accumulation)" } else if crate::engine::precision::bf16_available() { "avx512-bf16" } else { "unavailable (f32 used)" },
-            "amx": "not implemented",
+            "bf16_gemm": if !be.name().starts_with("cpu") { "cuBLAS tensor cores (bf16 in, f32 accumulation)" } else { crate::engine::precision::bf16_kernel().unwrap_or("unavailable (f32 used)") },
+            "amx": crate::engine::precision::amx_status(),
         },
         "peak_rss_bytes": crate::resources::peak_rss(),
         "peak_rss_bytes_per_nonzero": bytes_per_nnz,
@@ -276,7 +276,7 @@ fn ranking_agreement<B: Backend>(
     if on_cpu && !precision::bf16_available() {
         return Ok(serde_json::Value::Null);
     }
-    // A GPU always has bf16 tensor cores; the CPU only with AVX512-BF16 (checked above).
+    // A GPU always has bf16 tensor cores; the CPU only with AMX or AVX512-BF16 (checked above).
     let set = |p: Precision| {
         if on_cpu {
             precision::set_ranking(p).expect("bf16 is available");

@@ -145,7 +145,7 @@ pub struct RunOptions {
     #[arg(long)]
     pub tf32: bool,
     /// GEMM precision of the forward-only decoding that is only ranked (candidate choice, label
-    /// transfer): `bf16` (f32 accumulation: AVX512-BF16 on the CPU, refused where it lacks it; tensor
+    /// transfer): `bf16` (f32 accumulation: AMX or AVX512-BF16 on the CPU, refused where it has neither; tensor
     /// cores on a GPU), `f32`, or `auto` (bf16 where the hardware has it). Training always runs in f32.
     #[arg(long, value_enum, default_value = "auto")]
     pub precision: PrecisionArg,

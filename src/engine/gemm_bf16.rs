@@ -28,7 +28,7 @@ fn round_hi(bits: u32) -> u32 {
 
 /// One packed dword: bf16(lo) in the low half, bf16(hi) in the high half.
 #[inline(always)]
-fn pair(lo: f32, hi: f32) -> u32 {
+pub(super) fn pair(lo: f32, hi: f32) -> u32 {
     (round_hi(lo.to_bits()) >> 16) | round_hi(hi.to_bits())
 }
 
@@ -37,12 +37,30 @@ pub fn round_to_bf16(x: f32) -> f32 {
     f32::from_bits(round_hi(x.to_bits()))
 }
 
-/// Whether this CPU runs the kernel (AVX-512 enabled at the current SIMD level, and AVX512-BF16).
+/// Whether this CPU runs a bf16 GEMM: AMX tiles ([`super::gemm_amx`]) or this module's AVX512-BF16
+/// kernel (AVX-512 enabled at the current SIMD level, and AVX512-BF16).
 pub fn available() -> bool {
+    super::gemm_amx::available() || avx512_bf16()
+}
+
+/// Whether this module's own kernel (AVX512-BF16 dot products) runs here.
+pub fn avx512_bf16() -> bool {
     super::gemm512::available() && std::arch::is_x86_feature_detected!("avx512bf16")
 }
 
-/// C[m×n] (row stride `rsc`) = A[m×k]·B[k×n] + (C if `acc`) with bf16 inputs, split over rayon tasks.
+/// Which bf16 kernel [`gemm`] runs here: `"amx"`, `"avx512-bf16"`, or `None`.
+pub fn kernel_name() -> Option<&'static str> {
+    if super::gemm_amx::available() {
+        Some("amx")
+    } else if avx512_bf16() {
+        Some("avx512-bf16")
+    } else {
+        None
+    }
+}
+
+/// C[m×n] (row stride `rsc`) = A[m×k]·B[k×n] + (C if `acc`) with bf16 inputs, split over rayon tasks:
+/// on the AMX tiles where [`super::gemm_amx`] is in use, else with AVX512-BF16 dot products.
 ///
 /// # Safety
 /// The views must address valid m×k and k×n matrices of finite values, `c` a valid m×n matrix with row
@@ -51,6 +69,10 @@ pub fn available() -> bool {
 pub unsafe fn gemm(m: usize, k: usize, n: usize, a: View, b: View, acc: bool, c: *mut f32, rsc: usize) {
     if m == 0 || n == 0 {
         return;
+    }
+    if super::gemm_amx::available() {
+        // SAFETY: the caller's contract, and AMX is in use.
+        return unsafe { super::gemm_amx::gemm(m, k, n, a, b, acc, c, rsc) };
     }
     let out = Out(c);
     // SAFETY: each task's block of C is its own; A and B are only read.
@@ -92,7 +114,7 @@ unsafe fn gemm_serial(m: usize, k: usize, n: usize, a: View, b: View, acc: bool,
                 unsafe { pack_a(mm, kc, a, im, p0, pa) };
                 for j0 in (0..n).step_by(NC) {
                     let nc = NC.min(n - j0);
-                    unsafe { pack_b(kc, nc, b, p0, j0, pb) };
+                    unsafe { pack_b(kc, kp, nc, b, p0, j0, pb) };
                     for jp in 0..nc.div_ceil(NR) {
                         let cols = NR.min(nc - jp * NR);
                         for ip in 0..mm.div_ceil(MR) {
@@ -149,9 +171,9 @@ unsafe fn pack_a(mc: usize, kc: usize, a: View, i0: usize, p0: usize, pa: &mut [
     }
 }
 
-/// Rows p0..p0+kc, columns j0..j0+nc of B into 32-wide panels of ⌈kc/2⌉ × 32 packed pairs, zero-padded.
-unsafe fn pack_b(kc: usize, nc: usize, b: View, p0: usize, j0: usize, pb: &mut [u32]) {
-    let kp = kc.div_ceil(2);
+/// Rows p0..p0+kc, columns j0..j0+nc of B into 32-wide panels of `kp` × 32 packed pairs (kp ≥ ⌈kc/2⌉:
+/// the AMX kernel pads k to whole tiles), zero-padded.
+pub(super) unsafe fn pack_b(kc: usize, kp: usize, nc: usize, b: View, p0: usize, j0: usize, pb: &mut [u32]) {
     for jp in 0..nc.div_ceil(NR) {
         let cols = NR.min(nc - jp * NR);
         let panel = &mut pb[jp * NR * kp..(jp + 1) * NR * kp];

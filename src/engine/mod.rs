@@ -19,6 +19,8 @@ pub mod fastmath;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod gemm512;
 #[cfg(target_arch = "x86_64")]
+pub mod gemm_amx;
+#[cfg(target_arch = "x86_64")]
 pub mod gemm_bf16;
 pub mod likelihood;
 pub mod ops;

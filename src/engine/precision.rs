@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// `--precision`: `f32` everywhere, `bf16` for the ranking GEMMs (refused where the CPU cannot run
-/// it), or `auto` (bf16 where the CPU has AVX512-BF16, else f32).
+/// it), or `auto` (bf16 where the CPU has AVX512-BF16 or AMX-BF16, else f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -24,7 +24,7 @@ thread_local! {
     static IN_RANKING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Whether this CPU has a bf16 GEMM (AVX512-BF16 at the current SIMD level).
+/// Whether this CPU has a bf16 GEMM (AMX-BF16 tiles, or AVX512-BF16 at the current SIMD level).
 pub fn bf16_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -36,6 +36,30 @@ pub fn bf16_available() -> bool {
     }
 }
 
+/// Which CPU kernel runs the bf16 GEMMs here: `"amx"` (tiles), `"avx512-bf16"`, or `None`.
+pub fn bf16_kernel() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::gemm_bf16::kernel_name()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
+/// Whether AMX runs the bf16 GEMMs in this process, and if not, why (see [`super::gemm_amx::Status`]).
+pub fn amx_status() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::gemm_amx::status().describe()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        "not on this CPU"
+    }
+}
+
 /// Resolves `auto` and sets the ranking precision for the process; returns the precision in effect.
 /// `bf16` on a CPU without a bf16 GEMM is an error that says so.
 pub fn set_ranking(p: Precision) -> Result<Precision, String> {
@@ -43,7 +67,7 @@ pub fn set_ranking(p: Precision) -> Result<Precision, String> {
         Precision::F32 => Precision::F32,
         Precision::Bf16 if bf16_available() => Precision::Bf16,
         Precision::Bf16 => {
-            return Err("--precision bf16: this CPU has no AVX512-BF16 (or SCSPECIES_SIMD caps it below AVX-512); use f32 or auto".into());
+            return Err("--precision bf16: this CPU has neither AVX512-BF16 nor AMX-BF16 (or SCSPECIES_SIMD caps it below AVX-512); use f32 or auto".into());
         }
         Precision::Auto => {
             if bf16_available() {

@@ -10,6 +10,9 @@ use std::time::Instant;
 pub struct Precision {
     pub requested: String,
     pub ranking_gemms: crate::engine::precision::Precision,
+    /// The CPU kernel of the bf16 ranking GEMMs (`amx`, `avx512-bf16`); absent in f32 or on a GPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ranking_kernel: Option<&'static str>,
     pub training_gemms: &'static str,
 }
 
@@ -153,6 +156,10 @@ impl Metrics {
             precision: Precision {
                 requested: cfg.precision_requested.clone(),
                 ranking_gemms: crate::engine::precision::ranking_precision(),
+                ranking_kernel: match crate::engine::precision::ranking_precision() {
+                    crate::engine::precision::Precision::Bf16 if be.name().starts_with("cpu") => crate::engine::precision::bf16_kernel(),
+                    _ => None,
+                },
                 training_gemms: "f32",
             },
             preprocessing: [(c.name.clone(), c.report.clone()), (t.name.clone(), t.report.clone())].into(),
