@@ -71,7 +71,11 @@ fn emulated_blocks_do_not_depend_on_their_position() {
         let part = gemm_amx::gemm_emulated(i1 - i0, k, j1 - j0, &a[i0 * k..], k, 1, &b[j0..], n, 1);
         for i in i0..i1 {
             for j in j0..j1 {
-                assert_eq!(part[(i - i0) * (j1 - j0) + j - j0].to_bits(), full[i * n + j].to_bits(), "({i},{j}) in block ({i0}..{i1}, {j0}..{j1})");
+                assert_eq!(
+                    part[(i - i0) * (j1 - j0) + j - j0].to_bits(),
+                    full[i * n + j].to_bits(),
+                    "({i},{j}) in block ({i0}..{i1}, {j0}..{j1})"
+                );
             }
         }
     }
@@ -132,7 +136,12 @@ fn amx_is_used_where_the_cpu_has_it() {
         for j in 0..n {
             let mag: f64 = (0..k).map(|p| (a[i * k + p] as f64 * b[p * n + j] as f64).abs()).sum();
             let d = (hw[i * n + j] as f64 - emu[i * n + j] as f64).abs();
-            assert!(d <= 2.0 * (k as f64 + 2.0) * 2f64.powi(-24) * mag, "({i},{j}): tiles {} vs emulated {}", hw[i * n + j], emu[i * n + j]);
+            assert!(
+                d <= 2.0 * (k as f64 + 2.0) * 2f64.powi(-24) * mag,
+                "({i},{j}): tiles {} vs emulated {}",
+                hw[i * n + j],
+                emu[i * n + j]
+            );
         }
     }
 }

@@ -193,7 +193,8 @@ pub unsafe fn gemm(m: usize, k: usize, n: usize, a: View, b: View, acc: bool, c:
 #[doc(hidden)]
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_emulated(m: usize, k: usize, n: usize, a: &[f32], rsa: usize, csa: usize, b: &[f32], rsb: usize, csb: usize) -> Vec<f32> {
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
+    let last =
+        |rows: usize, cols: usize, rs: usize, cs: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
     assert!(a.len() >= last(m, k, rsa, csa) && b.len() >= last(k, n, rsb, csb), "gemm_emulated: operands too short");
     let mut c = vec![0f32; m * n];
     if m == 0 || n == 0 {
@@ -255,7 +256,9 @@ impl Tiles for Hw {
     #[inline(always)]
     unsafe fn load<const T: u8>(&mut self, p: *const u32, stride: usize) {
         // SAFETY: the caller's 16 rows of 64 bytes at `stride` are readable.
-        unsafe { std::arch::asm!("tileloadd tmm{t}, [{p} + {s}*1]", t = const T, p = in(reg) p, s = in(reg) stride, options(nostack, readonly)) }
+        unsafe {
+            std::arch::asm!("tileloadd tmm{t}, [{p} + {s}*1]", t = const T, p = in(reg) p, s = in(reg) stride, options(nostack, readonly))
+        }
     }
     #[inline(always)]
     unsafe fn dp<const C: u8, const A: u8, const B: u8>(&mut self) {
