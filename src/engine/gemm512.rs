@@ -48,6 +48,19 @@ impl Out {
     }
 }
 
+/// k = 0: A·B is zero, so C[m×n] (row stride `rsc`) stays (`acc`) or is cleared.
+///
+/// # Safety
+/// `c` must be a valid m×n matrix with row stride `rsc`.
+pub(crate) unsafe fn empty_product(m: usize, n: usize, acc: bool, c: *mut f32, rsc: usize) {
+    if !acc {
+        for i in 0..m {
+            // SAFETY: row i of C has n elements.
+            unsafe { std::ptr::write_bytes(c.add(i * rsc), 0, n) };
+        }
+    }
+}
+
 /// Whether this module can run here.
 pub fn available() -> bool {
     super::simd::level() == super::simd::Level::Avx512
@@ -127,14 +140,8 @@ unsafe fn gemm_serial(m: usize, k: usize, n: usize, a: View, b: View, acc: bool,
         pa.resize(MC * KC, 0.0);
         pb.resize(KC * NC, 0.0);
         if k == 0 {
-            // A·B is zero: C stays (acc) or is cleared.
-            if !acc {
-                for i in 0..m {
-                    // SAFETY: row i of C has n elements.
-                    unsafe { std::ptr::write_bytes(c.add(i * rsc), 0, n) };
-                }
-            }
-            return;
+            // SAFETY: C is the caller's m×n block.
+            return unsafe { empty_product(m, n, acc, c, rsc) };
         }
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);

@@ -18,7 +18,7 @@
 //! boundaries whatever the block or thread: results do not depend on the thread count.
 
 use super::gemm_bf16::{pack_b, pair};
-use super::gemm512::{NR, Out, View, split_c};
+use super::gemm512::{NR, Out, View, empty_product, split_c};
 use std::sync::OnceLock;
 
 /// k per block (even; 256 pairs = 16 tile steps).
@@ -368,13 +368,8 @@ unsafe fn gemm_serial<T: Tiles>(t: &mut T, m: usize, k: usize, n: usize, a: View
         static BUF: std::cell::RefCell<(Vec<u32>, Vec<u32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
     }
     if k == 0 {
-        if !acc {
-            for i in 0..m {
-                // SAFETY: row i of C has n elements.
-                unsafe { std::ptr::write_bytes(c.add(i * rsc), 0, n) };
-            }
-        }
-        return;
+        // SAFETY: C is the caller's m×n block.
+        return unsafe { empty_product(m, n, acc, c, rsc) };
     }
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();

@@ -13,7 +13,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::gemm512::{MR, NR, Out, View, split_c, store_tile};
+use super::gemm512::{MR, NR, Out, View, empty_product, split_c, store_tile};
 
 /// k per block (even).
 const KC: usize = 384;
@@ -40,7 +40,7 @@ pub fn round_to_bf16(x: f32) -> f32 {
 /// Whether this CPU runs a bf16 GEMM: AMX tiles ([`super::gemm_amx`]) or this module's AVX512-BF16
 /// kernel (AVX-512 enabled at the current SIMD level, and AVX512-BF16).
 pub fn available() -> bool {
-    super::gemm_amx::available() || avx512_bf16()
+    kernel_name().is_some()
 }
 
 /// Whether this module's own kernel (AVX512-BF16 dot products) runs here.
@@ -91,13 +91,8 @@ unsafe fn gemm_serial(m: usize, k: usize, n: usize, a: View, b: View, acc: bool,
         static BUF: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
     if k == 0 {
-        if !acc {
-            for i in 0..m {
-                // SAFETY: row i of C has n elements.
-                unsafe { std::ptr::write_bytes(c.add(i * rsc), 0, n) };
-            }
-        }
-        return;
+        // SAFETY: C is the caller's m×n block.
+        return unsafe { empty_product(m, n, acc, c, rsc) };
     }
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
