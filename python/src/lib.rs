@@ -7,7 +7,7 @@ use clap::Parser;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use scspecies::cli::{Device, PrecisionArg, RunOptions};
+use scspecies::cli::{Device, RunOptions};
 use scspecies::data::Dataset;
 use scspecies::engine::Cpu;
 use scspecies::error::Error;
@@ -150,12 +150,7 @@ fn align(
     if threads == Some(0) {
         return Err(PyValueError::new_err("invalid option: --threads must be at least 1"));
     }
-    let precision = match o.precision {
-        PrecisionArg::F32 => scspecies::engine::precision::Precision::F32,
-        PrecisionArg::Bf16 => scspecies::engine::precision::Precision::Bf16,
-        PrecisionArg::Auto => scspecies::engine::precision::Precision::Auto,
-    };
-    scspecies::engine::precision::set_ranking(precision).map_err(|m| py_err(Error::Config(m)))?;
+    scspecies::engine::precision::set_ranking(o.precision.to_engine()).map_err(|m| py_err(Error::Config(m)))?;
     let obs = PyObserver { callback: progress, error: Mutex::new(None) };
     scspecies::interrupt::clear();
     let result = py.detach(|| {

@@ -124,7 +124,8 @@ pub enum PrecisionArg {
     Auto,
 }
 impl PrecisionArg {
-    fn to_engine(self) -> crate::engine::precision::Precision {
+    /// The engine's precision setting for this choice.
+    pub fn to_engine(self) -> crate::engine::precision::Precision {
         use crate::engine::precision::Precision;
         match self {
             PrecisionArg::F32 => Precision::F32,

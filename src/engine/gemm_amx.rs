@@ -62,29 +62,21 @@ impl Status {
 /// Whether the CPU reports AMX-TILE and AMX-BF16 with a palette of at least 8 tiles of 16 rows × 64
 /// bytes (CPUID leaves 7 and 0x1D), whatever the OS or the settings allow.
 pub fn cpu_has_amx() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::__cpuid_count;
-        // CPUID exists on every x86_64 CPU (safe to call on newer Rust); leaves above the maximum are not read.
-        #[allow(unused_unsafe)]
-        unsafe {
-            let max = __cpuid_count(0, 0).eax;
-            if max < 0x1d {
-                return false;
-            }
-            let f = __cpuid_count(7, 0).edx;
-            let (bf16, tile) = (f >> 22 & 1 == 1, f >> 24 & 1 == 1);
-            if !(bf16 && tile) || __cpuid_count(0x1d, 0).eax < 1 {
-                return false;
-            }
-            let p = __cpuid_count(0x1d, 1);
-            let (bytes_per_row, names, rows) = (p.ebx & 0xffff, p.ebx >> 16, p.ecx & 0xffff);
-            bytes_per_row >= 64 && names >= 8 && rows >= 16
+    use std::arch::x86_64::__cpuid_count;
+    // CPUID exists on every x86_64 CPU (safe to call on newer Rust); leaves above the maximum are not read.
+    #[allow(unused_unsafe)]
+    unsafe {
+        if __cpuid_count(0, 0).eax < 0x1d {
+            return false;
         }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+        let f = __cpuid_count(7, 0).edx;
+        let (bf16, tile) = (f >> 22 & 1 == 1, f >> 24 & 1 == 1);
+        if !(bf16 && tile) || __cpuid_count(0x1d, 0).eax < 1 {
+            return false;
+        }
+        let p = __cpuid_count(0x1d, 1);
+        let (bytes_per_row, names, rows) = (p.ebx & 0xffff, p.ebx >> 16, p.ecx & 0xffff);
+        bytes_per_row >= 64 && names >= 8 && rows >= 16
     }
 }
 
@@ -120,7 +112,7 @@ pub fn available() -> bool {
 
 /// Linux gives a process the AMX tile state only on request (per process, for all its threads).
 fn request_tile_data() -> bool {
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    #[cfg(target_os = "linux")]
     {
         const SYS_ARCH_PRCTL: i64 = 158;
         const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
@@ -141,7 +133,7 @@ fn request_tile_data() -> bool {
         };
         ret == 0
     }
-    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    #[cfg(not(target_os = "linux"))]
     {
         false
     }
@@ -240,7 +232,6 @@ static TILE_CONFIG: TileConfig = {
     TileConfig(c)
 };
 
-#[cfg(target_arch = "x86_64")]
 impl Tiles for Hw {
     unsafe fn begin(&mut self) {
         // SAFETY: the configuration is a valid palette-1 layout the CPU supports (checked by `cpu_has_amx`).
